@@ -1,0 +1,40 @@
+"""Test-wide setup: one CPU thread, the reference data, and import paths.
+
+ComfyUI's folder goes first on sys.path so `import nodes` is always core's module; the repo root goes last so
+`sonic_model` and `tools` resolve without our `nodes/` package shadowing core's.
+"""
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = REPO / ".venv" / "ComfyUI"
+REFERENCE_DIR = REPO.parent / "shared" / "reference"
+
+torch.set_num_threads(1)
+if str(COMFYUI_DIR) not in sys.path:
+    sys.path.insert(0, str(COMFYUI_DIR))
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+
+# pytest imports the repo's own __init__.py (the pack) while collecting, and the pack imports ComfyUI:
+# select CPU mode first where there is no CUDA, as ComfyUI's --cpu would.
+from tools.comfy_runtime import import_comfy  # noqa: E402
+
+import_comfy()
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    assert REFERENCE_DIR.is_dir(), f"reference data missing: expected {REFERENCE_DIR} (../shared beside the checkout)"
+    return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def repo_dir() -> Path:
+    return REPO

