@@ -1,0 +1,260 @@
+"""Sonic's audio conditioning: 16 kHz waveform → Whisper hidden states → per-frame windows → tokens and buckets.
+
+The procedure of the official `sonic.test()`: log-mel and encoder run per 30 s chunk (so memory stays bounded and
+the mel normalisation is per chunk, as upstream), all encoder hidden states stacked, 4 Whisper tokens per video
+frame (12.5 fps), zero-padded sliding windows around each frame.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .audio_adapters import AudioToBuckets, AudioToTokens, null_audio_tokens, postprocess_buckets
+
+SAMPLE_RATE = 16000
+SAMPLES_PER_UNIT = 640   # one 40 ms unit (25 fps); two units make one generated frame (12.5 fps)
+UNITS_PER_FRAME = 2
+TOKENS_PER_UNIT = 2      # the encoder emits 50 tokens/s: 2 per 40 ms unit
+TOKENS_PER_FRAME = TOKENS_PER_UNIT * UNITS_PER_FRAME
+OFFICIAL_MAX_UNITS = 10000  # upstream's `frame_num` cap (400 s); only applied when asked for
+TOKEN_WINDOW, TOKEN_PAD = 10, (4, 6)      # audio2token: tokens 4i-4 … 4i+5 around frame i
+BUCKET_WINDOW, BUCKET_PAD = 50, (24, 26)  # audio2bucket: tokens 4i-24 … 4i+25, last hidden state only
+
+
+def audio_length_units(num_samples: int, max_units: int | None = None) -> int:
+    """Whole 40 ms units in `num_samples` 16 kHz samples, optionally capped (upstream caps at 10000)."""
+    units = num_samples // SAMPLES_PER_UNIT
+    return units if max_units is None else min(max_units, units)
+
+
+def num_frames_for(num_units: int) -> int:
+    """Generated frames (12.5 fps) for `num_units` 40 ms units."""
+    return num_units // UNITS_PER_FRAME
+
+
+def feature_extractor_from_dict(fields: dict) -> WhisperFeatureExtractor:
+    """A WhisperFeatureExtractor from a preprocessor-config dict, keeping only constructor arguments; dither 0."""
+    names = set(inspect.signature(WhisperFeatureExtractor.__init__).parameters) - {"self", "kwargs"}
+    kwargs = {k: v for k, v in fields.items() if k in names}
+    kwargs["dither"] = 0.0  # deterministic features; the official transformers had no dither
+    return WhisperFeatureExtractor(**kwargs)
+
+
+def _check_wave(wave16k: Tensor) -> None:
+    if not isinstance(wave16k, Tensor) or wave16k.ndim != 1:
+        shape = tuple(wave16k.shape) if isinstance(wave16k, Tensor) else type(wave16k).__name__
+        raise ValueError(f"expected a 1-D mono 16 kHz waveform (use audio_resample.to_16k_mono), got {shape}")
+
+
+class WhisperAudioEncoder:
+    """A Whisper encoder plus its feature extractor, producing the stacked hidden states Sonic windows over."""
+
+    def __init__(self, encoder: WhisperEncoder, feature_extractor: WhisperFeatureExtractor) -> None:
+        if feature_extractor.sampling_rate != SAMPLE_RATE:
+            raise ValueError(f"the Whisper feature extractor must work at {SAMPLE_RATE} Hz, "
+                             f"not {feature_extractor.sampling_rate}")
+        self.encoder = encoder.eval()
+        self.feature_extractor = feature_extractor
+        self.feature_extractor.dither = 0.0
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float32) -> WhisperAudioEncoder:
+        """Load a local Hugging Face Whisper folder (config.json, preprocessor_config.json, weights). No network."""
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a Whisper model folder (no config.json); "
+                                    "download openai/whisper-tiny into it")
+        extractor = WhisperFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
+        # Loaded in float32 and cast afterwards: the dtype keyword differs between transformers versions.
+        model, info = WhisperModel.from_pretrained(str(folder), local_files_only=True, attn_implementation="sdpa",
+                                                   output_loading_info=True)
+        # transformers only warns about missing weights; an encoder left half random must not pass silently.
+        missing = [k for k in info.get("missing_keys", []) if "encoder." in k]
+        if missing:
+            raise ValueError(f"{folder} lacks Whisper encoder weights ({', '.join(sorted(missing)[:3])}, …): "
+                             "re-download openai/whisper-tiny")
+        encoder = model.get_encoder().to(device=device, dtype=dtype)
+        del model  # the decoder is never used
+        return cls(encoder, extractor)
+
+    @classmethod
+    def from_config(cls, whisper_config: dict, feature_extractor: dict | None = None,
+                    attn_implementation: str = "sdpa") -> WhisperAudioEncoder:
+        """An encoder with freshly initialised weights from config dicts (load a state dict into `.encoder` next)."""
+        config = WhisperConfig(**whisper_config)
+        config._attn_implementation = attn_implementation
+        encoder = WhisperEncoder(config)
+        return cls(encoder, feature_extractor_from_dict(feature_extractor or {}))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.encoder.parameters()).dtype
+
+    @property
+    def channels(self) -> int:
+        return self.encoder.config.d_model
+
+    @property
+    def num_states(self) -> int:
+        """Hidden states per token: the embedding output plus one per layer."""
+        return self.encoder.config.encoder_layers + 1
+
+    @property
+    def chunk_samples(self) -> int:
+        return self.feature_extractor.n_samples
+
+    def log_mel_chunks(self, wave16k: Tensor) -> Iterator[Tensor]:
+        """(1, n_mels, 3000) log-mel per 30 s chunk; each chunk is padded and normalised on its own, as upstream."""
+        _check_wave(wave16k)
+        wave = wave16k.detach().to("cpu", torch.float32).numpy()
+        for start in range(0, wave.shape[0], self.chunk_samples):
+            chunk = wave[start:start + self.chunk_samples]
+            yield self.feature_extractor(chunk, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+
+    def log_mel(self, wave16k: Tensor) -> Tensor:
+        """All chunks' log-mel concatenated on time: (1, n_mels, 3000·chunks)."""
+        chunks = list(self.log_mel_chunks(wave16k))
+        if not chunks:
+            return torch.zeros(1, self.feature_extractor.feature_size, 0)
+        return torch.cat(chunks, dim=-1)
+
+    @torch.no_grad()
+    def encode_mel(self, mel: Tensor) -> Tensor:
+        """One (1, n_mels, 3000) mel chunk → (1, 1500, num_states, C): every hidden state stacked on axis 2."""
+        out = self.encoder(mel.to(self.device, self.dtype), output_hidden_states=True)
+        states = list(out.hidden_states)
+        if len(states) != self.num_states:
+            raise RuntimeError(f"Whisper returned {len(states)} hidden states, expected {self.num_states}")
+        # The last state must be the final LayerNorm output (= last_hidden_state), as in the official code.
+        states[-1] = out.last_hidden_state
+        return torch.stack(states, dim=2)
+
+    @torch.no_grad()
+    def hidden_states(self, wave16k: Tensor, max_tokens: int | None = None) -> Tensor:
+        """(1, tokens, num_states, C) for the whole waveform, chunk by chunk (1500 tokens per 30 s chunk).
+
+        With `max_tokens`, stops encoding once that many tokens exist and returns exactly the first `max_tokens`.
+        """
+        parts: list[Tensor] = []
+        count = 0
+        for mel in self.log_mel_chunks(wave16k):
+            if max_tokens is not None and count >= max_tokens:
+                break
+            parts.append(self.encode_mel(mel))
+            count += parts[-1].shape[1]
+        if not parts:
+            return torch.zeros(1, 0, self.num_states, self.channels, device=self.device, dtype=self.dtype)
+        hidden = torch.cat(parts, dim=1)
+        return hidden if max_tokens is None else hidden[:, :max_tokens]
+
+
+def padded_sequences(hidden: Tensor, num_units: int) -> tuple[Tensor, Tensor]:
+    """Keep the first 2·num_units tokens of (1, tokens, states, C) and zero-pad them for the windows.
+
+    Returns the token sequence (1, 2L+10, states, C) and the bucket sequence of the last state (1, 2L+50, 1, C).
+    """
+    keep = num_units * TOKENS_PER_UNIT
+    if hidden.ndim != 4 or hidden.shape[0] != 1:
+        raise ValueError(f"expected hidden states shaped (1, tokens, states, channels), got {tuple(hidden.shape)}")
+    if hidden.shape[1] < keep:
+        raise ValueError(f"{num_units} audio units need {keep} Whisper tokens, only {hidden.shape[1]} given")
+    kept = hidden[:, :keep]
+    # Real zeros, not encoded silence (pad spec: last dims first).
+    token_seq = F.pad(kept, (0, 0, 0, 0, *TOKEN_PAD))
+    bucket_seq = F.pad(kept[:, :, -1:], (0, 0, 0, 0, *BUCKET_PAD))
+    return token_seq, bucket_seq
+
+
+def _windows(seq: Tensor, size: int, count: int) -> Tensor:
+    """(1, P, S, C) → (count, size, S, C): window i starts at token 4i. A strided view, no copy."""
+    return seq[0].unfold(0, size, TOKENS_PER_FRAME).permute(0, 3, 1, 2)[:count]
+
+
+def frame_windows(hidden: Tensor, num_units: int) -> tuple[Tensor, Tensor]:
+    """Per-frame windows for N = num_units // 2 frames: token windows (N, 10, states, C) and bucket windows
+    (N, 50, 1, C). `num_units` (not N) sets how many tokens are kept, which matters for the last frames."""
+    token_seq, bucket_seq = padded_sequences(hidden, num_units)
+    frames = num_frames_for(num_units)
+    return _windows(token_seq, TOKEN_WINDOW, frames), _windows(bucket_seq, BUCKET_WINDOW, frames)
+
+
+@dataclass
+class AudioFeatures:
+    """Per-frame audio conditioning for N generated frames (12.5 fps)."""
+
+    tokens: Tensor        # (N, T, D) audio tokens of each frame
+    null_tokens: Tensor   # (T, D) "null audio" tokens for the unconditional guidance rows
+    buckets_raw: Tensor   # (N, 2) raw audio2bucket outputs: [head motion, expression]
+    num_frames: int
+    num_units: int        # 40 ms units used (after any cap)
+    num_samples: int      # 16 kHz samples of the input
+
+    def motion_buckets(self, dynamic_scale: float = 1.0) -> Tensor:
+        """(N, 2) motion bucket ids as the UNet receives them per frame: (raw·16+16)·dynamic_scale."""
+        return postprocess_buckets(self.buckets_raw, dynamic_scale)
+
+
+def _param(model: torch.nn.Module) -> Tensor:
+    return next(model.parameters())
+
+
+@torch.no_grad()
+def features_from_hidden(hidden: Tensor, num_units: int, audio2token: AudioToTokens, audio2bucket: AudioToBuckets,
+                         clip_image_embeds: Tensor, num_samples: int = 0, frame_batch: int = 256) -> AudioFeatures:
+    """Tokens and raw buckets for every frame from stacked hidden states, `frame_batch` frames per adapter call."""
+    states, channels = hidden.shape[2:] if hidden.ndim == 4 else (None, None)
+    if (states, channels) != (audio2token.blocks, audio2token.channels) or channels != audio2bucket.channels:
+        raise ValueError(f"the Whisper model gives {states} hidden states of {channels} channels, but the audio "
+                         f"adapters expect {audio2token.blocks} of {audio2token.channels}: use the whisper-tiny "
+                         "model Sonic was trained with")
+    token_windows, bucket_windows = frame_windows(hidden, num_units)
+    frames = token_windows.shape[0]
+    tok_p, bkt_p = _param(audio2token), _param(audio2bucket)
+    clip = clip_image_embeds.to(bkt_p.device, bkt_p.dtype).reshape(1, -1)
+    tokens, buckets = [], []
+    for start in range(0, frames, frame_batch):
+        stop = min(start + frame_batch, frames)
+        tokens.append(audio2token(token_windows[None, start:stop].to(tok_p.device, tok_p.dtype))[0])
+        raw = audio2bucket(bucket_windows[None, start:stop].to(bkt_p.device, bkt_p.dtype), clip)
+        buckets.append(raw[0].reshape(stop - start, -1))
+    if not tokens:
+        tokens = [torch.zeros(0, audio2token.context_tokens, audio2token.output_dim, device=tok_p.device,
+                              dtype=tok_p.dtype)]
+        buckets = [torch.zeros(0, audio2bucket.context_tokens * audio2bucket.output_dim, device=bkt_p.device,
+                               dtype=bkt_p.dtype)]
+    return AudioFeatures(tokens=torch.cat(tokens), null_tokens=null_audio_tokens(audio2token),
+                         buckets_raw=torch.cat(buckets), num_frames=frames, num_units=num_units,
+                         num_samples=num_samples)
+
+
+@torch.no_grad()
+def encode_audio(encoder: WhisperAudioEncoder, wave16k: Tensor, audio2token: AudioToTokens,
+                 audio2bucket: AudioToBuckets, clip_image_embeds: Tensor, max_units: int | None = None,
+                 frame_batch: int = 256) -> AudioFeatures:
+    """Mono 16 kHz waveform → per-frame tokens and raw buckets. No length cap unless `max_units` is given
+    (upstream: OFFICIAL_MAX_UNITS). Audio shorter than one frame (1280 samples) gives N = 0 without running Whisper."""
+    _check_wave(wave16k)
+    if wave16k.numel() and not bool(torch.isfinite(wave16k).all()):
+        raise ValueError("the audio contains NaN or infinite samples: re-export or re-encode the audio file")
+    num_samples = int(wave16k.shape[0])
+    units = audio_length_units(num_samples, max_units)
+    if num_frames_for(units) == 0:
+        units = 0
+        hidden = torch.zeros(1, 0, encoder.num_states, encoder.channels)
+    else:
+        hidden = encoder.hidden_states(wave16k, max_tokens=units * TOKENS_PER_UNIT)
+    return features_from_hidden(hidden, units, audio2token, audio2bucket, clip_image_embeds,
+                                num_samples=num_samples, frame_batch=frame_batch)

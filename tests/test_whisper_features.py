@@ -1,0 +1,227 @@
+"""Audio path: waveform → Whisper states → windows → tokens/buckets at golden parity, plus resampling and lengths."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import WhisperConfig, WhisperModel
+
+from sonic_model.audio_resample import to_16k_mono
+from sonic_model.whisper_features import (
+    OFFICIAL_MAX_UNITS,
+    WhisperAudioEncoder,
+    audio_length_units,
+    encode_audio,
+    frame_windows,
+    num_frames_for,
+)
+from tools.parity_checks import whisper as check
+from tools.parity_checks.common import read_golden
+
+
+@pytest.fixture(scope="module")
+def short_golden(reference_dir):
+    return read_golden(reference_dir / "golden" / "whisper_windows.json")
+
+
+@pytest.fixture(scope="module")
+def models(short_golden):
+    return check.build_models(short_golden)
+
+
+@pytest.fixture(scope="module")
+def whisper_folder(short_golden, models, tmp_path_factory):
+    """A tiny local Hugging Face Whisper folder holding the golden's encoder weights."""
+    folder = tmp_path_factory.mktemp("whisper-tiny-test")
+    config = WhisperConfig(**short_golden.doc["whisper_config"])
+    model = WhisperModel(config)
+    model.encoder.load_state_dict(models[0].encoder.state_dict(), strict=True)
+    model.save_pretrained(folder)
+    models[0].feature_extractor.save_pretrained(folder)
+    return folder
+
+
+def _failures(comparisons):
+    return [c.line() for c in comparisons if not c.passed]
+
+
+@pytest.mark.parametrize("name", ["whisper_windows", "whisper_windows_long"])
+def test_golden_parity(reference_dir, name):
+    golden = read_golden(reference_dir / "golden" / f"{name}.json")
+    comparisons = check.run(golden)
+    names = {c.name for c in comparisons}
+    assert {"out.mel", "out.token_seq_padded", "out.audio_tokens_cond", "out.motion_buckets"} <= names
+    if name.endswith("long"):
+        assert {"out.sel_token_windows", "out.sel_bucket_windows"} <= names
+    else:
+        assert {"out.encoder_hidden_states_stacked", "out.token_windows"} <= names
+    assert not _failures(comparisons), _failures(comparisons)
+
+
+def test_parity_check_fails_on_perturbed_encoder(short_golden):
+    encoder, audio2token, audio2bucket = check.build_models(short_golden)
+    with torch.no_grad():
+        encoder.encoder.layers[1].fc1.weight[0, 0] += 1e-1
+    failed = _failures(check.run(short_golden, (encoder, audio2token, audio2bucket)))
+    assert any("out.audio_tokens_cond" in line for line in failed), failed
+    assert not any("out.mel" in line for line in failed)
+
+
+def test_from_folder_loads_local_whisper(whisper_folder, short_golden):
+    encoder = WhisperAudioEncoder.from_folder(whisper_folder)
+    hidden = encoder.hidden_states(short_golden.tensors["in.waveform"])
+    torch.testing.assert_close(hidden, short_golden.tensors["out.encoder_hidden_states_stacked"],
+                               atol=1e-4, rtol=1e-4)
+    with pytest.raises(FileNotFoundError, match="whisper-tiny"):
+        WhisperAudioEncoder.from_folder(whisper_folder / "missing")
+
+
+def test_from_folder_refuses_missing_encoder_weights(whisper_folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "broken"
+    shutil.copytree(whisper_folder, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    del weights["encoder.layers.0.fc1.weight"]
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="encoder.layers.0.fc1.weight"):
+        WhisperAudioEncoder.from_folder(folder)
+
+
+def test_length_rules():
+    assert audio_length_units(52800) == 82 and num_frames_for(82) == 41
+    assert audio_length_units(496000) == 775 and num_frames_for(775) == 387
+    long = 410 * 16000
+    assert audio_length_units(long) == 10250  # no silent cap by default
+    assert audio_length_units(long, max_units=OFFICIAL_MAX_UNITS) == 10000
+
+
+def test_windows_follow_the_frame_rule():
+    hidden = torch.randn(1, 200, 5, 8)
+    units = 83  # odd: tokens 164 and 165 are real, not padding
+    token_windows, bucket_windows = frame_windows(hidden, units)
+    assert token_windows.shape == (41, 10, 5, 8) and bucket_windows.shape == (41, 50, 1, 8)
+    kept = hidden[0, :166]
+    for i in (0, 1, 20, 40):
+        for j in range(10):
+            t = 4 * i - 4 + j
+            expected = kept[t] if 0 <= t < 166 else torch.zeros(5, 8)
+            assert torch.equal(token_windows[i, j], expected)
+        for j in range(50):
+            t = 4 * i - 24 + j
+            expected = kept[t, -1:] if 0 <= t < 166 else torch.zeros(1, 8)
+            assert torch.equal(bucket_windows[i, j], expected)
+
+
+def test_long_audio_is_not_capped_and_encoded_chunk_by_chunk(models, short_golden):
+    encoder, audio2token, audio2bucket = models
+    seconds = 401
+    wave = 0.1 * torch.randn(seconds * 16000, generator=torch.Generator().manual_seed(9))
+    calls = []
+    hook = encoder.encoder.register_forward_pre_hook(lambda mod, args: calls.append(tuple(args[0].shape)))
+    try:
+        clip = short_golden.tensors["in.clip_image_embeds"]
+        features = encode_audio(encoder, wave, audio2token, audio2bucket, clip)
+        chunks = math.ceil(seconds / 30)
+        assert calls == [(1, 80, 3000)] * chunks  # one bounded encoder call per 30 s chunk
+        assert features.num_frames == seconds * 25 // 2 == 5012
+        assert features.tokens.shape == (5012, 4, 12) and features.buckets_raw.shape == (5012, 2)
+        assert torch.isfinite(features.tokens).all() and torch.isfinite(features.buckets_raw).all()
+        calls.clear()
+        capped = encode_audio(encoder, wave, audio2token, audio2bucket, clip, max_units=OFFICIAL_MAX_UNITS)
+        assert capped.num_frames == 5000 and len(calls) == math.ceil(400 / 30)  # stops once enough tokens exist
+        # Only the last frames differ: their windows reach past the cap into the zero padding.
+        torch.testing.assert_close(capped.tokens[:4999], features.tokens[:4999], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(capped.buckets_raw[:4994], features.buckets_raw[:4994], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(capped.tokens[4999], features.tokens[4999], atol=1e-3)
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("samples", [0, 1, 1279])
+def test_shorter_than_one_frame_gives_zero_frames(models, short_golden, samples):
+    encoder, audio2token, audio2bucket = models
+    features = encode_audio(encoder, torch.zeros(samples), audio2token, audio2bucket,
+                            short_golden.tensors["in.clip_image_embeds"])
+    assert features.num_frames == 0
+    assert features.tokens.shape == (0, 4, 12) and features.buckets_raw.shape == (0, 2)
+    assert features.null_tokens.shape == (4, 12)
+    assert features.motion_buckets().shape == (0, 2)
+
+
+def test_one_frame_of_audio(models, short_golden):
+    encoder, audio2token, audio2bucket = models
+    features = encode_audio(encoder, torch.randn(1280), audio2token, audio2bucket,
+                            short_golden.tensors["in.clip_image_embeds"])
+    assert features.num_frames == 1 and features.tokens.shape == (1, 4, 12)
+
+
+def _tone(sample_rate: int, seconds: float = 3.3) -> torch.Tensor:
+    t = torch.arange(round(seconds * sample_rate), dtype=torch.float64) / sample_rate
+    wave = 0.3 * torch.sin(2 * math.pi * 220 * t) + 0.2 * torch.sin(2 * math.pi * 1250 * t + 0.4)
+    return wave.to(torch.float32)
+
+
+def test_sample_rates_and_channels_give_the_same_frames(models, short_golden):
+    encoder, audio2token, audio2bucket = models
+    clip = short_golden.tensors["in.clip_image_embeds"]
+    original = to_16k_mono(_tone(16000), 16000)
+    reference = encode_audio(encoder, original, audio2token, audio2bucket, clip)
+    assert reference.num_frames == 41
+    for rate in (8000, 44100, 48000):
+        features = encode_audio(encoder, to_16k_mono(_tone(rate), rate), audio2token, audio2bucket, clip)
+        assert features.num_frames == reference.num_frames, rate
+        # Resampling edge effects only (measured: 0.039 at 8 kHz, 0.007 at 44.1/48 kHz; |tokens| ≤ 2.8).
+        torch.testing.assert_close(features.tokens, reference.tokens, atol=0.1, rtol=0)
+    mono = _tone(16000)
+    for stereo in (torch.stack([mono, mono]), torch.stack([mono, mono])[None]):
+        features = encode_audio(encoder, to_16k_mono(stereo, 16000), audio2token, audio2bucket, clip)
+        assert features.num_frames == reference.num_frames
+        torch.testing.assert_close(features.tokens, reference.tokens, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(features.buckets_raw, reference.buckets_raw, atol=1e-6, rtol=1e-6)
+
+
+def test_to_16k_mono_layouts():
+    left, right = torch.randn(1000), torch.randn(1000)
+    torch.testing.assert_close(to_16k_mono(torch.stack([left, right]), 16000), (left + right) / 2)
+    batch = torch.stack([torch.stack([left, right]), torch.zeros(2, 1000)])
+    torch.testing.assert_close(to_16k_mono(batch, 16000), (left + right) / 2)  # ComfyUI (B, C, T): item 0
+    assert to_16k_mono(left.double(), 16000).dtype == torch.float32
+    assert to_16k_mono(torch.randn(22050), 44100).shape == (8000,)
+
+
+@pytest.mark.parametrize("wave, rate, message", [
+    (torch.zeros(0), 16000, "empty"),
+    (torch.zeros(2, 0), 16000, "empty"),
+    (torch.zeros(0, 2, 100), 16000, "batch is empty"),
+    (torch.tensor([0.0, float("nan"), 0.0]), 16000, "NaN"),
+    (torch.tensor([0.0, float("inf"), 0.0]), 16000, "infinite"),
+    (torch.zeros(1, 1, 1, 10), 16000, "shaped"),
+    (torch.zeros(100), 0, "sample rate"),
+    (torch.zeros(100), 22050.5, "sample rate"),
+    (torch.zeros(1000, 2).T.contiguous().T, 16000, "channels, samples"),
+])
+def test_to_16k_mono_rejects_unusable_input(wave, rate, message):
+    with pytest.raises(ValueError, match=message):
+        to_16k_mono(wave, rate)
+
+
+def test_encode_audio_rejects_bad_waveforms(models, short_golden):
+    encoder, audio2token, audio2bucket = models
+    clip = short_golden.tensors["in.clip_image_embeds"]
+    with pytest.raises(ValueError, match="to_16k_mono"):
+        encode_audio(encoder, torch.zeros(2, 3000), audio2token, audio2bucket, clip)
+    with pytest.raises(ValueError, match="NaN"):
+        encode_audio(encoder, torch.full((3000,), float("nan")), audio2token, audio2bucket, clip)
+
+
+def test_encode_audio_rejects_a_mismatched_whisper(models, short_golden):
+    from sonic_model.whisper_features import features_from_hidden
+
+    _, audio2token, audio2bucket = models
+    with pytest.raises(ValueError, match="whisper-tiny"):
+        features_from_hidden(torch.zeros(1, 200, 7, 8), 82, audio2token, audio2bucket,
+                             short_golden.tensors["in.clip_image_embeds"])
