@@ -30,6 +30,9 @@ def import_comfy(cpu: bool | None = None) -> None:
     if cpu:
         comfy.cli_args.args.cpu = True
     import comfy.model_management  # noqa: F401  (probes the device once, now that the flag is set)
+    # Core's nodes.py puts comfy/ first on sys.path, after which `utils` would mean comfy/utils.py; main.py has
+    # imported ComfyUI's own `utils` package by then, so do the same.
+    import utils.install_util  # noqa: F401
 
 
 def import_pack(cpu: bool | None = None) -> ModuleType:

@@ -1,0 +1,71 @@
+"""The Sonic-specific socket types and the values that travel through them.
+
+Core types (IMAGE, AUDIO, LATENT, VAE, CLIP_VISION, SAMPLER, SIGMAS) are used wherever one fits; these cover what
+no core type carries: the Sonic model bundle and its three kinds of conditioning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from comfy_api.latest import io
+
+SonicModel = io.Custom("SONIC_MODEL")
+SonicAudio = io.Custom("SONIC_AUDIO")
+SonicImage = io.Custom("SONIC_IMAGE")
+SonicMotion = io.Custom("SONIC_MOTION")
+
+GENERATION_FPS = 12.5  # Sonic generates at 12.5 fps (80 ms per frame); RIFE doubles it to 25
+
+
+@dataclass
+class SonicModels:
+    """Everything Sonic loads besides core's VAE and CLIP vision."""
+
+    unet: Any                      # comfy ModelPatcher around sonic_model.unet.SonicUNet
+    audio2token: torch.nn.Module
+    audio2bucket: torch.nn.Module
+    whisper: Any = None            # sonic_model.whisper_features.WhisperAudioEncoder
+    face_detector: Any = None
+    rife: torch.nn.Module | None = None
+    dtype: torch.dtype = torch.float16
+    low_vram: bool = False
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass
+class SonicAudioEmbeds:
+    """Per-frame audio conditioning for N frames at 12.5 fps."""
+
+    tokens: torch.Tensor          # (N, T, D) audio2token output per frame
+    null_tokens: torch.Tensor     # (T, D) audio2token of a zero window (the guidance rows without audio)
+    bucket_windows: torch.Tensor  # (N, 50, 1, C) last Whisper layer windows for the motion-bucket predictor
+    num_frames: int
+    fps: float = GENERATION_FPS
+
+
+@dataclass
+class SonicImageEmbeds:
+    """The reference portrait, prepared as the official code does."""
+
+    concat_latent: torch.Tensor   # (1, 4, h, w) unscaled VAE latent (also the start latent ×0.18215)
+    image_embeds: torch.Tensor    # (1, D) CLIP image embedding
+    face_mask: torch.Tensor       # (1, 1, H, W) pixel mask of the face box (×1.1)
+    image: torch.Tensor           # (1, H, W, 3) the resized reference in [0, 1]
+    original: torch.Tensor | None = None   # (1, H0, W0, 3) the input before cropping, for paste-back
+    crop_box: tuple[int, int, int, int] | None = None  # (x1, y1, x2, y2) in the original's pixels
+
+
+@dataclass
+class SonicMotionBuckets:
+    """Per-frame motion buckets [head motion, expression], final values the UNet receives."""
+
+    buckets: torch.Tensor         # (N, 2)
+    predicted: torch.Tensor       # (N, 2) the predictor's values before overrides (after ×16+16 and β)
+
+    def summary(self) -> dict:
+        def stats(col: torch.Tensor) -> dict:
+            return {"mean": round(float(col.mean()), 2), "min": round(float(col.min()), 2),
+                    "max": round(float(col.max()), 2)}
+        return {"motion": stats(self.buckets[:, 0]), "expression": stats(self.buckets[:, 1])}

@@ -1,0 +1,38 @@
+"""Small stand-ins shared by the sampler tests: a recording UNet and matching conditioning."""
+from __future__ import annotations
+
+import torch
+
+
+class RecordingUNet(torch.nn.Module):
+    """Same call signature as SonicUNet; a cheap deterministic function of every input, recording each call."""
+
+    def __init__(self, dim: int = 8):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor(0.3))
+        self.calls: list[dict] = []
+        self.dim = dim
+
+    def forward(self, sample, timestep, added_time_ids, clip_states, audio_tokens, face_mask=None):
+        b, f = sample.shape[:2]
+        self.calls.append({"batch": b, "frames": f, "sample_shape": tuple(sample.shape),
+                           "time_ids": added_time_ids.detach().clone()})
+        clip = clip_states.reshape(b, f, -1).mean(-1)[..., None, None, None]
+        audio = audio_tokens.reshape(b, f, -1).mean(-1)[..., None, None, None]
+        ids = added_time_ids.reshape(b, 1, 3, 1, 1).mean(2, keepdim=True) / 40
+        v = self.weight * sample[:, :, :4] + 0.1 * sample[:, :, 4:] + clip + 0.5 * audio + ids
+        return v * torch.cos(timestep.float())
+
+
+def make_conditioning(n: int, h: int = 4, w: int = 4, d: int = 8, t: int = 2, seed: int = 0):
+    from sonic_model.fused_denoiser import SonicConditioning
+
+    g = torch.Generator().manual_seed(seed)
+    return SonicConditioning(
+        concat_latent=torch.randn(1, 4, h, w, generator=g),
+        image_embeds=torch.randn(1, d, generator=g),
+        audio_tokens=torch.randn(n, t, d, generator=g),
+        null_audio_tokens=torch.randn(t, d, generator=g),
+        motion_buckets=16 + 16 * torch.rand(n, 2, generator=g),
+        face_mask=torch.ones(1, 1, h * 8, w * 8),
+    )
