@@ -1,0 +1,97 @@
+"""Sonic's audio cross-attention: the processor installed in every `attn2` of the UNet (reference README §4.3).
+
+    out = to_out( SDPA(q, to_k(c), to_v(c)) + s · M ⊙ SDPA(q, to_k_ip.0(a), to_v_ip.0(a)) ),   q = to_q(x)
+
+`c` is the CLIP context, `a` the audio tokens, `M` the face-mask grid (spatial blocks only) and `s` the audio scale.
+The processor is a child module of its `Attention`, so its weights are stored as
+`…attn2.processor.to_{k,v}_ip.0.weight`, the official checkpoint names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# The official `ip_audio_scale`.
+AUDIO_SCALE = 1.0
+
+
+@dataclass(frozen=True)
+class AudioContext:
+    """What one `attn2` call attends to; it travels through diffusers' blocks as their `encoder_hidden_states`.
+
+    clip: (Bc, Nc, D) image tokens; audio: (Bc, T, D) audio tokens; mask: (1, L, 1) token-grid mask or None.
+    The query batch may be a multiple G of Bc: consecutive groups of G query rows share one context row (the
+    temporal blocks, where every spatial position of a guidance row attends to that row's window-mean context).
+    """
+
+    clip: Tensor
+    audio: Tensor
+    mask: Tensor | None = None
+
+
+def mask_to_token_grid(face_mask: Tensor, height: int, width: int) -> Tensor:
+    """Pixel mask (1, 1, H, W) → (1, height·width, 1) row-major grid for the spatial audio branch.
+
+    Bicubic, align_corners False, no antialias and no clamp, always from the pixel mask, as the official
+    `IPAdapterMaskProcessor.downsample` does. For pixel sides that are multiples of 64 the official grid recovery
+    gives exactly the token grid, so we resize straight to it. Done in float32 (the CPU has no half bicubic).
+    """
+    mask = face_mask.reshape(1, 1, *face_mask.shape[-2:]).float()
+    grid = F.interpolate(mask, size=(height, width), mode="bicubic", align_corners=False)
+    return grid.reshape(1, height * width, 1)
+
+
+def _heads(x: Tensor, batch: int, heads: int) -> Tensor:
+    """(batch·…, L, C) → (batch, heads, L', C/heads)."""
+    return x.reshape(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
+
+
+class SonicAudioAttnProcessor(nn.Module):
+    """Image + audio cross-attention sharing the query and the output projection of its `Attention`."""
+
+    def __init__(self, hidden_size: int, cross_attention_dim: int, scale: float = AUDIO_SCALE) -> None:
+        super().__init__()
+        self.hidden_size, self.cross_attention_dim, self.scale = hidden_size, cross_attention_dim, scale
+        # ModuleLists of one Linear: the official keys end in `to_k_ip.0.weight` (one adapter).
+        self.to_k_ip = nn.ModuleList([nn.Linear(cross_attention_dim, hidden_size, bias=False)])
+        self.to_v_ip = nn.ModuleList([nn.Linear(cross_attention_dim, hidden_size, bias=False)])
+
+    def __call__(self, attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: AudioContext | Tensor | None = None,
+                 attention_mask: Tensor | None = None, temb: Tensor | None = None) -> Tensor:
+        if attention_mask is not None:
+            raise ValueError("SonicAudioAttnProcessor takes no attention mask")
+        if isinstance(encoder_hidden_states, AudioContext):
+            ctx = encoder_hidden_states
+        else:  # a plain context (stock call path): image attention only
+            context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            ctx = AudioContext(context, context[:, :0])
+
+        query_rows, length, _ = hidden_states.shape
+        rows = ctx.clip.shape[0]
+        if query_rows % rows:
+            raise ValueError(f"query batch {query_rows} is not a multiple of the context batch {rows}")
+        heads = attn.heads
+        query = attn.to_q(hidden_states)
+        # Groups of query rows that share a context row become one longer query sequence: the same attention as
+        # repeating the context per row, without materialising the repeat.
+        q = _heads(query, rows, heads)
+        out = F.scaled_dot_product_attention(q, _heads(attn.to_k(ctx.clip), rows, heads),
+                                             _heads(attn.to_v(ctx.clip), rows, heads))
+        out = out.transpose(1, 2).reshape(query_rows, length, -1).to(query.dtype)
+        if ctx.audio.shape[1]:
+            audio = F.scaled_dot_product_attention(q, _heads(self.to_k_ip[0](ctx.audio), rows, heads),
+                                                   _heads(self.to_v_ip[0](ctx.audio), rows, heads))
+            audio = audio.transpose(1, 2).reshape(query_rows, length, -1).to(query.dtype)
+            if ctx.mask is not None:
+                audio = audio * ctx.mask.to(query.dtype)
+            out = out + self.scale * audio
+        out = attn.to_out[1](attn.to_out[0](out))  # linear, dropout
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+    def extra_repr(self) -> str:
+        return f"hidden_size={self.hidden_size}, cross_attention_dim={self.cross_attention_dim}, scale={self.scale}"
