@@ -38,3 +38,11 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_dir() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """A ComfyUI models folder of random weights in the real formats (tools/tiny_models.py), once per session."""
+    from tools.tiny_models import write_all
+
+    return write_all(tmp_path_factory.mktemp("models"))

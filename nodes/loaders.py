@@ -1,0 +1,163 @@
+"""Load SVD + Sonic weights: core's VAE and CLIP vision from the user's SVD-xt checkpoint, Sonic's own files."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.sd
+import folder_paths
+from comfy_api.latest import io
+
+from ..sonic_model.model_loading import load_audio2bucket, load_audio2token, load_sonic_unet
+from ..sonic_model.rife import load_rife
+from ..sonic_model.whisper_features import WhisperAudioEncoder
+from . import model_files
+from .sonic_types import SonicModel, SonicModels
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+_cache: dict[tuple, tuple] = {}  # settings -> (SonicModels, VAE, CLIP_VISION); one entry, the last settings used
+
+
+def choose_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    return mm.unet_dtype(device=device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+
+
+def low_vram_wanted(setting: str) -> bool:
+    if setting != "auto":
+        return setting == "on"
+    return mm.vram_state in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM)
+
+
+def _stamp(path: Path | None) -> tuple:
+    if path is None:
+        return (None,)
+    stat = path.stat()
+    return (str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def _svd_parts(checkpoint: str):
+    """VAE and CLIP vision of an SVD single-file checkpoint through core's loader, without building its UNet."""
+    path = folder_paths.get_full_path_or_raise("checkpoints", checkpoint)
+    _, _, vae, clip_vision = comfy.sd.load_checkpoint_guess_config(
+        path, output_vae=True, output_clip=False, output_clipvision=True, output_model=False)
+    if vae is None or clip_vision is None:
+        raise ValueError(f"{checkpoint} has no VAE or CLIP vision model: choose the SVD-xt checkpoint "
+                         "(svd_xt.safetensors or svd_xt_1_1.safetensors), or connect vae and clip_vision.")
+    return vae, clip_vision
+
+
+class ManagedUNet(torch.nn.Module):
+    """The Sonic UNet as ComfyUI's ModelPatcher wants it: a plain module whose `device` attribute it may set."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+        self.device = next(unet.parameters()).device
+
+    def forward(self, *args, **kwargs):
+        return self.unet(*args, **kwargs)
+
+
+def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper: Path, face_detector: Path | None,
+                      rife: Path | None, dtype: torch.dtype, low_vram: bool) -> SonicModels:
+    device = mm.get_torch_device()
+    model = load_sonic_unet(unet, dtype=dtype)
+    patcher = comfy.model_patcher.ModelPatcher(ManagedUNet(model), load_device=device,
+                                               offload_device=mm.unet_offload_device())
+    encoder = WhisperAudioEncoder.from_folder(whisper)
+    channels = encoder.encoder.config.d_model
+    states = encoder.encoder.config.encoder_layers + 1
+    detector = None
+    if face_detector is not None:
+        from ..sonic_model.face_detect import FaceDetector
+
+        detector = FaceDetector.from_file(face_detector, device="cpu")
+    return SonicModels(unet=patcher, audio2token=load_audio2token(audio2token, channels, states),
+                       audio2bucket=load_audio2bucket(audio2bucket, channels), whisper=encoder,
+                       face_detector=detector, rife=load_rife(rife) if rife is not None else None,
+                       dtype=dtype, low_vram=low_vram)
+
+
+class SonicLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        checkpoints = [model_files.NONE, *folder_paths.get_filename_list("checkpoints")]
+        svd_default = next((c for c in checkpoints if "svd_xt" in c.lower()), checkpoints[-1])
+        combo = {slot: model_files.choices(slot, optional=slot in ("face_detector", "rife"))
+                 for slot in model_files.EXPECTED}
+
+        def slot_input(slot: str, tooltip: str) -> io.Combo.Input:
+            options, default = combo[slot]
+            return io.Combo.Input(slot, options=options, default=default, tooltip=tooltip)
+
+        return io.Schema(
+            node_id="SonicLoader",
+            display_name="Load SVD + Sonic weights",
+            category="Sonic",
+            description="Loads the Sonic UNet and audio models from models/sonic, and the VAE and CLIP vision from "
+                        "your SVD-xt checkpoint through ComfyUI's own loader. Loaded models are reused while the "
+                        "settings stay the same.",
+            inputs=[
+                io.Combo.Input("svd_checkpoint", options=checkpoints, default=svd_default,
+                               tooltip="Your SVD-xt single-file checkpoint in models/checkpoints (svd_xt or "
+                                       "svd_xt_1_1). Only its VAE and CLIP vision are used. 'none' if you connect "
+                                       "vae and clip_vision instead."),
+                slot_input("unet", "The Sonic UNet, unet.pth in models/sonic (6.3 GB)."),
+                slot_input("audio2token", "audio2token.pth in models/sonic: Whisper features → audio tokens."),
+                slot_input("audio2bucket", "audio2bucket.pth in models/sonic: audio → head/expression motion."),
+                slot_input("whisper", "The Whisper-tiny folder in models/sonic (openai/whisper-tiny)."),
+                slot_input("face_detector", "yoloface_v5m.pt in models/sonic: finds the face for the mask and "
+                                            "crop. 'none' animates the whole image."),
+                slot_input("rife", "RIFE/flownet.pkl in models/sonic: doubles 12.5 fps to 25 fps. 'none' to skip."),
+                io.Combo.Input("dtype", options=["auto", "fp16", "bf16", "fp32"], default="auto",
+                               tooltip="UNet precision. auto: ComfyUI's choice for your GPU (fp32 on CPU). Try bf16 "
+                                       "or fp32 if the video comes out black."),
+                io.Combo.Input("low_vram", options=["auto", "on", "off"], default="auto",
+                               tooltip="on: run the three guidance passes one after another (less VRAM, slower). "
+                                       "auto follows ComfyUI's --lowvram."),
+                io.Vae.Input("vae", optional=True, tooltip="Optional VAE (SVD's); overrides the checkpoint's."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="Optional CLIP vision (ViT-H); overrides the checkpoint's."),
+            ],
+            outputs=[
+                SonicModel.Output(display_name="sonic_model", tooltip="The Sonic models, for the other Sonic nodes."),
+                io.Vae.Output(display_name="vae", tooltip="SVD's VAE (temporal decoder)."),
+                io.ClipVision.Output(display_name="clip_vision", tooltip="SVD's CLIP vision encoder (ViT-H/14)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, svd_checkpoint, unet, audio2token, audio2bucket, whisper, face_detector, rife, dtype,
+                low_vram, vae=None, clip_vision=None) -> io.NodeOutput:
+        paths = {slot: model_files.resolve(slot, name) for slot, name in
+                 [("unet", unet), ("audio2token", audio2token), ("audio2bucket", audio2bucket),
+                  ("whisper", whisper), ("face_detector", face_detector), ("rife", rife)]}
+        for slot in ("unet", "audio2token", "audio2bucket", "whisper"):
+            if paths[slot] is None:
+                raise ValueError(f"Sonic needs {model_files.EXPECTED[slot]}: pick it in the '{slot}' input.")
+        torch_dtype = choose_dtype(dtype, mm.get_torch_device())
+        lean = low_vram_wanted(low_vram)
+        key = (svd_checkpoint, vae is None, clip_vision is None, torch_dtype, lean, *(_stamp(p) for p in paths.values()))
+        cached = _cache.get(key)
+        if cached is None:
+            _cache.clear()  # one set of Sonic models at a time; ComfyUI holds the user's other models
+            core_vae = core_clip = None
+            if vae is None or clip_vision is None:
+                if svd_checkpoint == model_files.NONE:
+                    raise ValueError("Choose your SVD-xt checkpoint in 'svd_checkpoint', or connect both vae and "
+                                     "clip_vision.")
+                core_vae, core_clip = _svd_parts(svd_checkpoint)
+            models = load_sonic_models(paths["unet"], paths["audio2token"], paths["audio2bucket"], paths["whisper"],
+                                       paths["face_detector"], paths["rife"], torch_dtype, lean)
+            cached = (models, core_vae, core_clip)
+            _cache[key] = cached
+            logging.info("Sonic: loaded models (%s, low_vram=%s)", torch_dtype, lean)
+        models, core_vae, core_clip = cached
+        return io.NodeOutput(models, vae if vae is not None else core_vae,
+                             clip_vision if clip_vision is not None else core_clip)

@@ -1,0 +1,124 @@
+"""Loader, audio and motion nodes on random weights in the real file formats."""
+import math
+import shutil
+
+import pytest
+import torch
+
+from tools.comfy_runtime import import_pack
+
+import_pack()
+import folder_paths  # noqa: E402
+from sonic_pack.nodes import audio as audio_node  # noqa: E402
+from sonic_pack.nodes import loaders, model_files, motion  # noqa: E402
+from sonic_pack.nodes.sonic_types import SonicImageEmbeds  # noqa: E402
+from sonic_pack.sonic_model.weights import WeightFileError  # noqa: E402
+
+
+@pytest.fixture()
+def sonic_dir(tiny_models_dir, tmp_path, monkeypatch):
+    """A private copy of the sonic folder, registered as ComfyUI's only sonic folder."""
+    folder = tmp_path / "sonic"
+    shutil.copytree(tiny_models_dir / "sonic", folder)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "sonic", ([str(folder)], set()))
+    folder_paths.filename_list_cache.clear()
+    return folder
+
+
+def _load(folder, **overrides):
+    paths = dict(unet=folder / "unet.pth", audio2token=folder / "audio2token.pth",
+                 audio2bucket=folder / "audio2bucket.pth", whisper=folder / "whisper-tiny",
+                 face_detector=None, rife=folder / "RIFE" / "flownet.pkl")
+    paths.update(overrides)
+    return loaders.load_sonic_models(**paths, dtype=torch.float32, low_vram=False)
+
+
+def _audio(seconds, rate=44100, channels=2):
+    t = torch.arange(int(seconds * rate)) / rate
+    wave = torch.sin(2 * math.pi * 220 * t).repeat(channels, 1)[None]
+    return {"waveform": wave, "sample_rate": rate}
+
+
+def test_sonic_folder_is_registered_with_weight_extensions(sonic_dir):
+    model_files.register_sonic_folder()
+    paths, extensions = folder_paths.folder_names_and_paths["sonic"]
+    assert str(sonic_dir) in paths and ".pth" in extensions and ".pkl" in extensions
+    options, default = model_files.choices("unet")
+    assert default == "unet.pth" and "RIFE/flownet.pkl" in options
+    assert model_files.choices("whisper") == (["whisper-tiny"], "whisper-tiny")
+    assert model_files.choices("face_detector", optional=True)[0][0] == "none"
+
+
+def test_missing_file_names_the_folder_to_put_it_in(sonic_dir):
+    with pytest.raises(FileNotFoundError, match=f"Put unet.pth in {sonic_dir}"):
+        model_files.resolve("unet", "unet_v2.pth")
+
+
+def test_models_load_and_are_managed(sonic_dir):
+    models = _load(sonic_dir)
+    assert type(models.unet.model).__name__ == "ManagedUNet" and models.rife is not None
+    assert models.audio2token.output_dim == 1024 and models.audio2bucket.clip_channels == 1024
+
+
+def test_file_in_the_wrong_slot_is_named(sonic_dir):
+    with pytest.raises(WeightFileError, match="swap"):
+        _load(sonic_dir, audio2bucket=sonic_dir / "audio2token.pth")
+
+
+def test_audio_encode_counts_frames_and_trims_audio(sonic_dir):
+    models = _load(sonic_dir)
+    embeds, trimmed = audio_node.encode_sonic_audio(models, _audio(2.37))
+    assert embeds.num_frames == (int(2.37 * 16000) // 640) // 2 == 29
+    assert embeds.tokens.shape == (29, 4, 1024) and embeds.null_tokens.shape == (4, 1024)
+    assert trimmed["waveform"].shape[-1] == round(29 * 44100 / 12.5)
+    assert embeds.bucket_windows.shape == (29, 50, 1, 8)
+
+
+@pytest.mark.parametrize("rate,channels", [(8000, 1), (22050, 2), (48000, 1), (44100, 6)])
+def test_any_rate_and_channel_count_gives_the_same_frames(sonic_dir, rate, channels):
+    embeds, trimmed = audio_node.encode_sonic_audio(_load(sonic_dir), _audio(3.3, rate, channels))
+    assert embeds.num_frames == 41 and trimmed["sample_rate"] == rate
+
+
+def test_audio_shorter_than_a_frame_is_explained(sonic_dir):
+    with pytest.raises(ValueError, match="shorter than one video frame"):
+        audio_node.encode_sonic_audio(_load(sonic_dir), _audio(0.05))
+
+
+def test_batched_audio_is_refused_with_the_fix(sonic_dir):
+    batch = {"waveform": torch.zeros(2, 1, 16000), "sample_rate": 16000}
+    with pytest.raises(ValueError, match="Pick one clip"):
+        audio_node.encode_sonic_audio(_load(sonic_dir), batch)
+
+
+def test_motion_presets_scale_and_sliders_override(sonic_dir):
+    models = _load(sonic_dir)
+    embeds, _ = audio_node.encode_sonic_audio(models, _audio(2.0))
+    image = SonicImageEmbeds(concat_latent=torch.zeros(1, 4, 8, 8), image_embeds=torch.randn(1, 1024),
+                             face_mask=torch.ones(1, 1, 64, 64), image=torch.zeros(1, 64, 64, 3))
+    raw = motion.predict_buckets(models, embeds, image)
+    assert raw.shape == (embeds.num_frames, 2)
+    moderate = motion.motion_buckets(raw, motion.dynamic_scale("moderate (1.0)", 9.0), -1, -1)
+    torch.testing.assert_close(moderate.buckets, raw * 16 + 16)
+    intense = motion.motion_buckets(raw, motion.dynamic_scale("intense (2.0)", 9.0), -1, -1)
+    torch.testing.assert_close(intense.buckets, (raw * 16 + 16) * 2)
+    custom = motion.motion_buckets(raw, motion.dynamic_scale("custom", 1.3), 40, -1)
+    assert bool((custom.buckets[:, 0] == 40).all())
+    torch.testing.assert_close(custom.buckets[:, 1], (raw[:, 1] * 16 + 16) * 1.3)
+    summary = custom.summary()
+    assert summary["motion"] == {"mean": 40.0, "min": 40.0, "max": 40.0}
+
+
+def test_loader_reuses_models_for_the_same_settings(sonic_dir, tiny_models_dir, monkeypatch):
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "checkpoints",
+                        ([str(tiny_models_dir / "checkpoints")], set(folder_paths.supported_pt_extensions)))
+    folder_paths.filename_list_cache.clear()
+    args = dict(svd_checkpoint="svd_xt_random.safetensors", unet="unet.pth", audio2token="audio2token.pth",
+                audio2bucket="audio2bucket.pth", whisper="whisper-tiny", face_detector="none",
+                rife="RIFE/flownet.pkl", dtype="fp32", low_vram="auto")
+    first = loaders.SonicLoader.execute(**args)
+    again = loaders.SonicLoader.execute(**args)
+    assert first.args[0] is again.args[0] and first.args[1] is again.args[1]
+    assert first.args[1] is not None and first.args[2] is not None
+    other = loaders.SonicLoader.execute(**{**args, "rife": "none"})
+    assert other.args[0] is not first.args[0] and other.args[0].rife is None
