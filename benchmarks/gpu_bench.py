@@ -1,0 +1,220 @@
+#!/usr/bin/env python
+"""Sonic sampling speed and memory: our fused sampler against a loop written the way the official code runs.
+
+    .venv/bin/python benchmarks/gpu_bench.py            # full size on the GPU: 512x512, N=125, 25 steps, bf16+fp16
+    .venv/bin/python benchmarks/gpu_bench.py --quick    # a few minutes; on a machine without CUDA: tiny model, CPU
+
+Random weights (speed does not depend on their values). Reported per configuration: seconds per second of video
+(12.5 generated frames per second), the UNet's share of the time, achieved TFLOP/s against the GPU's dense peak,
+peak VRAM, and the speed-up over the reference loop measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from sonic_model.fused_denoiser import ShiftFusionDenoiser, SonicConditioning  # noqa: E402
+from sonic_model.shift_windows import shifted_windows  # noqa: E402
+from sonic_model.unet import build_sonic_unet  # noqa: E402
+
+FPS = 12.5
+TFLOP_PER_FRAME_512 = 1.14  # one SVD-xt UNet pass per frame at a 64x64 latent (issue estimate), scales with area
+DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+
+
+@dataclass
+class Setting:
+    name: str
+    dtype: torch.dtype
+    frames: int
+    steps: int
+    height: int
+    width: int
+    window: int = 25
+    shift: int = 7
+    low_vram: bool = False
+
+
+def random_unet(config: dict | None, device: torch.device, dtype: torch.dtype):
+    model = build_sonic_unet(config, device="meta")
+    model = torch.nn.Module.to_empty(model, device=device)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    return torch.nn.Module.to(model, dtype=dtype).eval()  # (diffusers' own .to warns on every cast)
+
+
+def conditioning(n: int, h: int, w: int, d: int, device, tokens: int) -> SonicConditioning:
+    g = torch.Generator().manual_seed(0)
+    return SonicConditioning(concat_latent=torch.randn(1, 4, h, w, generator=g).to(device),
+                             image_embeds=torch.randn(1, d, generator=g).to(device),
+                             audio_tokens=torch.randn(n, tokens, d, generator=g).to(device),
+                             null_audio_tokens=torch.randn(tokens, d, generator=g).to(device),
+                             motion_buckets=(16 + 16 * torch.rand(n, 2, generator=g)).to(device),
+                             face_mask=torch.ones(1, 1, h * 8, w * 8, device=device))
+
+
+def karras(steps: int, device) -> list[float]:
+    lo, hi, rho = 0.002 ** (1 / 7), 700 ** (1 / 7), 7
+    return [(hi + i / max(steps - 1, 1) * (lo - hi)) ** rho for i in range(steps)] + [0.0]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class UNetTimer(torch.nn.Module):
+    """Wraps the UNet to add up the time spent inside it (synchronised on CUDA)."""
+
+    def __init__(self, unet, device):
+        super().__init__()
+        self.unet, self.device, self.seconds = unet, device, 0.0
+
+    def forward(self, *args, **kwargs):
+        sync(self.device)
+        start = time.perf_counter()
+        out = self.unet(*args, **kwargs)
+        sync(self.device)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+@torch.no_grad()
+def fused_run(unet, cond, s: Setting, device) -> tuple[float, float, int]:
+    timer = UNetTimer(unet, device)
+    denoiser = ShiftFusionDenoiser(timer, cond, window=s.window, shift=s.shift, batched_cfg=not s.low_vram)
+    sigmas = karras(s.steps, device)
+    x = cond.concat_latent * 0.18215 + sigmas[0] * torch.randn(s.frames, 4, s.height // 8, s.width // 8,
+                                                                device=device)
+    sync(device)
+    start = time.perf_counter()
+    for i in range(s.steps):  # euler on the fused x0
+        x0 = denoiser.denoise(x, sigmas[i], i)
+        x = x + (x - x0) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+    sync(device)
+    return time.perf_counter() - start, timer.seconds, denoiser.unet_calls
+
+
+@torch.no_grad()
+def reference_run(unet, cond, s: Setting, device) -> float:
+    """The official loop's shape: per window rebuild every input, one batch-3 call, per-window Euler step,
+    fp16 averaging of the stepped windows."""
+    sigmas = karras(s.steps, device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    n, h, w = s.frames, s.height // 8, s.width // 8
+    latents = (cond.concat_latent * 0.18215 + sigmas[0] * torch.randn(n, 4, h, w, device=device)).to(dtype)
+    sync(device)
+    start = time.perf_counter()
+    for i in range(s.steps):
+        acc = torch.zeros_like(latents)
+        count = torch.zeros(n, device=device, dtype=dtype)
+        for frames in shifted_windows(n, s.window, s.shift, i):
+            idx = torch.tensor(frames, device=device)
+            f = len(frames)
+            x = latents[idx]
+            z = cond.concat_latent.to(dtype).expand(f, -1, -1, -1)
+            concat = torch.stack([torch.zeros_like(z), z, z])
+            c_in = 1 / math.sqrt(sigmas[i] ** 2 + 1)
+            sample = torch.cat([(x * c_in).unsqueeze(0).expand(3, -1, -1, -1, -1), concat], 2).to(dtype)
+            e = cond.image_embeds.to(dtype).reshape(1, 1, -1).expand(f, 1, -1)
+            clip = torch.cat([torch.zeros_like(e), e, e])
+            null = cond.null_audio_tokens.to(dtype).unsqueeze(0).expand(f, -1, -1)
+            audio = torch.cat([null, null, cond.audio_tokens[idx].to(dtype)])
+            ids = torch.tensor([[FPS, *cond.motion_buckets[idx].mean(0).tolist()]] * 3, device=device, dtype=dtype)
+            v = unet(sample, torch.tensor(0.25 * math.log(sigmas[i]), device=device), added_time_ids=ids,
+                     clip_states=clip, audio_tokens=audio, face_mask=cond.face_mask.to(dtype))
+            u, im, c = v.unbind(0)
+            v = u + 2.0 * (im - u) + 7.5 * (c - im)
+            x0 = x / (sigmas[i] ** 2 + 1) - v * sigmas[i] * c_in
+            stepped = x.float() + (x.float() - x0.float()) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+            acc.index_add_(0, idx, stepped.to(dtype))
+            count.index_add_(0, idx, torch.ones(f, device=device, dtype=dtype))
+        latents = acc / count.view(-1, 1, 1, 1)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in DENSE_BF16_PEAK.items() if k in name), None)
+
+
+def run(settings: list[Setting], config: dict | None, device: torch.device, tokens: int) -> list[str]:
+    rows = []
+    for s in settings:
+        unet = random_unet(config, device, s.dtype)
+        d = unet.config.cross_attention_dim
+        cond = conditioning(s.frames, s.height // 8, s.width // 8, d, device, tokens)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        warm = Setting(**{**s.__dict__, "steps": 1})
+        fused_run(unet, cond, warm, device)
+        total, in_unet, calls = fused_run(unet, cond, s, device)
+        vram = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+        reference = reference_run(unet, cond, s, device) if not s.low_vram else float("nan")
+        video_seconds = s.frames / FPS
+        flop = calls * 3 * s.window * TFLOP_PER_FRAME_512 * 1e12 * (s.height * s.width) / (512 * 512)
+        peak = peak_tflops(device)
+        full_size = config is None  # the FLOP estimate is for the SVD-xt UNet only
+        tflops = f"{flop / in_unet / 1e12:.0f}" if full_size else "-"
+        of_peak = f"{flop / in_unet / peak:.0%}" if full_size and peak else "-"
+        vram_text = f"{vram:.1f}" if device.type == "cuda" else "-"
+        speedup = f"{reference / total:.2f}x" if reference == reference else "-"
+        rows.append(f"| {s.name} | {str(s.dtype).removeprefix('torch.')} | {s.width}x{s.height} | {s.frames} | "
+                    f"{s.steps} | {total / video_seconds:.2f} | {in_unet / total:.0%} | {tflops} | {of_peak} | "
+                    f"{vram_text} | {speedup} |")
+        del unet
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few minutes; tiny model on CPU when no CUDA")
+    args = parser.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        config, tokens = None, 32
+        n, steps = (25, 3) if args.quick else (125, 25)
+        settings = [Setting("default", torch.bfloat16, n, steps, 512, 512),
+                    Setting("default", torch.float16, n, steps, 512, 512),
+                    Setting("low-vram", torch.bfloat16, n, steps, 512, 512, low_vram=True),
+                    Setting("default", torch.bfloat16, n, steps, 1024, 576),
+                    Setting("low-vram", torch.bfloat16, n, steps, 1024, 576, low_vram=True)]
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        from tools.tiny_models import TINY_UNET_CONFIG
+
+        config, tokens = TINY_UNET_CONFIG, 4
+        settings = [Setting("default", torch.float32, 13, 3, 64, 64, window=5, shift=2),
+                    Setting("low-vram", torch.float32, 13, 3, 64, 64, window=5, shift=2, low_vram=True)]
+        if not args.quick:
+            settings.append(Setting("default", torch.float32, 50, 10, 128, 128))
+    where = torch.cuda.get_device_name(device) if cuda else "CPU (tiny Sonic UNet, random weights)"
+    print(f"Sonic sampling benchmark on {where}; torch {torch.__version__}")
+    print("| mode | dtype | size | frames | steps | s per video-s | UNet share | TFLOP/s | of peak | "
+          "peak VRAM GiB | vs reference loop |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in run(settings, config, device, tokens):
+        print(row, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The benchmarks keep working in CI-sized form (their figures are reported, not asserted against targets)."""
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def _run(*args: str) -> str:
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_gpu_bench_quick_runs_on_cpu_with_the_ratio_line():
+    out = _run("benchmarks/gpu_bench.py", "--quick")
+    rows = [line for line in out.splitlines() if line.startswith("| default") or line.startswith("| low-vram")]
+    assert len(rows) == 2, out
+    assert rows[0].rstrip("|").split("|")[-1].strip().endswith("x"), "the reference-loop ratio is missing"
+    assert "vs reference loop" in out
+
+
+def test_sampler_overhead_counts_unet_calls():
+    out = _run("benchmarks/sampler_overhead.py", "--frames", "13", "--window", "5", "--steps", "2", "--repeats", "1",
+               "--size", "4")
+    assert "UNet calls           6 (expected steps x windows = 6)" in out and "overhead ratio" in out
