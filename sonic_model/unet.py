@@ -59,7 +59,8 @@ class SonicTransformerSpatioTemporal(TransformerSpatioTemporalModel):
     """
 
     def forward(self, hidden_states: Tensor, encoder_hidden_states: SonicConditioning | Tensor | None = None,
-                image_only_indicator: Tensor | None = None, return_dict: bool = True):
+                image_only_indicator: Tensor | None = None,
+                return_dict: bool = True) -> TransformerTemporalModelOutput | tuple[Tensor]:
         cond = encoder_hidden_states
         if not isinstance(cond, SonicConditioning):
             return super().forward(hidden_states, cond, image_only_indicator, return_dict)
