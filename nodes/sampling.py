@@ -11,7 +11,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..sonic_model.fused_denoiser import ShiftFusionDenoiser, SonicConditioning, WindowEvent
-from .comfy_sampling import check_sampler_name, sample_shift_fusion, schedule_sigmas, seeded_noise, supported_samplers
+from .comfy_sampling import LATENT_SCALE, check_sampler_name, sample_shift_fusion, schedule_sigmas, seeded_noise, supported_samplers
 from .sonic_types import SonicAudio, SonicAudioEmbeds, SonicImage, SonicImageEmbeds, SonicModel, SonicModels, \
     SonicMotion, SonicMotionBuckets
 
@@ -42,7 +42,8 @@ def run_sonic_sampler(models: SonicModels, audio: SonicAudioEmbeds, image: Sonic
                       shift: int, window: int, sampler_name: str, scheduler: str, denoise: float,
                       sampler: object | None = None, sigmas: torch.Tensor | None = None,
                       node_id: str | None = None) -> torch.Tensor:
-    """Samples every frame of the clip; returns latents (N, 4, h, w), frames on the batch axis (core's SVD layout)."""
+    """Samples every frame of the clip; returns VAE latents (N, 4, h, w), frames on the batch axis, unscaled as
+    core's LATENT (what VAEDecode and the Sonic decode nodes take)."""
     n = audio.num_frames
     if n < 1:
         raise ValueError("The audio is shorter than one video frame (80 ms): give Sonic at least 0.08 s of audio.")
@@ -79,7 +80,8 @@ def run_sonic_sampler(models: SonicModels, audio: SonicAudioEmbeds, image: Sonic
     if not torch.isfinite(samples).all():
         raise FloatingPointError("Sampling produced NaN/Inf latents: the UNet overflowed in this precision. "
                                  "Reload the Sonic models with dtype bf16 or fp32 and run again.")
-    return samples.to(mm.intermediate_device())
+    # ComfyUI's LATENT holds unscaled VAE latents (core divides by the SD1.5 factor after sampling too).
+    return (samples / LATENT_SCALE).to(mm.intermediate_device())
 
 
 class SonicSampler(io.ComfyNode):

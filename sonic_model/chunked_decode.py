@@ -9,8 +9,6 @@ from typing import Callable, Iterator
 
 import torch
 
-LATENT_SCALE = 0.18215
-
 
 def chunk_bounds(num_frames: int, chunk_size: int) -> list[tuple[int, int]]:
     if chunk_size < 1:
@@ -20,9 +18,9 @@ def chunk_bounds(num_frames: int, chunk_size: int) -> list[tuple[int, int]]:
 
 def iter_decoded_chunks(latents: torch.Tensor, chunk_size: int,
                         decode_chunk: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yields (first frame index, decoded chunk) for latents (N, 4, h, w) in the scaled latent space.
+    """Yields (first frame index, decoded chunk) for VAE latents (N, 4, h, w), unscaled (ComfyUI's LATENT convention).
 
-    `decode_chunk` receives the unscaled latents of one chunk (n, 4, h, w) and returns its n frames.
+    `decode_chunk` receives one chunk (n, 4, h, w) and returns its n frames.
     """
     for start, stop in chunk_bounds(latents.shape[0], chunk_size):
-        yield start, decode_chunk(latents[start:stop] / LATENT_SCALE)
+        yield start, decode_chunk(latents[start:stop])

@@ -185,3 +185,13 @@ def test_too_short_audio_and_mismatched_motion_are_explained():
     motion.buckets = motion.buckets[:3]
     with pytest.raises(ValueError, match="same Sonic audio"):
         run_sonic_sampler(models, audio, image, motion, 0, 2, 2.0, 7.5, 1, 4, "euler", "karras", 1.0)
+
+
+def test_output_latents_use_cores_unscaled_convention():
+    models, audio, image, motion, unet = _inputs(5)
+    out = run_sonic_sampler(models, audio, image, motion, 3, 2, 2.0, 7.5, 1, 5, "euler", "karras", 1.0)
+    denoiser = ShiftFusionDenoiser(unet, make_conditioning(5), window=5, shift=1)
+    direct = comfy_sampling.sample_shift_fusion(denoiser, image.concat_latent,
+                                                comfy_sampling.schedule_sigmas("karras", 2), "euler",
+                                                comfy_sampling.seeded_noise((5, 4, 4, 4), 3))
+    torch.testing.assert_close(out * 0.18215, direct)

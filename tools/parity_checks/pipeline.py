@@ -41,7 +41,7 @@ def run(golden: Golden) -> list[Comparison]:
     from tools.comfy_runtime import import_pack
 
     pack = import_pack()
-    from sonic_pack.nodes.comfy_sampling import sample_shift_fusion, schedule_sigmas
+    from sonic_pack.nodes.comfy_sampling import LATENT_SCALE, sample_shift_fusion, schedule_sigmas
     from sonic_pack.sonic_model.chunked_decode import iter_decoded_chunks
     from sonic_pack.sonic_model.fused_denoiser import ShiftFusionDenoiser, SonicConditioning
     from sonic_pack.sonic_model.shift_windows import window_starts
@@ -92,7 +92,7 @@ def run(golden: Golden) -> list[Comparison]:
     results.append(compare_golden(golden, "out.final_latents", final.unsqueeze(0)))
 
     chunks = [vae.decode(lat, num_frames=lat.shape[0]).sample
-              for _, lat in iter_decoded_chunks(final, kw["decode_chunk_size"], lambda lat: lat)]
+              for _, lat in iter_decoded_chunks(final / LATENT_SCALE, kw["decode_chunk_size"], lambda lat: lat)]
     frames = torch.cat(chunks).permute(1, 0, 2, 3).unsqueeze(0)          # (1, 3, N, H, W)
     results.append(compare_golden(golden, "out.frames", frames))
     expected_calls = steps * len(window_starts(n, f, shift, 0, stride))
