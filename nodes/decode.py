@@ -1,0 +1,134 @@
+"""Sonic Decode (chunked): SVD's temporal VAE decoder over fixed chunks of frames, with core's VAE.
+
+Core's `VAE.decode` sizes its sub-batches from free memory, and the temporal decoder mixes exactly the frames of one
+sub-batch; it also retries a failed decode with per-frame tiles, which drops the temporal mixing. Either changes the
+pixels, so a chunk here goes through the model in one call. See docs/decode-chunking.md.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from PIL import Image
+
+import comfy.model_management as mm
+import comfy.utils
+from comfy_api.latest import io
+
+from ..sonic_model.chunked_decode import chunk_bounds, iter_decoded_chunks
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK = 8  # the official decode_chunk_size
+
+
+def _is_core_vae(vae: Any) -> bool:
+    return all(hasattr(vae, a) for a in ("first_stage_model", "patcher", "memory_used_decode", "vae_dtype",
+                                         "device", "process_output"))
+
+
+def decode_chunk(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Unscaled latents (n,4,h,w) → frames (n,H,W,3) float32 in [0,1] on mm.intermediate_device(), in ONE decoder
+    call: SVD's temporal decoder takes the batch as the frames (`timesteps` defaults to the batch size), so the
+    chunk is one temporal group. Objects other than core's VAE only need `.decode(latents)` → frames."""
+    if not _is_core_vae(vae):
+        return vae.decode(latents).float().to(mm.intermediate_device())
+    vae.throw_exception_if_invalid()
+    n = latents.shape[0]
+    # Core's estimate is per frame (its formula ignores the batch axis): ask room for the whole chunk.
+    memory = vae.memory_used_decode(latents.shape, vae.vae_dtype) * n
+    output_device = getattr(vae, "output_device", mm.intermediate_device())
+    for attempt in (1, 2):
+        try:
+            mm.load_models_gpu([vae.patcher], memory_required=memory,
+                               force_full_load=getattr(vae, "disable_offload", False))
+            with torch.inference_mode():
+                x = latents.to(device=vae.device, dtype=vae.vae_dtype)
+                pixels = vae.first_stage_model.decode(x)
+                return vae.process_output(pixels.to(output_device).float()).movedim(1, -1)
+        except torch.OutOfMemoryError:  # not core's OOM_EXCEPTION, which may be plain Exception
+            if attempt == 2:
+                break
+            log.warning("Sonic decode: out of memory on a %d-frame chunk; emptying the cache and retrying once.", n)
+            mm.soft_empty_cache()  # the retry's load_models_gpu evicts other models to make `memory` free
+    h, w = latents.shape[-2:]
+    raise torch.OutOfMemoryError(
+        f"Sonic decode ran out of memory on a chunk of {n} frames at {w * 8}×{h * 8}. The temporal decoder must see "
+        "the whole chunk, so it is not tiled: lower decode_chunk_size (fewer frames mixed together; pixels change "
+        "slightly) or the resolution, or close other models. Sampling is cached, so a re-run only redoes the decode.")
+
+
+def check_latents(latent: dict) -> torch.Tensor:
+    samples = latent["samples"] if isinstance(latent, dict) else latent
+    if not isinstance(samples, torch.Tensor) or samples.dim() != 4:
+        shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+        raise ValueError(f"Sonic decode expects SVD latents (frames, 4, h, w), frames on the batch axis; got {shape}. "
+                         "Connect the Sonic sampler's latent.")
+    if samples.shape[0] == 0:
+        raise ValueError("The latent holds no frames.")
+    return samples
+
+
+def _preview(frame: torch.Tensor, max_side: int = 256) -> Image.Image:
+    image = Image.fromarray((frame.float().clamp(0, 1) * 255).round().byte().cpu().numpy())
+    scale = max_side / max(image.size)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+
+
+def iter_decode(vae: Any, samples: torch.Tensor, chunk_size: int = DEFAULT_CHUNK, node_id: Optional[str] = None,
+                on_chunk: Optional[Callable[[int, int], None]] = None) -> Iterator[torch.Tensor]:
+    """Yields decoded chunks (n,H,W,3) of Sonic latents (N,4,h,w), scaled latent space; a ProgressBar step, a
+    preview and a Cancel check per chunk. `on_chunk(done, total)` is called after each chunk (tests, benchmarks)."""
+    total = len(chunk_bounds(samples.shape[0], chunk_size))
+    bar = comfy.utils.ProgressBar(total, node_id=node_id)
+    for index, (_, frames) in enumerate(iter_decoded_chunks(samples, chunk_size, lambda lat: decode_chunk(vae, lat)),
+                                        start=1):
+        bar.update_absolute(index, total, preview=("JPEG", _preview(frames[-1]), 256))
+        if on_chunk is not None:
+            on_chunk(index, total)
+        mm.throw_exception_if_processing_interrupted()  # Cancel between chunks (also without a server hook)
+        yield frames
+
+
+def decode_latents(vae: Any, samples: torch.Tensor, chunk_size: int = DEFAULT_CHUNK,
+                   node_id: Optional[str] = None) -> torch.Tensor:
+    """All frames (N,H,W,3) on mm.intermediate_device(), filled chunk by chunk into one preallocated tensor."""
+    out: Optional[torch.Tensor] = None
+    start = 0
+    for frames in iter_decode(vae, samples, chunk_size, node_id):
+        if out is None:
+            out = torch.empty((samples.shape[0], *frames.shape[1:]), dtype=torch.float32,
+                              device=mm.intermediate_device())
+        out[start:start + frames.shape[0]] = frames
+        start += frames.shape[0]
+    return out
+
+
+class SonicDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SonicDecode",
+            display_name="Sonic Decode (chunked)",
+            category="Sonic",
+            description="Decodes Sonic latents with SVD's temporal VAE decoder in fixed chunks of frames, as the "
+                        "official code does (8). Each chunk is decoded in one pass: frames inside a chunk are "
+                        "smoothed together, so the chunk size is part of the look. For long videos, 'Sonic Decode + "
+                        "Save Video' streams straight to the file instead of holding every frame.",
+            inputs=[
+                io.Vae.Input("vae", tooltip="SVD's VAE (from 'Load SVD + Sonic weights' or a checkpoint loader)."),
+                io.Latent.Input("latent", tooltip="Latents from the Sonic sampler: one per frame at 12.5 fps."),
+                io.Int.Input("chunk_size", default=DEFAULT_CHUNK, min=1, max=64,
+                             tooltip="Frames decoded together (official: 8). The temporal decoder mixes frames "
+                                     "within a chunk only; larger chunks need more VRAM."),
+            ],
+            outputs=[io.Image.Output(display_name="images",
+                                     tooltip="Decoded frames (N,H,W,3) in [0,1] at 12.5 fps, on the CPU.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, vae, latent, chunk_size=DEFAULT_CHUNK) -> io.NodeOutput:
+        samples = check_latents(latent)
+        return io.NodeOutput(decode_latents(vae, samples, chunk_size, node_id=cls.hidden.unique_id))

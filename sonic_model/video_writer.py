@@ -1,0 +1,211 @@
+"""Stream frames into an H.264 + AAC mp4 as they are produced, so a long video never sits in memory.
+
+Fixes of the official writer (spec §9, §11.7–8): one lossy encode, float → uint8 by rounding (not truncation), and
+the audio cut or padded to exactly the video's length instead of `-shortest` dropping the tail. The file appears
+under its final name only when everything was written: a failure or a Cancel leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Optional, Union
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Audio = tuple[torch.Tensor, int]  # waveform (C, T) float in [-1, 1], sample rate
+
+
+def as_fraction(fps: Union[Fraction, float, int]) -> Fraction:
+    """Frame rate as a Fraction; floats are read to 1/1000 fps as ComfyUI's own video writer does (12.5 → 25/2)."""
+    if isinstance(fps, Fraction):
+        rate = fps
+    else:
+        rate = Fraction(round(float(fps) * 1000), 1000)
+    if rate <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    return rate
+
+
+def to_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """(n,H,W,3) float in [0,1] → uint8 with rounding (the official code truncates, darkening by half a level)."""
+    if frames.dtype == torch.uint8:
+        return frames
+    return (frames.float().nan_to_num(0.0) * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def partial_path(path: Union[str, Path]) -> Path:
+    """The hidden temporary file beside the target; its leading dot keeps it out of ComfyUI's file numbering."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.partial{path.suffix or '.mp4'}")
+
+
+class StreamingMp4Writer:
+    """Context manager: `write_frames` encodes at once; the audio is interleaved and sized to the frames at exit.
+
+    width/height must be even for yuv420p: an odd side is cropped by one pixel at the right/bottom (as the official
+    `keep_resolution` rounds down to even). The audio waveform (C, T) with C = 1 or 2 is cut or zero-padded so that
+    it lasts exactly frames/fps seconds. `metadata` (e.g. ComfyUI's prompt and workflow) is stored as JSON tags.
+    """
+
+    def __init__(self, path: Union[str, Path], width: int, height: int, fps: Union[Fraction, float],
+                 audio: Optional[Audio] = None, crf: int = 18, metadata: Optional[dict] = None,
+                 preset: str = "medium") -> None:
+        self.path = Path(path)
+        self.fps = as_fraction(fps)
+        self.width, self.height = int(width), int(height)
+        if self.width < 2 or self.height < 2:
+            raise ValueError(f"video frames must be at least 2×2 pixels, got {self.width}×{self.height}")
+        self.out_width, self.out_height = self.width - self.width % 2, self.height - self.height % 2
+        if (self.out_width, self.out_height) != (self.width, self.height):
+            log.warning("Sonic video writer: %d×%d is not even (H.264 yuv420p needs even sides); writing %d×%d, "
+                        "one pixel cropped at the right/bottom.", self.width, self.height, self.out_width,
+                        self.out_height)
+        self.crf = int(crf)
+        self.preset = preset
+        self.metadata = metadata
+        self.audio = _check_audio(audio)
+        self.frames_written = 0
+        self._audio_written = 0  # samples per channel already sent to the encoder
+        self._container = None
+        self._video = None
+        self._audio_stream = None
+        self._partial = partial_path(self.path)
+
+    # --- context management ---------------------------------------------------------------------------------------
+
+    def __enter__(self) -> "StreamingMp4Writer":
+        import av
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._container = av.open(str(self._partial), mode="w", format="mp4",
+                                      options={"movflags": "use_metadata_tags"})
+            for key, value in (self.metadata or {}).items():
+                self._container.metadata[key] = value if isinstance(value, str) else json.dumps(value)
+            video = self._add_video_stream()
+            video.width, video.height = self.out_width, self.out_height
+            video.pix_fmt = "yuv420p"
+            video.codec_context.time_base = 1 / self.fps
+            video.options = {"crf": str(self.crf), "preset": self.preset}
+            self._video = video
+            if self.audio is not None:
+                waveform, rate = self.audio
+                layout = "mono" if waveform.shape[0] == 1 else "stereo"
+                self._audio_stream = self._container.add_stream("aac", rate=rate, layout=layout)
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def _add_video_stream(self):
+        try:
+            return self._container.add_stream("libx264", rate=self.fps)
+        except ValueError:  # an FFmpeg build without x264: its default H.264 encoder (crf may be ignored)
+            log.warning("Sonic video writer: libx264 is not available in this PyAV build; using its default H.264 "
+                        "encoder, which may ignore crf.")
+            return self._container.add_stream("h264", rate=self.fps)
+
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> bool:
+        if exc_type is not None:  # any error, KeyboardInterrupt or ComfyUI's Cancel: nothing may remain
+            self._discard()
+            return False
+        try:
+            if self.frames_written == 0:
+                raise ValueError("no video frames were written; nothing saved")
+            self._finish()
+            os.replace(self._partial, self.path)  # atomic: the final name only ever holds a complete file
+        except BaseException:
+            self._discard()
+            raise
+        return False
+
+    # --- writing ---------------------------------------------------------------------------------------------------
+
+    def write_frames(self, frames: torch.Tensor) -> None:
+        """Encode frames (n,H,W,3) or one frame (H,W,3), uint8 or float in [0,1], on any device."""
+        if self._container is None:
+            raise RuntimeError("StreamingMp4Writer.write_frames() called outside its `with` block")
+        import av
+
+        if frames.dim() == 3:
+            frames = frames.unsqueeze(0)
+        if frames.dim() != 4 or frames.shape[-1] != 3 or tuple(frames.shape[1:3]) != (self.height, self.width):
+            raise ValueError(f"expected frames (n,{self.height},{self.width},3), got {tuple(frames.shape)}")
+        pixels = to_uint8(frames[:, :self.out_height, :self.out_width].cpu()).contiguous().numpy()
+        for image in pixels:
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = self.frames_written
+            frame.time_base = self._video.codec_context.time_base
+            self._container.mux(self._video.encode(frame))
+            self.frames_written += 1
+        self._write_audio_until(self._samples_for(self.frames_written))
+
+    def _samples_for(self, frames: int) -> int:
+        """Audio samples (per channel) spanning exactly `frames` video frames."""
+        return round(Fraction(frames) * self.audio[1] / self.fps) if self.audio is not None else 0
+
+    def _write_audio_until(self, end: int) -> None:
+        """Send audio up to sample `end`, zero-padded past the end of the waveform (interleaved with the video)."""
+        if self._audio_stream is None or end <= self._audio_written:
+            return
+        import av
+
+        waveform, rate = self.audio
+        piece = waveform[:, self._audio_written:end]
+        if piece.shape[1] < end - self._audio_written:
+            piece = torch.nn.functional.pad(piece, (0, end - self._audio_written - piece.shape[1]))
+        frame = av.AudioFrame.from_ndarray(piece.contiguous().numpy(), format="fltp",
+                                           layout="mono" if piece.shape[0] == 1 else "stereo")
+        frame.sample_rate = rate
+        frame.pts = self._audio_written
+        frame.time_base = Fraction(1, rate)
+        self._container.mux(self._audio_stream.encode(frame))
+        self._audio_written = end
+
+    def _finish(self) -> None:
+        self._write_audio_until(self._samples_for(self.frames_written))
+        self._container.mux(self._video.encode(None))
+        if self._audio_stream is not None:
+            self._container.mux(self._audio_stream.encode(None))
+        container, self._container = self._container, None
+        container.close()
+
+    def _discard(self) -> None:
+        """Close whatever is open and delete the partial file (errors while closing are secondary)."""
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()
+            except Exception as err:  # the original exception matters more
+                log.debug("closing the partial video failed: %s", err)
+        try:
+            self._partial.unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("could not delete the partial video %s: %s", self._partial, err)
+
+
+def _check_audio(audio: Optional[Audio]) -> Optional[Audio]:
+    """(waveform (C,T) or (1,C,T), rate) → float32 CPU (C,T) with C in {1, 2}; None stays None."""
+    if audio is None:
+        return None
+    waveform, rate = audio
+    if waveform.dim() == 3:
+        if waveform.shape[0] != 1:
+            raise ValueError(f"the audio holds a batch of {waveform.shape[0]} clips; one clip can be muxed")
+        waveform = waveform[0]
+    if waveform.dim() == 1:
+        waveform = waveform.unsqueeze(0)
+    if waveform.dim() != 2 or waveform.shape[0] not in (1, 2):
+        raise ValueError(f"audio must be mono or stereo (C,T) with C = 1 or 2, got {tuple(waveform.shape)}; "
+                         "downmix it first")
+    rate = int(rate)
+    if rate <= 0:
+        raise ValueError(f"audio sample rate must be positive, got {rate}")
+    return waveform.detach().float().cpu().contiguous(), rate
