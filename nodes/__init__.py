@@ -1,13 +1,18 @@
 """The ComfyUI adapter: one module per family of nodes. Every import here is relative (core owns `nodes`)."""
 from .audio import SonicAudioEncode
+from .decode import SonicDecode
 from .loaders import SonicLoader
+from .model_check import SonicModelCheck
 from .model_files import register_sonic_folder
 from .motion import SonicMotionBucketsNode
 from .sampling import SonicSampler
+from .video import SonicInterpolate, SonicPasteBack, SonicSaveVideo
 
 register_sonic_folder()
 
-NODES = [SonicLoader, SonicAudioEncode, SonicMotionBucketsNode, SonicSampler]
+# In graph order: load → encode → sample → decode → video.
+NODES = [SonicLoader, SonicAudioEncode, SonicMotionBucketsNode, SonicSampler, SonicDecode, SonicInterpolate,
+         SonicPasteBack, SonicSaveVideo, SonicModelCheck]
 
 NODE_CLASS_MAPPINGS = {node.GET_SCHEMA().node_id: node for node in NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {node.GET_SCHEMA().node_id: node.GET_SCHEMA().display_name for node in NODES}

@@ -1,0 +1,512 @@
+"""Every file the Sonic workflows need, where it belongs, where to get it, and whether the one on disk is right.
+
+Files are recognised by content (container bytes, key signature, shapes), never by name: a renamed correct file is
+"found as <name>", a web page or an LFS stub saved under the right name is "wrong". Nothing here touches the network;
+weights are never materialised (safetensors: header only; PyTorch zips: memory-mapped index only).
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .file_signatures import CONTAINER_LABELS, identify_kind, sniff_container
+
+FOUND, MISSING, WRONG, ELSEWHERE = "found", "missing", "wrong", "found as"
+
+SONIC_REPO = "LeonJoe13/Sonic"
+WHISPER_REPO = "openai/whisper-tiny"
+SVD_REPO = "stabilityai/stable-video-diffusion-img2vid-xt-1-1"
+SONIC_LICENCE = "CC BY-NC-SA 4.0, non-commercial"
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".ckpt", ".safetensors", ".sft")
+SVD_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "conditioner.embedders.0.open_clip.model.visual.")
+WHISPER_TINY = {"d_model": 384, "encoder_layers": 4}
+MAX_LEGACY_PICKLE = 1 << 30  # legacy (non-zip) pickles cannot be mapped: bigger ones are judged by size only
+MAX_SCAN_FILES = 200  # bound the look-around in a crowded folder
+MAX_SCAN_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    slot: str  # loader input name
+    title: str
+    folder: str  # ComfyUI folder name: "sonic" or "checkpoints"
+    relpath: str  # official place under that folder (a folder for whisper)
+    kind: str  # file_signatures kind, or "torchscript" / "whisper_folder" / "svd_checkpoint"
+    required: bool
+    repo: str
+    downloads: tuple[tuple[str, str], ...]  # (file in the HF repo, destination relative to the folder)
+    licence: str
+    size: int | None = None  # official bytes, where known
+    min_size: int | None = None  # only a lower bound is known
+    gated: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/{self.repo}"
+
+
+CATALOG: tuple[CatalogEntry, ...] = (
+    CatalogEntry("unet", "Sonic UNet", "sonic", "unet.pth", "sonic_unet", True, SONIC_REPO,
+                 (("Sonic/unet.pth", "unet.pth"),), SONIC_LICENCE, size=6_303_636_358),
+    CatalogEntry("audio2token", "audio2token", "sonic", "audio2token.pth", "audio2token", True, SONIC_REPO,
+                 (("Sonic/audio2token.pth", "audio2token.pth"),), SONIC_LICENCE, size=217_206_084),
+    CatalogEntry("audio2bucket", "audio2bucket", "sonic", "audio2bucket.pth", "audio2bucket", True, SONIC_REPO,
+                 (("Sonic/audio2bucket.pth", "audio2bucket.pth"),), SONIC_LICENCE, size=87_050_998),
+    CatalogEntry("whisper", "Whisper-tiny", "sonic", "whisper-tiny", "whisper_folder", True, WHISPER_REPO,
+                 (("config.json", "whisper-tiny/config.json"),
+                  ("preprocessor_config.json", "whisper-tiny/preprocessor_config.json"),
+                  ("model.safetensors", "whisper-tiny/model.safetensors")), "MIT"),
+    CatalogEntry("face_detector", "face detector", "sonic", "yoloface_v5m.pt", "torchscript", False,
+                 SONIC_REPO, (("yoloface_v5m.pt", "yoloface_v5m.pt"),),
+                 "upstream YOLOv5-face: GPL-3.0", size=84_574_759),
+    CatalogEntry("rife", "RIFE interpolation", "sonic", "RIFE/flownet.pkl", "rife_flownet", False, SONIC_REPO,
+                 (("RIFE/flownet.pkl", "RIFE/flownet.pkl"),),
+                 "upstream RIFE: MIT", size=12_186_817),
+    CatalogEntry("svd_checkpoint", "SVD-xt checkpoint", "checkpoints", "svd_xt_1_1.safetensors",
+                 "svd_checkpoint", True, SVD_REPO, (("svd_xt_1_1.safetensors", "svd_xt_1_1.safetensors"),),
+                 "Stability AI Community License",
+                 min_size=4_000_000_000, gated=True),
+)
+ENTRIES = {e.slot: e for e in CATALOG}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What one file is
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inspection:
+    kind: str | None  # None: unusable or unrecognised
+    label: str  # what it is, for people
+    broken: bool = False  # a failed download (stub, web page, truncated): safe to replace
+    unverified: bool = False  # too costly to open (big legacy pickle): judged by size only
+
+
+def _safetensors_header(path: Path, size: int) -> dict:
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > min(size - 8, 200 << 20):
+            raise ValueError(f"its header claims {n} bytes")
+        header = json.loads(f.read(n))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise ValueError(f"{size} bytes where its header needs {8 + n + end}: truncated")
+    return header
+
+
+def _torchscript_names(path: Path) -> list[str] | None:
+    """Entry names of a TorchScript archive (it carries code/ and constants.pkl), else None."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return names
+    return None
+
+
+def _shapes_kind(shapes: dict[str, tuple[int, ...]]) -> Inspection:
+    found = identify_kind(shapes)
+    if found is None:
+        return Inspection(None, f"a checkpoint with {len(shapes)} tensors that matches no known layout")
+    kind, label = found
+    if kind in ("svd_single_file", "sd_single_file"):
+        missing = [p.rstrip(".") for p in SVD_PREFIXES[1:] if not any(k.startswith(p) for k in shapes)]
+        if kind == "svd_single_file" and not missing:
+            return Inspection("svd_checkpoint", "an SVD single-file checkpoint (UNet, VAE and CLIP vision)")
+        if kind == "svd_single_file":
+            label = f"an SVD checkpoint without {' and '.join(missing)} (VAE / CLIP vision)"
+    return Inspection(kind, label)
+
+
+def inspect_file(path: str | os.PathLike) -> Inspection:
+    """Recognise a weights file from its content; cheap for any size."""
+    path = Path(path)
+    size = path.stat().st_size
+    container = sniff_container(path)
+    if container in ("empty", "lfs_pointer", "html"):
+        return Inspection(None, f"{CONTAINER_LABELS[container]}, {size} bytes: a failed download", broken=True)
+    if container == "gguf":
+        return Inspection(None, CONTAINER_LABELS[container])
+    if container == "safetensors":
+        try:
+            header = _safetensors_header(path, size)
+        except (ValueError, KeyError, TypeError, struct.error) as e:
+            return Inspection(None, f"a damaged safetensors file ({e})", broken=True)
+        return _shapes_kind({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+    if container == "zip":
+        names = _torchscript_names(path)
+        if names is not None:
+            # The archive's top folder is named after the file: look at the scripted code's module paths only.
+            yolo = any("yolo" in n.split("/", 1)[-1].lower() for n in names if "/code/" in n)
+            return Inspection("torchscript", "a TorchScript YOLO model" if yolo else "a TorchScript model")
+    elif container == "pickle" and size > MAX_LEGACY_PICKLE:
+        return Inspection(None, "a legacy-format PyTorch pickle (not opened: too big to read just for a check)",
+                          unverified=True)
+    elif container != "pickle":
+        if path.suffix.lower() in (".safetensors", ".sft"):
+            return Inspection(None, f"not a valid safetensors file ({size} bytes): damaged or not weights",
+                              broken=True)
+        # Neither pickle, zip nor safetensors: nothing can load it, so a download may replace it.
+        return Inspection(None, f"{CONTAINER_LABELS[container]} ({size} bytes)", broken=True)
+    from .weights import WeightFileError, read_state_dict  # torch only when a PyTorch file is met
+
+    try:
+        state = read_state_dict(path)  # memory-mapped: the tensors' data is never read
+    except WeightFileError as e:
+        text = str(e).replace(str(path), "this file")
+        return Inspection(None, text, broken="truncated or corrupt" in text)
+    return _shapes_kind({k: tuple(v.shape) for k, v in state.items()})
+
+
+def _inspect_whisper(folder: Path) -> tuple[Inspection, tuple[str, ...], list[str]]:
+    """(verdict, repo files to (re)fetch, warnings) for a Hugging Face Whisper folder."""
+    fetch: list[str] = []
+    problems: list[str] = []
+    config: dict = {}
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        fetch.append("config.json")
+        problems.append("no config.json")
+    else:
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            fetch.append("config.json")
+            problems.append("config.json is not JSON (a failed download?)")
+        if config and config.get("model_type") != "whisper":
+            return Inspection(None, f"a {config.get('model_type', 'non-Whisper')} model folder, not Whisper"), (), []
+    pre = folder / "preprocessor_config.json"
+    if not pre.is_file():
+        fetch.append("preprocessor_config.json")
+        problems.append("no preprocessor_config.json")
+    weights = [folder / w for w in ("model.safetensors", "pytorch_model.bin") if (folder / w).is_file()]
+    verdicts = [(w, inspect_file(w)) for w in weights]
+    good = [w for w, v in verdicts if v.kind == "whisper"]
+    if not good:
+        fetch.append("model.safetensors")
+        problems += [v.label.replace("this file", w.name, 1) if v.label.startswith("this file") else
+                     f"{w.name} is {v.label}" for w, v in verdicts] or ["no model.safetensors"]
+    if problems:
+        return Inspection(None, "an incomplete Whisper folder: " + "; ".join(problems), broken=True), tuple(fetch), []
+    warnings = []
+    dims = {k: config.get(k) for k in WHISPER_TINY}
+    if dims != WHISPER_TINY:
+        warnings.append(f"not whisper-tiny's size (d_model {dims['d_model']}, {dims['encoder_layers']} encoder "
+                        "layers; whisper-tiny has 384, 4): random test weights or another Whisper; the official "
+                        "audio2token.pth needs whisper-tiny")
+    return Inspection("whisper_folder", "a Whisper model folder"), (), warnings
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checking a set of folders
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FileReport:
+    entry: CatalogEntry
+    status: str  # FOUND, MISSING, WRONG, ELSEWHERE
+    target: Path  # where the file belongs
+    path: Path | None = None  # the file looked at: found, wrong, or found under another name
+    detail: str = ""
+    warnings: list[str] = field(default_factory=list)
+    fetch: tuple[str, ...] = ()  # repo files `download` should fetch
+    replace: bool = False  # the fetched file may replace what is at `target` (a failed download)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == FOUND
+
+
+class _Scanner:
+    """Recognise every weights file in some folders once (the look-around for renamed files)."""
+
+    def __init__(self, roots: Iterable[Path], suffixes: tuple[str, ...]):
+        self.roots = [Path(r) for r in roots]
+        self.suffixes = suffixes
+        self._files: list[Path] | None = None
+        self._seen: dict[Path, Inspection] = {}
+
+    def inspect(self, path: Path) -> Inspection:
+        if path not in self._seen:
+            try:
+                self._seen[path] = inspect_file(path)
+            except OSError as e:  # unreadable: say so instead of failing the whole check
+                self._seen[path] = Inspection(None, f"an unreadable file ({e.strerror or e})")
+        return self._seen[path]
+
+    def files(self) -> list[Path]:
+        if self._files is None:
+            found: list[Path] = []
+            for root in self.roots:
+                for dirpath, dirs, names in os.walk(root, followlinks=True):
+                    # Hidden folders and Hugging Face model folders (whisper-tiny) hold nothing we look for; the
+                    # depth limit also ends symlink loops.
+                    deep = len(Path(dirpath).relative_to(root).parts) >= MAX_SCAN_DEPTH
+                    dirs[:] = [] if deep else sorted(d for d in dirs if not d.startswith(".")
+                                                     and not (Path(dirpath) / d / "config.json").is_file())
+                    found += [Path(dirpath) / n for n in sorted(names) if n.lower().endswith(self.suffixes)]
+                    if len(found) >= MAX_SCAN_FILES:
+                        break
+            self._files = found[:MAX_SCAN_FILES]
+        return self._files
+
+    def of_kind(self, kind: str) -> list[Path]:
+        return [f for f in self.files() if self.inspect(f).kind == kind]
+
+
+def _size_warnings(entry: CatalogEntry, path: Path) -> list[str]:
+    size = path.stat().st_size
+    if entry.size is not None and size != entry.size:
+        return [f"not the official size ({size:,} bytes; official {entry.size:,}): random test weights, a re-saved "
+                "copy or another version"]
+    if entry.min_size is not None and size < entry.min_size:
+        return [f"{human_size(size)}: smaller than any official SVD-xt checkpoint (over "
+                f"{human_size(entry.min_size)}): random test weights or a stripped copy"]
+    return []
+
+
+def _place(entry: CatalogEntry, roots: list[Path]) -> Path:
+    return roots[0] / entry.relpath
+
+
+def _check_file(entry: CatalogEntry, roots: list[Path], scan: _Scanner) -> FileReport:
+    target = _place(entry, roots)
+    present = next((r / entry.relpath for r in roots if (r / entry.relpath).is_file()), None)
+    fetch = tuple(f for f, _ in entry.downloads)
+    if present is None:
+        report = FileReport(entry, MISSING, target, fetch=fetch)
+        _point_at_alternative(report, entry, roots, scan, exclude=None)
+        return report
+    seen = scan.inspect(present)
+    if seen.kind == entry.kind:
+        warnings = _size_warnings(entry, present)
+        if entry.kind == "torchscript" and seen.label != "a TorchScript YOLO model":
+            warnings.append("a TorchScript model, but not recognisably a YOLO one")
+        sidecar = present.with_suffix(".config.json")
+        if entry.slot == "unet" and sidecar.is_file() and not warnings:
+            warnings.append(f"{sidecar.name} beside it describes a small test UNet: delete it, the official "
+                            "unet.pth needs none")
+        return FileReport(entry, FOUND, present, present, seen.label, warnings)
+    if seen.unverified:  # cannot open it cheaply: the size is all there is to go on
+        matches = entry.size is not None and present.stat().st_size == entry.size
+        note = "the size matches the official file" if matches else "not verified, and not the official size"
+        return FileReport(entry, FOUND, present, present, seen.label, [f"{seen.label}: {note}"])
+    report = FileReport(entry, WRONG, present, present, _wrong_detail(entry, seen))
+    if seen.broken:
+        report.fetch, report.replace = fetch, True
+    else:
+        report.detail += f"; move it out of the way, then download {Path(entry.relpath).name}"
+    _point_at_alternative(report, entry, roots, scan, exclude=present)
+    return report
+
+
+def _wrong_detail(entry: CatalogEntry, seen: Inspection) -> str:
+    if seen.label.startswith("this file"):  # a loader message, already a sentence about the file
+        return seen.label
+    if seen.kind is None:
+        return f"this is {seen.label}"
+    return f"this is {seen.label}, not {entry.title}"
+
+
+def _point_at_alternative(report: FileReport, entry: CatalogEntry, roots: list[Path], scan: _Scanner,
+                          exclude: Path | None) -> None:
+    """A correct file under another name: report it (MISSING becomes ELSEWHERE) instead of downloading again."""
+    others = [f for f in scan.of_kind(entry.kind) if f != exclude]
+    if not others:
+        return
+    other = others[0]
+    name = _relative(other, roots)
+    advice = f"rename it to {_place(entry, roots)}, or select {name} in the loader"
+    report.fetch = ()  # a correct copy is already on disk: nothing to download
+    if report.status == MISSING:
+        report.status, report.path = ELSEWHERE, other
+        report.detail = advice
+        report.warnings += _size_warnings(entry, other)
+    else:
+        report.detail += f". The right file is {name}: {advice}"
+
+
+def _relative(path: Path, roots: list[Path]) -> str:
+    for root in roots:
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            continue
+    return str(path)
+
+
+def _check_whisper(entry: CatalogEntry, roots: list[Path]) -> FileReport:
+    target = _place(entry, roots)
+    present = next((r / entry.relpath for r in roots if (r / entry.relpath).is_dir()), None)
+    if present is not None:
+        seen, fetch, warnings = _inspect_whisper(present)
+        if seen.kind == entry.kind:
+            return FileReport(entry, FOUND, present, present, seen.label, warnings)
+        return FileReport(entry, WRONG, present, present, _wrong_detail(entry, seen), fetch=fetch, replace=True)
+    for root in roots:  # another Whisper folder, e.g. models/sonic/whisper/ or Sonic's checkpoints layout
+        for config in sorted(list(root.glob("*/config.json")) + list(root.glob("*/*/config.json"))):
+            seen, fetch, warnings = _inspect_whisper(config.parent)
+            if seen.kind == entry.kind:
+                name = config.parent.relative_to(root).as_posix()
+                return FileReport(entry, ELSEWHERE, target, config.parent,
+                                  f"rename the folder to {entry.relpath} in {root}, or select {name} in the loader",
+                                  warnings)
+    return FileReport(entry, MISSING, target, fetch=tuple(f for f, _ in entry.downloads))
+
+
+def _is_svd_name(path: Path) -> bool:
+    return path.name.lower().startswith("svd_xt") and path.suffix.lower() in (".safetensors", ".sft")
+
+
+def _check_svd(entry: CatalogEntry, roots: list[Path], scan: _Scanner) -> FileReport:
+    """Any svd_xt*.safetensors in a checkpoints folder is in place; other names are found-as."""
+    target = _place(entry, roots)
+    fetch = tuple(f for f, _ in entry.downloads)
+    named = [f for f in scan.files() if _is_svd_name(f)]
+    good = [f for f in named if scan.inspect(f).kind == entry.kind]
+    if good:
+        return FileReport(entry, FOUND, good[0], good[0], scan.inspect(good[0]).label,
+                          _size_warnings(entry, good[0]))
+    if not named:
+        report = FileReport(entry, MISSING, target, fetch=fetch)
+        _point_at_alternative(report, entry, roots, scan, exclude=None)
+        if report.status == ELSEWHERE:
+            report.detail = (f"select {_relative(report.path, roots)} as svd_checkpoint in the loader, or rename "
+                             f"it to {entry.relpath}")
+        return report
+    bad = named[0]
+    seen = scan.inspect(bad)
+    report = FileReport(entry, WRONG, target, bad, _wrong_detail(entry, seen), fetch=fetch)
+    if bad == target:
+        report.target, report.replace = bad, seen.broken
+        if not seen.broken:
+            report.fetch = ()
+            report.detail += f"; move it out of the way, then download {entry.relpath}"
+    elif not seen.broken:
+        report.detail += "; rename or delete it: the loader picks svd_xt* files by name"
+    _point_at_alternative(report, entry, roots, scan, exclude=bad)
+    return report
+
+
+def check_models(sonic_dirs: Iterable[str | os.PathLike],
+                 checkpoint_dirs: Iterable[str | os.PathLike]) -> list[FileReport]:
+    """One report per catalog entry; the first folder of each list is where missing files belong."""
+    sonic = [Path(d) for d in sonic_dirs]
+    checkpoints = [Path(d) for d in checkpoint_dirs]
+    if not sonic or not checkpoints:
+        raise ValueError("need at least one sonic folder and one checkpoints folder")
+    sonic_scan = _Scanner(sonic, WEIGHT_SUFFIXES)
+    # Checkpoints folders can be crowded: only safetensors there, whose headers are cheap to read.
+    svd_scan = _Scanner(checkpoints, (".safetensors", ".sft"))
+    reports = []
+    for entry in CATALOG:
+        if entry.kind == "whisper_folder":
+            reports.append(_check_whisper(entry, sonic))
+        elif entry.kind == "svd_checkpoint":
+            reports.append(_check_svd(entry, checkpoints, svd_scan))
+        else:
+            reports.append(_check_file(entry, sonic, sonic_scan))
+    return reports
+
+
+def check_models_dir(models_dir: str | os.PathLike) -> list[FileReport]:
+    """The check for a ComfyUI `models` folder (models/sonic and models/checkpoints)."""
+    models = Path(models_dir)
+    return check_models([models / "sonic"], [models / "checkpoints"])
+
+
+def all_required_found(reports: Iterable[FileReport]) -> bool:
+    return all(r.ok for r in reports if r.entry.required)
+
+
+def destination(report: FileReport, repo_file: str) -> Path:
+    """Where a fetched repo file goes: the entry's folder (the parent of its official place) + the mapped path."""
+    relative = dict(report.entry.downloads)[repo_file]
+    root = report.target
+    for _ in Path(report.entry.relpath).parts:
+        root = root.parent
+    return root / relative
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Text
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def human_size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}" if unit == "GB" else f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _shown(path: Path, base: Path | None) -> str:
+    if base is not None:
+        try:
+            return path.relative_to(base).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _source(entry: CatalogEntry) -> str:
+    files = ", ".join(f for f, _ in entry.downloads)
+    size = f", {human_size(entry.size)}" if entry.size else ""
+    gated = "; gated: accept the licence there first" if entry.gated else ""
+    return f"source: {entry.url} ({files}{size}; {entry.licence}{gated})"
+
+
+def format_report(reports: list[FileReport], base: Path | None = None, download_command: str | None = None) -> str:
+    """The table people read: one row per file, indented notes under it, then what to do."""
+    rows = []
+    for r in reports:
+        what = r.entry.title if r.entry.required else f"{r.entry.title} (optional)"
+        shown = r.path if r.path is not None else r.target
+        name = _shown(shown, base) + ("/" if r.entry.kind == "whisper_folder" else "")
+        size = human_size(shown.stat().st_size) if shown.is_file() else ""
+        rows.append((r.status, what, name, size, r))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["Sonic model check" + (f": {base}" if base is not None else ""), ""]
+    lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(("STATUS", "WHAT", "FILE", "SIZE"), widths)).rstrip())
+    for status, what, name, size, r in rows:
+        lines.append("  " + "  ".join(v.ljust(w) for v, w in zip((status, what, name, size), widths)).rstrip())
+        notes = []
+        if r.status == MISSING and r.entry.kind == "whisper_folder":
+            files = ", ".join(f for f, _ in r.entry.downloads)
+            notes.append(f"put the {r.entry.repo} files ({files}) in {r.target}{os.sep}")
+        elif r.status == MISSING:
+            notes.append(f"put {r.target.name} in {r.target.parent}{os.sep}")
+        elif r.detail and r.status != FOUND:
+            notes.append(r.detail)
+        if r.status in (WRONG,) and r.fetch and r.entry.kind == "whisper_folder":
+            notes.append(f"missing or bad in the folder: {', '.join(r.fetch)}")
+        notes += [f"warning: {w}" for w in r.warnings]
+        if r.status in (MISSING, WRONG):
+            notes.append(_source(r.entry))
+        lines += ["  " + " " * widths[0] + "  " + n for n in notes]
+    lines.append("")
+    bad = [r for r in reports if r.entry.required and not r.ok]
+    optional = [r for r in reports if not r.entry.required and not r.ok]
+    if not bad:
+        lines.append("All required files are in place." + (f" {len(optional)} optional file(s) not in place."
+                                                           if optional else ""))
+    else:
+        lines.append(f"{len(bad)} required file(s) not in place: {', '.join(r.entry.slot for r in bad)}.")
+    if any(r.fetch for r in reports) and download_command:
+        lines.append(f"Download the missing files: {download_command}")
+        if any(r.fetch and r.entry.gated for r in reports):
+            gated = next(r.entry for r in reports if r.fetch and r.entry.gated)
+            lines.append(f"The SVD checkpoint is gated: log in at {gated.url}, accept the licence, then pass "
+                         "--token hf_... (or set HF_TOKEN). Any svd_xt.safetensors / svd_xt_1_1.safetensors you "
+                         "already have works too: put it in the checkpoints folder.")
+    return "\n".join(lines)

@@ -1,0 +1,307 @@
+#!/usr/bin/env python
+"""Check, and on request fetch, every file the Sonic workflows need.
+
+    python tools/models.py check    [--models-dir DIR]
+    python tools/models.py download [--models-dir DIR] [--token hf_...] [--dry-run] [--only SLOT ...]
+                                    [--required-only] [--endpoint URL] [--timeout SECONDS]
+
+check     reads file headers only (no network): a table of found / missing / wrong files, recognised by content,
+          with the folder each belongs in and where to get it. Exit code 0 only when every required file is in place.
+download  fetches exactly the files check reports missing (or broken: web pages, LFS stubs, truncated files) from
+          Hugging Face with huggingface_hub, into the right folders, with progress bars. It is the only command
+          that uses the network. The SVD-xt repo is gated: accept its licence on the website and pass --token
+          (or set HF_TOKEN). HF_ENDPOINT / --endpoint select a mirror.
+
+The models folder: --models-dir, else $SONIC_MODELS_DIR, else ComfyUI's models/ when this pack is installed as
+ComfyUI/custom_nodes/<pack>/. Sonic's files go to <models>/sonic/, the SVD checkpoint to <models>/checkpoints/.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sonic_model.model_catalog import (  # noqa: E402
+    CATALOG, FOUND, FileReport, all_required_found, check_models_dir, destination, format_report, human_size,
+)
+
+ENV_MODELS_DIR = "SONIC_MODELS_DIR"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+STAGING = ".sonic_download"  # beside sonic/ and checkpoints/, so ComfyUI never lists a half-fetched file
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A command-line mistake, reported in one line with exit code 2."""
+
+
+def default_models_dir(env: dict | None = None, pack: Path = ROOT) -> Path:
+    """$SONIC_MODELS_DIR, else ComfyUI/models for a pack in ComfyUI/custom_nodes/<pack>/."""
+    env = os.environ if env is None else env
+    if env.get(ENV_MODELS_DIR):
+        return Path(env[ENV_MODELS_DIR]).expanduser()
+    if pack.parent.name == "custom_nodes" and (pack.parent.parent / "models").is_dir():
+        return pack.parent.parent / "models"
+    raise UsageError(f"No models folder: this pack is not inside ComfyUI/custom_nodes/. Pass --models-dir "
+                     f"/path/to/ComfyUI/models (or set {ENV_MODELS_DIR}).")
+
+
+def resolve_models_dir(arg: str | None, must_exist: bool = True) -> Path:
+    models = Path(arg).expanduser() if arg else default_models_dir()
+    if must_exist and not models.is_dir():
+        raise UsageError(f"{models} is not a folder: pass --models-dir /path/to/ComfyUI/models")
+    return models.resolve()
+
+
+def _command(models: Path, *extra: str) -> str:
+    return " ".join(["python tools/models.py", "download", "--models-dir", _quote(str(models)), *extra])
+
+
+def _quote(text: str) -> str:
+    return f'"{text}"' if any(c in text for c in " ()&;'") else text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# check
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_check(models: Path, out: Callable[[str], None] = print) -> int:
+    reports = check_models_dir(models)
+    out(format_report(reports, base=models, download_command=_command(models)))
+    return EXIT_OK if all_required_found(reports) else EXIT_PROBLEM
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# download
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Download:
+    report: FileReport
+    repo_file: str
+    dest: Path
+
+    @property
+    def repo(self) -> str:
+        return self.report.entry.repo
+
+    def describe(self) -> str:
+        size = f" ({human_size(self.report.entry.size)})" if self.report.entry.size else ""
+        broken = ", replacing the broken file there" if self.report.replace and self.dest.exists() else ""
+        return f"{self.repo}: {self.repo_file} -> {self.dest}{size}{broken}"
+
+
+def plan_downloads(reports: Iterable[FileReport], only: Iterable[str] | None = None,
+                   required_only: bool = False) -> list[Download]:
+    """Exactly the files the check says are missing or broken (optionally some slots, or required ones only)."""
+    wanted = set(only) if only else None
+    plan = []
+    for r in reports:
+        if (wanted is not None and r.entry.slot not in wanted) or (required_only and not r.entry.required):
+            continue
+        plan += [Download(r, f, destination(r, f)) for f in r.fetch]
+    return plan
+
+
+def hub_endpoint(endpoint: str | None = None) -> str:
+    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def unreachable_reason(endpoint: str, timeout: float) -> str | None:
+    """None when the hub answers at all (any HTTP status); else why not. Honours HTTP(S)_PROXY like the hub client."""
+    request = urllib.request.Request(endpoint + "/", method="HEAD", headers={"User-Agent": "sonic-models-check"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return str(reason) or type(reason).__name__
+
+
+def _unreachable_message(endpoint: str, reason: str) -> str:
+    return (f"Cannot reach the Hugging Face hub at {endpoint} ({reason}). Check the internet connection or proxy "
+            "(HTTPS_PROXY), or use a mirror with --endpoint / HF_ENDPOINT (e.g. https://hf-mirror.com), then run "
+            "the command again: files already fetched are kept.")
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {c.__name__ for c in type(exc).__mro__}
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def explain_error(exc: BaseException, item: Download, endpoint: str) -> str:
+    """One line: what failed and what to do (across huggingface_hub versions: matched by exception class name)."""
+    entry = item.report.entry
+    head = f"{item.repo_file} from {item.repo} failed"
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    names = set().union(*(_names(e) for e in _chain(exc)))
+    if "GatedRepoError" in names or (entry.gated and (status in (401, 403) or "RepositoryNotFoundError" in names)):
+        return (f"{head}: the repository is gated. Log in at {entry.url}, accept the licence, create a read token at "
+                "https://huggingface.co/settings/tokens and pass --token hf_... (or set HF_TOKEN).")
+    if "RepositoryNotFoundError" in names:
+        return f"{head}: repository not found at {endpoint} (or it needs a token: pass --token)."
+    if names & {"RemoteEntryNotFoundError", "EntryNotFoundError"} and "LocalEntryNotFoundError" not in names:
+        return f"{head}: the file is not in the repository (its layout changed?). Download it by hand from {entry.url}."
+    if names & {"ConnectError", "ConnectionError", "TimeoutException", "Timeout", "NetworkError", "ReadTimeout",
+                "LocalEntryNotFoundError", "OfflineModeIsEnabled", "RemoteProtocolError"}:
+        return (f"{head}: lost the connection to {endpoint}. Run the command again to continue; files already "
+                "fetched are kept.")
+    if status is not None:
+        return f"{head}: the hub answered HTTP {status}. Try again later, or download it by hand from {entry.url}."
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{head}: {text}"
+
+
+def staging_dir(models: Path, repo: str) -> Path:
+    return models / STAGING / repo.replace("/", "--")
+
+
+def fetch(item: Download, models: Path, token: str | None, endpoint: str, timeout: float,
+          hf_hub_download: Callable | None = None) -> Path:
+    """Download one repo file via huggingface_hub (its own progress bar and retries), then move it into place."""
+    if hf_hub_download is None:
+        from huggingface_hub import hf_hub_download
+    fetched = Path(hf_hub_download(item.repo, item.repo_file, local_dir=staging_dir(models, item.repo),
+                                   token=token, endpoint=endpoint, etag_timeout=timeout))
+    item.dest.parent.mkdir(parents=True, exist_ok=True)
+    if item.dest.exists() and not item.report.replace:
+        raise FileExistsError(f"{item.dest} appeared meanwhile; left as it is")
+    try:
+        os.replace(fetched, item.dest)
+    except OSError:  # models/ spans two disks (a linked sonic/ folder): copy across
+        shutil.move(str(fetched), str(item.dest))
+    return item.dest
+
+
+def download_missing(models: Path, token: str | None = None, endpoint: str | None = None, timeout: float = 10.0,
+                     only: Iterable[str] | None = None, required_only: bool = False, dry_run: bool = False,
+                     out: Callable[[str], None] = print) -> int:
+    """Fetch what the check says is missing; exit code 0 when every planned file arrived and checks out."""
+    models.mkdir(parents=True, exist_ok=True)
+    endpoint = hub_endpoint(endpoint)
+    plan = plan_downloads(check_models_dir(models), only, required_only)
+    if not plan:
+        out("Nothing to download: no missing or broken files" + (" among those selected." if only else "."))
+        return run_check(models, out)
+    out(("Would fetch" if dry_run else "Fetching") + f" {len(plan)} file(s) from {endpoint}:")
+    for item in plan:
+        out(f"  {item.describe()}")
+    gated = next((item.report.entry for item in plan if item.report.entry.gated), None)
+    if gated is not None and not (token or os.environ.get("HF_TOKEN")):
+        out(f"  {gated.repo} is gated: accept its licence at {gated.url} and pass --token hf_... (or set HF_TOKEN), "
+            "unless `hf auth login` saved a token already.")
+    if dry_run:
+        return EXIT_OK
+    if _offline():
+        out("HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it (and TRANSFORMERS_OFFLINE) and run the "
+            "command again.")
+        return EXIT_PROBLEM
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        out("huggingface_hub is not installed: pip install huggingface_hub (in ComfyUI's Python), then run the "
+            "command again.")
+        return EXIT_PROBLEM
+    reason = unreachable_reason(endpoint, timeout)
+    if reason is not None:
+        out(_unreachable_message(endpoint, reason))
+        return EXIT_PROBLEM
+
+    failures = []
+    for i, item in enumerate(plan, 1):
+        out(f"[{i}/{len(plan)}] {item.repo_file} -> {item.dest}")
+        try:
+            fetch(item, models, token or None, endpoint, timeout)
+        except KeyboardInterrupt:
+            out("Interrupted: run the command again to continue; files already fetched are kept.")
+            return EXIT_PROBLEM
+        except Exception as e:  # one failure must not stop the other files
+            failures.append(item)
+            out("  " + explain_error(e, item, endpoint))
+
+    reports = check_models_dir(models)
+    by_slot = {r.entry.slot: r for r in reports}
+    failed_slots = {item.report.entry.slot for item in failures}
+    unchecked = sorted({item.report.entry.slot for item in plan} - failed_slots
+                       - {slot for slot, r in by_slot.items() if r.status == FOUND})
+    for slot in unchecked:
+        out(f"  {slot}: downloaded, but the file does not check out (see the table): the source served something "
+            "else; try again or download it by hand.")
+    out("")
+    out(format_report(reports, base=models, download_command=_command(models)))
+    if not failures and not unchecked:
+        shutil.rmtree(models / STAGING, ignore_errors=True)
+        return EXIT_OK
+    return EXIT_PROBLEM
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python tools/models.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    models_help = (f"ComfyUI's models folder (default: ${ENV_MODELS_DIR}, else ../../models when this pack is in "
+                   "ComfyUI/custom_nodes)")
+    check = sub.add_parser("check", help="list found / missing / wrong files (no network)")
+    check.add_argument("--models-dir", help=models_help)
+    dl = sub.add_parser("download", help="fetch the missing files from Hugging Face")
+    dl.add_argument("--models-dir", help=models_help)
+    dl.add_argument("--token", default=None, help="Hugging Face token for the gated SVD repo (default: $HF_TOKEN "
+                                                  "or the token saved by `hf auth login`)")
+    dl.add_argument("--dry-run", action="store_true", help="list what would be fetched, fetch nothing")
+    dl.add_argument("--only", nargs="+", choices=[e.slot for e in CATALOG], metavar="SLOT",
+                    help="fetch only these: " + ", ".join(e.slot for e in CATALOG))
+    dl.add_argument("--required-only", action="store_true", help="skip the optional face detector and RIFE")
+    dl.add_argument("--endpoint", default=None, help=f"hub address (default: $HF_ENDPOINT or {DEFAULT_ENDPOINT})")
+    dl.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the hub to answer (default 10)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return run_check(resolve_models_dir(args.models_dir))
+        models = resolve_models_dir(args.models_dir, must_exist=False)
+        # Before huggingface_hub is imported: its timeouts are read from the environment once.
+        os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(max(1, args.timeout))))
+        os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(max(10, args.timeout))))
+        return download_missing(models, token=args.token, endpoint=args.endpoint, timeout=args.timeout,
+                                only=args.only, required_only=args.required_only, dry_run=args.dry_run)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
