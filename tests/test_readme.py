@@ -1,0 +1,48 @@
+"""README.md stays true: every shell command in it is one the tests or CI run, and the cheap ones run here."""
+import re
+import subprocess
+import sys
+
+from conftest import REFERENCE_DIR, REPO
+
+README = (REPO / "README.md").read_text()
+COMMANDS = [line.split("#")[0].strip() for block in re.findall(r"```bash\n(.*?)```", README, re.S)
+            for line in block.splitlines() if line.split("#")[0].strip()]
+
+# Each README command -> the test (or CI step) that runs it.
+RUN_BY = {
+    "make demo": "tests/test_demo.py runs tools/demo.py, the command `make demo` calls after set-up",
+    "make test": ".ci/run (CI runs exactly this)",
+    "python tools/models.py check --models-dir ../../models": "test_models_commands_run below",
+    "python tools/models.py download --models-dir ../../models": "test_models_commands_run below (dry run, offline)",
+    ".venv/bin/python tools/parity.py ../shared/reference/golden/*.json ../shared/reference/manifest/*.json":
+        "tests/test_parity_tool.py runs it on every reference file",
+}
+
+
+def test_every_readme_command_is_run_somewhere():
+    assert COMMANDS, "README has no shell commands"
+    unknown = [c for c in COMMANDS if c not in RUN_BY]
+    assert not unknown, f"README commands no test runs: {unknown}"
+
+
+def test_make_test_is_what_ci_runs():
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^test: setup\n\t\$\(PY\) -m pytest", (REPO / "Makefile").read_text(), re.M)
+
+
+def test_models_commands_run(tmp_path):
+    models = tmp_path / "models"
+    (models / "sonic").mkdir(parents=True)
+    (models / "checkpoints").mkdir()
+    check = subprocess.run([sys.executable, "tools/models.py", "check", "--models-dir", str(models)], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 1 and "unet.pth" in check.stdout and "missing" in check.stdout, check.stdout
+    dry = subprocess.run([sys.executable, "tools/models.py", "download", "--models-dir", str(models), "--dry-run"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert "unet.pth" in dry.stdout + dry.stderr
+
+
+def test_parity_command_in_readme_points_at_the_reference_data():
+    assert (REPO / "tools" / "parity.py").exists() and any(REFERENCE_DIR.glob("golden/*.json"))
