@@ -5,13 +5,14 @@ from .loaders import SonicLoader
 from .model_check import SonicModelCheck
 from .model_files import register_sonic_folder
 from .motion import SonicMotionBucketsNode
+from .reference import SonicReferenceImage
 from .sampling import SonicSampler
 from .video import SonicInterpolate, SonicPasteBack, SonicSaveVideo
 
 register_sonic_folder()
 
 # In graph order: load → encode → sample → decode → video.
-NODES = [SonicLoader, SonicAudioEncode, SonicMotionBucketsNode, SonicSampler, SonicDecode, SonicInterpolate,
+NODES = [SonicLoader, SonicAudioEncode, SonicReferenceImage, SonicMotionBucketsNode, SonicSampler, SonicDecode, SonicInterpolate,
          SonicPasteBack, SonicSaveVideo, SonicModelCheck]
 
 NODE_CLASS_MAPPINGS = {node.GET_SCHEMA().node_id: node for node in NODES}

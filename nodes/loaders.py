@@ -14,6 +14,7 @@ from comfy_api.latest import io
 
 from ..sonic_model.model_loading import load_audio2bucket, load_audio2token, load_sonic_unet
 from ..sonic_model.rife import load_rife
+from ..sonic_model.speed import SpeedOptions, apply_speed_options, speed_options_for
 from ..sonic_model.whisper_features import WhisperAudioEncoder
 from . import model_files
 from .sonic_types import SonicModel, SonicModels
@@ -32,6 +33,11 @@ def low_vram_wanted(setting: str) -> bool:
     if setting != "auto":
         return setting == "on"
     return mm.vram_state in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM)
+
+
+def loader_speed_options(low_vram: bool, compile: bool) -> SpeedOptions:
+    """The UNet runtime options the loader's settings ask for (low VRAM also slices the attention)."""
+    return speed_options_for(low_vram=low_vram, compile=compile)
 
 
 def _stamp(path: Path | None) -> tuple:
@@ -65,9 +71,12 @@ class ManagedUNet(torch.nn.Module):
 
 
 def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper: Path, face_detector: Path | None,
-                      rife: Path | None, dtype: torch.dtype, low_vram: bool) -> SonicModels:
+                      rife: Path | None, dtype: torch.dtype, low_vram: bool, compile: bool = False) -> SonicModels:
     device = mm.get_torch_device()
     model = load_sonic_unet(unet, dtype=dtype)
+    options = loader_speed_options(low_vram, compile)
+    apply_speed_options(model, channels_last=options.channels_last, compile=options.compile,
+                        attention_slices=options.attention_slices)
     patcher = comfy.model_patcher.ModelPatcher(ManagedUNet(model), load_device=device,
                                                offload_device=mm.unet_offload_device())
     encoder = WhisperAudioEncoder.from_folder(whisper)
@@ -75,13 +84,13 @@ def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper
     states = encoder.encoder.config.encoder_layers + 1
     detector = None
     if face_detector is not None:
-        from ..sonic_model.face_detect import FaceDetector
+        from ..sonic_model.face_detector import FaceDetector
 
         detector = FaceDetector.from_file(face_detector, device="cpu")
     return SonicModels(unet=patcher, audio2token=load_audio2token(audio2token, channels, states),
                        audio2bucket=load_audio2bucket(audio2bucket, channels), whisper=encoder,
                        face_detector=detector, rife=load_rife(rife) if rife is not None else None,
-                       dtype=dtype, low_vram=low_vram)
+                       dtype=dtype, low_vram=low_vram, settings={"speed": options})
 
 
 class SonicLoader(io.ComfyNode):
@@ -119,8 +128,12 @@ class SonicLoader(io.ComfyNode):
                                tooltip="UNet precision. auto: ComfyUI's choice for your GPU (fp32 on CPU). Try bf16 "
                                        "or fp32 if the video comes out black."),
                 io.Combo.Input("low_vram", options=["auto", "on", "off"], default="auto",
-                               tooltip="on: run the three guidance passes one after another (less VRAM, slower). "
-                                       "auto follows ComfyUI's --lowvram."),
+                               tooltip="on: run the three guidance passes one after another and the attention in "
+                                       "slices (less VRAM, slower). auto follows ComfyUI's --lowvram."),
+                io.Boolean.Input("compile", default=False,
+                                 tooltip="torch.compile the UNet: the first run is slower while it compiles (the "
+                                         "compile time is logged), later runs at the same size are faster. Falls "
+                                         "back to normal speed, with the reason logged, where compiling fails."),
                 io.Vae.Input("vae", optional=True, tooltip="Optional VAE (SVD's); overrides the checkpoint's."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="Optional CLIP vision (ViT-H); overrides the checkpoint's."),
@@ -134,7 +147,7 @@ class SonicLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, svd_checkpoint, unet, audio2token, audio2bucket, whisper, face_detector, rife, dtype,
-                low_vram, vae=None, clip_vision=None) -> io.NodeOutput:
+                low_vram, compile=False, vae=None, clip_vision=None) -> io.NodeOutput:
         paths = {slot: model_files.resolve(slot, name) for slot, name in
                  [("unet", unet), ("audio2token", audio2token), ("audio2bucket", audio2bucket),
                   ("whisper", whisper), ("face_detector", face_detector), ("rife", rife)]}
@@ -143,7 +156,8 @@ class SonicLoader(io.ComfyNode):
                 raise ValueError(f"Sonic needs {model_files.EXPECTED[slot]}: pick it in the '{slot}' input.")
         torch_dtype = choose_dtype(dtype, mm.get_torch_device())
         lean = low_vram_wanted(low_vram)
-        key = (svd_checkpoint, vae is None, clip_vision is None, torch_dtype, lean, *(_stamp(p) for p in paths.values()))
+        key = (svd_checkpoint, vae is None, clip_vision is None, torch_dtype, lean, bool(compile),
+               *(_stamp(p) for p in paths.values()))
         cached = _cache.get(key)
         if cached is None:
             _cache.clear()  # one set of Sonic models at a time; ComfyUI holds the user's other models
@@ -154,10 +168,10 @@ class SonicLoader(io.ComfyNode):
                                      "clip_vision.")
                 core_vae, core_clip = _svd_parts(svd_checkpoint)
             models = load_sonic_models(paths["unet"], paths["audio2token"], paths["audio2bucket"], paths["whisper"],
-                                       paths["face_detector"], paths["rife"], torch_dtype, lean)
+                                       paths["face_detector"], paths["rife"], torch_dtype, lean, bool(compile))
             cached = (models, core_vae, core_clip)
             _cache[key] = cached
-            logging.info("Sonic: loaded models (%s, low_vram=%s)", torch_dtype, lean)
+            logging.info("Sonic: loaded models (%s, low_vram=%s, compile=%s)", torch_dtype, lean, bool(compile))
         models, core_vae, core_clip = cached
         return io.NodeOutput(models, vae if vae is not None else core_vae,
                              clip_vision if clip_vision is not None else core_clip)
