@@ -3,10 +3,13 @@
 
     .venv/bin/python benchmarks/gpu_bench.py            # full size on the GPU: 512x512, N=125, 25 steps, bf16+fp16
     .venv/bin/python benchmarks/gpu_bench.py --quick    # a few minutes; on a machine without CUDA: tiny model, CPU
+    .venv/bin/python benchmarks/gpu_bench.py --compile --channels-last --attention-slices 4   # speed options
 
 Random weights (speed does not depend on their values). Reported per configuration: seconds per second of video
 (12.5 generated frames per second), the UNet's share of the time, achieved TFLOP/s against the GPU's dense peak,
-peak VRAM, and the speed-up over the reference loop measured in the same run.
+peak VRAM, the compile time (first calls, compile + one run each; not in the timed run) and the speed-up over the
+reference loop measured in the same run. Low-VRAM rows run the guidance rows one after another and slice the
+attention, as the loader's low_vram mode does. On the CPU, --quick also times the tiny model eager vs compiled.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import torch  # noqa: E402
 
 from sonic_model.fused_denoiser import ShiftFusionDenoiser, SonicConditioning  # noqa: E402
 from sonic_model.shift_windows import shifted_windows  # noqa: E402
+from sonic_model.speed import LOW_VRAM_ATTENTION_SLICES, apply_speed_options, compile_report  # noqa: E402
 from sonic_model.unet import build_sonic_unet  # noqa: E402
 
 FPS = 12.5
@@ -43,6 +47,15 @@ class Setting:
     window: int = 25
     shift: int = 7
     low_vram: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str | None = None
+    attention_slices: int | None = None
+
+    def options(self) -> str:
+        named = [n for n, on in (("channels-last", self.channels_last), ("compile", self.compile)) if on]
+        named += [f"{self.attention_slices} slices"] if self.attention_slices and self.attention_slices > 1 else []
+        return ", ".join(named) or "-"
 
 
 def random_unet(config: dict | None, device: torch.device, dtype: torch.dtype):
@@ -111,7 +124,7 @@ def reference_run(unet, cond, s: Setting, device) -> float:
     """The official loop's shape: per window rebuild every input, one batch-3 call, per-window Euler step,
     fp16 averaging of the stepped windows."""
     sigmas = karras(s.steps, device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = next(unet.parameters()).dtype  # the official loop's fp16 latents; here the UNet's own dtype
     n, h, w = s.frames, s.height // 8, s.width // 8
     latents = (cond.concat_latent * 0.18215 + sigmas[0] * torch.randn(n, 4, h, w, device=device)).to(dtype)
     sync(device)
@@ -152,19 +165,36 @@ def peak_tflops(device: torch.device) -> float | None:
     return next((v for k, v in DENSE_BF16_PEAK.items() if k in name), None)
 
 
+def prepared_unet(config: dict | None, device: torch.device, s: Setting):
+    unet = random_unet(config, device, s.dtype)
+    return apply_speed_options(unet, channels_last=s.channels_last, compile=s.compile,
+                               attention_slices=s.attention_slices, compile_mode=s.compile_mode)
+
+
+def compile_seconds(unet) -> str:
+    report = compile_report(unet)
+    if report is None:
+        return "-"
+    return f"failed: {report.failure}" if report.failure else f"{report.compile_seconds:.1f}"
+
+
 def run(settings: list[Setting], config: dict | None, device: torch.device, tokens: int) -> list[str]:
     rows = []
     for s in settings:
-        unet = random_unet(config, device, s.dtype)
+        unet = prepared_unet(config, device, s)
         d = unet.config.cross_attention_dim
         cond = conditioning(s.frames, s.height // 8, s.width // 8, d, device, tokens)
+        warm = Setting(**{**s.__dict__, "steps": 1})
+        fused_run(unet, cond, warm, device)  # compiles here when --compile: reported, not timed
+        compiled = compile_seconds(unet)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        warm = Setting(**{**s.__dict__, "steps": 1})
-        fused_run(unet, cond, warm, device)
         total, in_unet, calls = fused_run(unet, cond, s, device)
         vram = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-        reference = reference_run(unet, cond, s, device) if not s.low_vram else float("nan")
+        reference = float("nan")
+        if not s.low_vram:
+            reference_run(unet, cond, warm, device)  # its own input dtypes may compile once more
+            reference = reference_run(unet, cond, s, device)
         video_seconds = s.frames / FPS
         flop = calls * 3 * s.window * TFLOP_PER_FRAME_512 * 1e12 * (s.height * s.width) / (512 * 512)
         peak = peak_tflops(device)
@@ -173,18 +203,44 @@ def run(settings: list[Setting], config: dict | None, device: torch.device, toke
         of_peak = f"{flop / in_unet / peak:.0%}" if full_size and peak else "-"
         vram_text = f"{vram:.1f}" if device.type == "cuda" else "-"
         speedup = f"{reference / total:.2f}x" if reference == reference else "-"
-        rows.append(f"| {s.name} | {str(s.dtype).removeprefix('torch.')} | {s.width}x{s.height} | {s.frames} | "
-                    f"{s.steps} | {total / video_seconds:.2f} | {in_unet / total:.0%} | {tflops} | {of_peak} | "
-                    f"{vram_text} | {speedup} |")
+        rows.append(f"| {s.name} | {s.options()} | {str(s.dtype).removeprefix('torch.')} | {s.width}x{s.height} | "
+                    f"{s.frames} | {s.steps} | {total / video_seconds:.2f} | {in_unet / total:.0%} | {tflops} | "
+                    f"{of_peak} | {vram_text} | {compiled} | {speedup} |")
         del unet
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
 
 
+def eager_vs_compiled(config: dict | None, device: torch.device, tokens: int, s: Setting) -> list[str]:
+    """Time per sampling step of one setting, eager and compiled (inductor), and the compile time."""
+    rows = []
+    for compiled in (False, True):
+        setting = Setting(**{**s.__dict__, "compile": compiled})
+        unet = prepared_unet(config, device, setting)
+        cond = conditioning(s.frames, s.height // 8, s.width // 8, unet.config.cross_attention_dim, device, tokens)
+        fused_run(unet, cond, Setting(**{**setting.__dict__, "steps": 1}), device)
+        report = compile_report(unet)
+        if report is not None and report.failure:
+            return rows + [f"compile unavailable: {report.failure}"]
+        total, in_unet, calls = fused_run(unet, cond, setting, device)
+        mode = "compiled" if compiled else "eager"
+        rows.append(f"| {mode} | {total / s.steps:.3f} | {in_unet / calls * 1e3:.1f} | {compile_seconds(unet)} |")
+    eager, fast = (float(r.split("|")[2]) for r in rows)
+    return rows + [f"compiled / eager time per step: {fast / eager:.2f}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few minutes; tiny model on CPU when no CUDA")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (compile time reported apart)")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune (with --compile)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last conv weights and activations")
+    parser.add_argument("--attention-slices", type=int, default=None, metavar="N",
+                        help=f"attention in N pieces in every mode (default: none, {LOW_VRAM_ATTENTION_SLICES} in "
+                             "low-VRAM rows; 0 or 1: none anywhere)")
+    parser.add_argument("--no-compile-compare", action="store_true",
+                        help="CPU --quick: skip the eager vs compiled timing (its first compile takes minutes)")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -199,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                     Setting("low-vram", torch.bfloat16, n, steps, 1024, 576, low_vram=True)]
     else:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         from tools.tiny_models import TINY_UNET_CONFIG
 
         config, tokens = TINY_UNET_CONFIG, 4
@@ -206,13 +263,27 @@ def main(argv: list[str] | None = None) -> int:
                     Setting("low-vram", torch.float32, 13, 3, 64, 64, window=5, shift=2, low_vram=True)]
         if not args.quick:
             settings.append(Setting("default", torch.float32, 50, 10, 128, 128))
+    for s in settings:
+        s.channels_last, s.compile, s.compile_mode = args.channels_last, args.compile, args.compile_mode
+        s.attention_slices = LOW_VRAM_ATTENTION_SLICES if s.low_vram else None
+        if args.attention_slices is not None:
+            s.attention_slices = args.attention_slices if args.attention_slices > 1 else None
     where = torch.cuda.get_device_name(device) if cuda else "CPU (tiny Sonic UNet, random weights)"
-    print(f"Sonic sampling benchmark on {where}; torch {torch.__version__}")
-    print("| mode | dtype | size | frames | steps | s per video-s | UNet share | TFLOP/s | of peak | "
-          "peak VRAM GiB | vs reference loop |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"Sonic sampling benchmark on {where}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| mode | options | dtype | size | frames | steps | s per video-s | UNet share | TFLOP/s | of peak | "
+          "peak VRAM GiB | compile s | vs reference loop |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in run(settings, config, device, tokens):
         print(row, flush=True)
+    if not cuda and args.quick and not args.no_compile_compare:
+        s = Setting(**{**settings[0].__dict__, "steps": 5})
+        plain = Setting(**{**s.__dict__, "compile": False})
+        print(f"\nEager vs compiled (inductor), tiny model, {s.frames} frames, window {s.window}, "
+              f"{s.width}x{s.height}, {s.steps} steps, options: {plain.options()}")
+        print("| mode | s per step | ms per UNet call | compile s |")
+        print("|---|---|---|---|")
+        for row in eager_vs_compiled(config, device, tokens, s):
+            print(row, flush=True)
     return 0
 
 

@@ -44,6 +44,32 @@ def mask_to_token_grid(face_mask: Tensor, height: int, width: int) -> Tensor:
     return grid.reshape(1, height * width, 1)
 
 
+def sliced_sdpa(q: Tensor, k: Tensor, v: Tensor, slices: int | None = None) -> Tensor:
+    """`F.scaled_dot_product_attention` over (batch, heads, L, d), in `slices` pieces when slices > 1.
+
+    Each query's softmax only sees its own row, so cutting the queries (or, for short sequences, the batch) into
+    pieces gives the same result while only one piece's attention scores exist at a time: what bounds the memory
+    of the math kernel (fp32, old GPUs) at 4096+ tokens per frame. The pieces keep the inputs' strides, so the
+    flash and memory-efficient kernels still accept them (last dimension contiguous).
+    """
+    if not slices or slices <= 1:
+        return F.scaled_dot_product_attention(q, k, v)
+    by_batch = q.shape[0] > q.shape[2] and k.shape[0] == q.shape[0]  # temporal self-attention: many short rows
+    dim = 0 if by_batch else 2
+    size = q.shape[dim]
+    step = -(-size // slices)
+    if step >= size:
+        return F.scaled_dot_product_attention(q, k, v)
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    for start in range(0, size, step):
+        piece = slice(start, start + step)
+        if by_batch:
+            out[piece] = F.scaled_dot_product_attention(q[piece], k[piece], v[piece])
+        else:
+            out[:, :, piece] = F.scaled_dot_product_attention(q[:, :, piece], k, v)
+    return out
+
+
 def _heads(x: Tensor, batch: int, heads: int) -> Tensor:
     """(batch·…, L, C) → (batch, heads, L', C/heads)."""
     return x.reshape(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
@@ -55,6 +81,7 @@ class SonicAudioAttnProcessor(nn.Module):
     def __init__(self, hidden_size: int, cross_attention_dim: int, scale: float = AUDIO_SCALE) -> None:
         super().__init__()
         self.hidden_size, self.cross_attention_dim, self.scale = hidden_size, cross_attention_dim, scale
+        self.slices: int | None = None  # attention slicing (low VRAM); a runtime option, not a weight
         # ModuleLists of one Linear: the official keys end in `to_k_ip.0.weight` (one adapter).
         self.to_k_ip = nn.ModuleList([nn.Linear(cross_attention_dim, hidden_size, bias=False)])
         self.to_v_ip = nn.ModuleList([nn.Linear(cross_attention_dim, hidden_size, bias=False)])
@@ -78,20 +105,28 @@ class SonicAudioAttnProcessor(nn.Module):
         # Groups of query rows that share a context row become one longer query sequence: the same attention as
         # repeating the context per row, without materialising the repeat.
         q = _heads(query, rows, heads)
-        out = F.scaled_dot_product_attention(q, _heads(attn.to_k(ctx.clip), rows, heads),
-                                             _heads(attn.to_v(ctx.clip), rows, heads))
-        out = out.transpose(1, 2).reshape(query_rows, length, -1).to(query.dtype)
+        if ctx.clip.shape[1] == 1:
+            # One CLIP token: its softmax weight is exactly 1, so the attention output is its value for every query.
+            value = attn.to_v(ctx.clip).to(query.dtype)
+            out = value.expand(rows, query_rows // rows, -1).reshape(query_rows, 1, -1).expand(-1, length, -1)
+        else:
+            out = sliced_sdpa(q, _heads(attn.to_k(ctx.clip), rows, heads), _heads(attn.to_v(ctx.clip), rows, heads),
+                              self.slices)
+            out = out.transpose(1, 2).reshape(query_rows, length, -1).to(query.dtype)
         if ctx.audio.shape[1]:
-            audio = F.scaled_dot_product_attention(q, _heads(self.to_k_ip[0](ctx.audio), rows, heads),
-                                                   _heads(self.to_v_ip[0](ctx.audio), rows, heads))
+            audio = sliced_sdpa(q, _heads(self.to_k_ip[0](ctx.audio), rows, heads),
+                                _heads(self.to_v_ip[0](ctx.audio), rows, heads), self.slices)
             audio = audio.transpose(1, 2).reshape(query_rows, length, -1).to(query.dtype)
             if ctx.mask is not None:
                 audio = audio * ctx.mask.to(query.dtype)
             out = out + self.scale * audio
+        else:
+            out = out.contiguous()
         out = attn.to_out[1](attn.to_out[0](out))  # linear, dropout
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.hidden_size}, cross_attention_dim={self.cross_attention_dim}, scale={self.scale}"
+        return (f"hidden_size={self.hidden_size}, cross_attention_dim={self.cross_attention_dim}, scale={self.scale}, "
+                f"slices={self.slices}")

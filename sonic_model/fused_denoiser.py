@@ -64,6 +64,7 @@ class ShiftFusionDenoiser:
         self.batched_cfg = batched_cfg
         self.on_window = on_window
         self.unet_calls = 0
+        self._mask: torch.Tensor | None = None  # converted once per run, so the UNet's mask-grid cache holds
 
     @property
     def windows_per_step(self) -> int:
@@ -102,6 +103,13 @@ class ShiftFusionDenoiser:
         u, i, c = out.float().unbind(0)
         return u + self.cfg_image * (i - u) + self.cfg_audio * (c - i)
 
+    def _face_mask(self, device, dtype) -> torch.Tensor | None:
+        if self.cond.face_mask is None:
+            return None
+        if self._mask is None or self._mask.device != torch.device(device) or self._mask.dtype != dtype:
+            self._mask = self.cond.face_mask.to(device, dtype)
+        return self._mask
+
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma: float, step: int) -> torch.Tensor:
         """x: (N, 4, h, w) noisy latents at `sigma`; returns the fused x0 (N, 4, h, w) in float32."""
@@ -113,7 +121,7 @@ class ShiftFusionDenoiser:
         sigma = float(sigma)
         c_in = 1.0 / math.sqrt(sigma * sigma + 1.0)
         timestep = torch.tensor(0.25 * math.log(sigma), device=device, dtype=dtype)
-        mask = None if self.cond.face_mask is None else self.cond.face_mask.to(device, dtype)
+        mask = self._face_mask(device, dtype)
         x32 = x.to(device, torch.float32)
         acc = torch.zeros_like(x32)
         count = torch.zeros(n, device=device, dtype=torch.float32)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
@@ -29,16 +30,18 @@ SVD_XT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "svd_xt_unet.
 class SonicConditioning:
     """Per-forward conditioning handed to every transformer site (through the stock blocks' `encoder_hidden_states`).
 
-    Holds the per-frame contexts, their window means, and the face-mask grid per token-grid size (computed once per
-    forward; the official code recomputes it in every spatial `attn2` call, with the same result).
+    Holds the per-frame contexts, their window means, and the face-mask grid per token-grid size (given by the
+    model's per-run cache, else computed once per forward; the official code recomputes it in every spatial `attn2`
+    call, with the same result).
     """
 
-    def __init__(self, clip: Tensor, audio: Tensor, batch: int, frames: int, face_mask: Tensor | None) -> None:
+    def __init__(self, clip: Tensor, audio: Tensor, batch: int, frames: int, face_mask: Tensor | None,
+                 grids: dict[tuple[int, int], Tensor] | None = None) -> None:
         self.clip, self.audio, self.face_mask = clip, audio, face_mask
         # Window mean over the F frames, per guidance row: (B, tokens, D).
         self.clip_mean = clip.reshape(batch, frames, *clip.shape[1:]).mean(dim=1)
         self.audio_mean = audio.reshape(batch, frames, *audio.shape[1:]).mean(dim=1)
-        self._grids: dict[tuple[int, int], Tensor] = {}
+        self._grids: dict[tuple[int, int], Tensor] = dict(grids or {})
 
     def spatial(self, height: int, width: int) -> AudioContext:
         mask = None
@@ -83,9 +86,46 @@ class SonicTransformerSpatioTemporal(TransformerSpatioTemporalModel):
             x = self.time_mixer(x_spatial=x, x_temporal=x_mix, image_only_indicator=image_only_indicator)
 
         x = self.proj_out(x)
-        x = x.reshape(batch_frames, height, width, -1).permute(0, 3, 1, 2).contiguous()
+        x = _same_format(x.reshape(batch_frames, height, width, -1).permute(0, 3, 1, 2), residual)
         output = x + residual
         return TransformerTemporalModelOutput(sample=output) if return_dict else (output,)
+
+
+class MaskGridCache:
+    """Face-mask token grids kept across the UNet calls of one run (every window and step uses the same mask).
+
+    Keyed by the mask tensor itself (held, so its id cannot be reused) and its in-place version counter; a
+    different mask object, dtype or device starts afresh, so a new run or an edited mask is never served stale grids.
+    """
+
+    def __init__(self) -> None:
+        self.mask: Tensor | None = None
+        self.key: tuple = ()
+        self.grids: dict[tuple[int, int], Tensor] = {}
+
+    def lookup(self, face_mask: Tensor, sizes: list[tuple[int, int]],
+               dtype: torch.dtype) -> dict[tuple[int, int], Tensor]:
+        try:
+            version = face_mask._version
+        except RuntimeError:  # inference-mode tensors (ComfyUI's) keep no version counter
+            version = None
+        key = (version, dtype, face_mask.device, tuple(face_mask.shape))
+        if face_mask is not self.mask or key != self.key:
+            self.mask, self.key, self.grids = face_mask, key, {}
+        for height, width in sizes:
+            if (height, width) not in self.grids:
+                self.grids[(height, width)] = mask_to_token_grid(face_mask, height, width).to(dtype)
+        return dict(self.grids)
+
+    def clear(self) -> None:
+        self.mask, self.key, self.grids = None, (), {}
+
+
+def _same_format(x: Tensor, like: Tensor) -> Tensor:
+    """`x` contiguous in `like`'s memory format (channels-last stays channels-last through a transformer site)."""
+    channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(
+        memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _install_audio_attention(unet: UNetSpatioTemporalConditionModel) -> None:
@@ -107,6 +147,10 @@ class SonicUNet(UNetSpatioTemporalConditionModel):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         _install_audio_attention(self)
+        # Runtime speed options (sonic_model.speed sets them): not weights, not in the state dict.
+        self.channels_last = False
+        self.compiled_core: Callable[..., Tensor] | None = None
+        self.mask_grids = MaskGridCache()
 
     # diffusers reads the config keys from the __init__ signature: keep the stock one.
     __init__.__signature__ = inspect.signature(UNetSpatioTemporalConditionModel.__init__)
@@ -123,9 +167,32 @@ class SonicUNet(UNetSpatioTemporalConditionModel):
         if clip_states.shape[0] != batch * frames or audio_tokens.shape[0] != batch * frames:
             raise ValueError(f"clip_states {tuple(clip_states.shape)} and audio_tokens {tuple(audio_tokens.shape)} "
                              f"need a leading size B·F = {batch * frames}")
+        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)
+        grids = None
+        if face_mask is not None:
+            grids = self.mask_grids.lookup(face_mask, self.token_grid_sizes(*sample.shape[-2:]), sample.dtype)
+        core = self.compiled_core or self.denoise_core
+        return core(sample, timesteps, added_time_ids, clip_states, audio_tokens, face_mask, grids)
+
+    def token_grid_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Latent (height, width) → the token grid of every UNet level, as the down path's strided convs give."""
+        sizes = [(height, width)]
+        for block in self.down_blocks:
+            for down in getattr(block, "downsamplers", None) or []:
+                conv = getattr(down, "conv", None)
+                if not isinstance(conv, torch.nn.Conv2d) or isinstance(conv.padding, str):
+                    return sizes  # an unusual downsampler: the remaining grids are made when first needed
+                height, width = ((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+                                 zip((height, width), conv.padding, conv.dilation, conv.kernel_size, conv.stride))
+                sizes.append((height, width))
+        return sizes
+
+    def denoise_core(self, sample: Tensor, timesteps: Tensor, added_time_ids: Tensor, clip_states: Tensor,
+                     audio_tokens: Tensor, face_mask: Tensor | None,
+                     grids: dict[tuple[int, int], Tensor] | None) -> Tensor:
+        """The network itself (what `torch.compile` compiles): timesteps (B,), mask grids precomputed per size."""
+        batch, frames = sample.shape[:2]
         dtype = sample.dtype
-        timesteps = torch.as_tensor(timestep, device=sample.device)
-        timesteps = timesteps.reshape(-1).expand(batch)
 
         # Stock SVD time conditioning: sinusoid → MLP, plus the 3 added ids' sinusoids → MLP.
         emb = self.time_embedding(self.time_proj(timesteps).to(dtype))
@@ -133,8 +200,11 @@ class SonicUNet(UNetSpatioTemporalConditionModel):
         emb = emb + self.add_embedding(added)
         emb = emb.repeat_interleave(frames, dim=0)
 
-        cond = SonicConditioning(clip_states.to(dtype), audio_tokens.to(dtype), batch, frames, face_mask)
-        x = self.conv_in(sample.flatten(0, 1))
+        cond = SonicConditioning(clip_states.to(dtype), audio_tokens.to(dtype), batch, frames, face_mask, grids)
+        x = sample.flatten(0, 1)
+        if self.channels_last:  # (B·F, C, h, w) frames as a 2-D batch: the 4-D layout the convs prefer
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.conv_in(x)
         image_only_indicator = torch.zeros(batch, frames, dtype=dtype, device=sample.device)
 
         # Odd multiples: let the up path resize to each skip's size (the stock diffusers rule).
@@ -156,7 +226,7 @@ class SonicUNet(UNetSpatioTemporalConditionModel):
                       image_only_indicator=image_only_indicator, **extra)
 
         x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
-        return x.reshape(batch, frames, *x.shape[1:])
+        return x.contiguous().reshape(batch, frames, *x.shape[1:])
 
 
 def load_svd_xt_config() -> dict:

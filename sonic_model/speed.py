@@ -1,0 +1,201 @@
+"""Runtime speed and memory options of the Sonic UNet: channels-last, `torch.compile`, attention slicing.
+
+None of them changes the weights or the state dict, and each gives the plain model's output within float
+tolerance (tests/test_speed_options.py). Whether one pays is for benchmarks/gpu_bench.py to show on the GPU.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import Tensor, nn
+
+from .audio_attention import SonicAudioAttnProcessor, sliced_sdpa
+from .unet import SonicUNet
+
+log = logging.getLogger(__name__)
+
+# Attention pieces in low-VRAM mode: at 576x1024 the math kernel's self-attention scores of one 25-frame row are
+# 25·5·9216² fp16 values (21 GB); in 8 pieces 2.7 GB. The flash / memory-efficient kernels barely notice the cut.
+LOW_VRAM_ATTENTION_SLICES = 8
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    channels_last: bool = False
+    compile: bool = False
+    attention_slices: int | None = None
+
+
+class SlicedAttnProcessor:
+    """diffusers' SDPA self/cross-attention (what `AttnProcessor2_0` computes) with the attention in pieces.
+
+    Used for the stock `attn1` sites in low-VRAM mode; anything beyond the plain path the SVD blocks take
+    (masks, spatial norm, 4-D inputs) goes to `AttnProcessor2_0` unsliced.
+    """
+
+    def __init__(self, slices: int) -> None:
+        self.slices = slices
+        self._stock = AttnProcessor2_0()
+
+    def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, temb: Tensor | None = None, *args, **kwargs) -> Tensor:
+        if (attention_mask is not None or attn.spatial_norm is not None or attn.group_norm is not None
+                or hidden_states.dim() != 3):
+            return self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        batch, length, _ = hidden_states.shape
+
+        def heads(x: Tensor) -> Tensor:
+            return x.reshape(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(context)), heads(attn.to_v(context))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        out = sliced_sdpa(query, key, value, self.slices)
+        out = out.transpose(1, 2).reshape(batch, length, -1).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))  # linear, dropout
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+def set_attention_slices(unet: nn.Module, slices: int | None) -> None:
+    """Every attention of the UNet in `slices` pieces (None or 1: whole, the stock SDPA processors)."""
+    slices = slices if slices and slices > 1 else None
+    for module in unet.modules():
+        if not isinstance(module, Attention):
+            continue
+        processor = module.processor
+        if isinstance(processor, SonicAudioAttnProcessor):
+            processor.slices = slices
+        elif slices is not None:
+            if isinstance(processor, (AttnProcessor2_0, SlicedAttnProcessor)):
+                module.set_processor(SlicedAttnProcessor(slices))
+            else:
+                log.warning("Sonic: attention slicing skips %s (unknown processor)", type(processor).__name__)
+        elif isinstance(processor, SlicedAttnProcessor):
+            module.set_processor(AttnProcessor2_0())
+
+
+def set_channels_last(unet: SonicUNet, enabled: bool) -> None:
+    """Conv weights (and the UNet's input) in channels-last layout; Conv3d (temporal resnets) in its 3-D form.
+
+    The (B·F, C, h, w) frames are one 4-D batch, so the whole down/up path stays channels-last; the temporal
+    resnets' (B, C, F, h, w) view of a channels-last tensor is exactly channels-last-3d, matching their weights.
+    """
+    for module in unet.modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            layout = torch.contiguous_format
+            if enabled:
+                layout = torch.channels_last if isinstance(module, nn.Conv2d) else torch.channels_last_3d
+            module.weight.data = module.weight.data.contiguous(memory_format=layout)
+    unet.channels_last = enabled
+
+
+def _signature(args: tuple) -> tuple:
+    """What a compiled graph is specialised on: shapes, dtypes and devices of the tensor arguments."""
+    def one(a: Any) -> Any:
+        if isinstance(a, Tensor):
+            return tuple(a.shape), a.dtype, a.device.type
+        if isinstance(a, dict):
+            return tuple(sorted((k, one(v)) for k, v in a.items()))
+        return a is None
+    return tuple(one(a) for a in args)
+
+
+class CompiledCore:
+    """`SonicUNet.denoise_core` through `torch.compile`, with the compile time measured and an eager fallback.
+
+    Compilation happens on the first call per input shape; that call's wall time (compile + one run) is added to
+    `compile_seconds` and logged. If compiling fails (no C compiler, an unsupported op, …) the reason is logged,
+    kept in `failure`, and every call from then on runs eagerly.
+    """
+
+    def __init__(self, eager: Callable[..., Tensor], backend: str | Callable = "inductor",
+                 mode: str | None = None) -> None:
+        self.eager = eager
+        self.backend, self.mode = backend, mode
+        self.compiled = torch.compile(eager, backend=backend, mode=mode, dynamic=False)
+        self.compile_seconds = 0.0
+        self.compiled_shapes: list[tuple] = []
+        self.failure: str | None = None
+
+    def __call__(self, *args: Any) -> Tensor:
+        if self.failure is not None:
+            return self.eager(*args)
+        signature = _signature(args)
+        first = signature not in self.compiled_shapes
+        device = next((a.device for a in args if isinstance(a, Tensor)), torch.device("cpu"))
+        if first:
+            _sync(device)
+            start = time.perf_counter()
+        try:
+            out = self.compiled(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a compile failure must not stop sampling
+            out = self.eager(*args)  # an error of the inputs themselves is raised here, compile left on
+            self.failure = _reason(error)
+            log.warning("Sonic: torch.compile unavailable, running the UNet eagerly: %s", self.failure)
+            return out
+        if first:
+            _sync(device)
+            seconds = time.perf_counter() - start
+            self.compile_seconds += seconds
+            self.compiled_shapes.append(signature)
+            log.info("Sonic: compiled the UNet (%s) for input %s in %.1f s (first call: compile + one run)",
+                     getattr(self.backend, "__name__", self.backend), tuple(args[0].shape), seconds)
+        return out
+
+
+def _reason(error: BaseException) -> str:
+    """One line saying why compiling failed: the innermost cause (dynamo wraps the backend's own error)."""
+    cause = error
+    while getattr(cause, "inner_exception", None) or cause.__cause__:
+        cause = getattr(cause, "inner_exception", None) or cause.__cause__
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    where = f"{type(error).__name__} <- " if cause is not error else ""
+    return f"{where}{type(cause).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def set_compile(unet: SonicUNet, enabled: bool, backend: str | Callable = "inductor", mode: str | None = None) -> None:
+    """Route the UNet's forward through `torch.compile` (the mask-grid cache and input checks stay eager)."""
+    unet.compiled_core = CompiledCore(unet.denoise_core, backend, mode) if enabled else None
+
+
+def compile_report(unet: nn.Module) -> CompiledCore | None:
+    """The compile state of a UNet (also one wrapped as `.unet`), or None when it is not compiled."""
+    unet = getattr(unet, "unet", unet)
+    return getattr(unet, "compiled_core", None)
+
+
+def apply_speed_options(unet: SonicUNet, *, channels_last: bool = False, compile: bool = False,
+                        attention_slices: int | None = None, compile_backend: str | Callable = "inductor",
+                        compile_mode: str | None = None) -> SonicUNet:
+    """Set the runtime options on `unet` in place and return it (same module, same call signature, same keys)."""
+    if not isinstance(unet, SonicUNet):
+        raise TypeError(f"speed options apply to a SonicUNet, not {type(unet).__name__}")
+    set_channels_last(unet, channels_last)
+    set_attention_slices(unet, attention_slices)
+    set_compile(unet, compile, compile_backend, compile_mode)
+    return unet
+
+
+def speed_options_for(*, low_vram: bool, compile: bool, channels_last: bool = False) -> SpeedOptions:
+    """The options a loader setting means: low-VRAM mode also slices the attention."""
+    return SpeedOptions(channels_last=channels_last, compile=compile,
+                        attention_slices=LOW_VRAM_ATTENTION_SLICES if low_vram else None)
