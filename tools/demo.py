@@ -27,6 +27,7 @@ from tools.headless import HeadlessComfy  # noqa: E402
 
 ASSETS = ROOT / "assets"
 DEMO_MODELS = ROOT / ".venv" / "demo-models"
+UNTRAINED_RESOLUTION, UNTRAINED_STEPS = 128, 10  # noise either way: a small, short run
 UNTRAINED = ("NOTE: no real Sonic weights found, so this demo uses small RANDOM weights in the real file formats. "
              "Every stage runs for real, but the weights are untrained: the video is noise, not a talking face.")
 
@@ -71,9 +72,10 @@ def demo_prompt(models: Path, image: str, audio: str, untrained: bool) -> dict:
     by_class["SonicLoader"]["inputs"]["svd_checkpoint"] = checkpoints[0]
     by_class["SaveVideo"]["inputs"]["filename_prefix"] = "sonic_demo/Sonic"
     if untrained:
-        # The random set has no face detector; animate the whole picture, at a CPU-friendly size.
+        # The random set has no face detector: animate the whole picture; and keep a CPU run to a few minutes.
         by_class["SonicLoader"]["inputs"]["face_detector"] = "none"
-        by_class["SonicReferenceImage"]["inputs"].update(no_face="whole image", resolution=256)
+        by_class["SonicReferenceImage"]["inputs"].update(no_face="whole image", resolution=UNTRAINED_RESOLUTION)
+        by_class["SonicSampler"]["inputs"]["steps"] = UNTRAINED_STEPS
     return prompt
 
 
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     untrained = models is None
     if untrained:
         say(UNTRAINED)
+        say(f"random weights: short side {UNTRAINED_RESOLUTION} px and {UNTRAINED_STEPS} steps instead of the "
+            "workflow's 512 px / 25 steps, to keep a CPU run short")
         models = tiny_models()
     else:
         say(f"using the real weights in {models}")

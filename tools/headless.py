@@ -65,6 +65,7 @@ class HeadlessComfy:
                 "--user-directory", str(self.work / "user"), "--temp-directory", str(self.work)]
         if self.cpu:
             args.append("--cpu")
+        (self.work / "user").mkdir(exist_ok=True)
         self.input_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w")
