@@ -5,7 +5,7 @@ from .loaders import SonicLoader
 from .model_check import SonicModelCheck
 from .model_files import register_sonic_folder
 from .motion import SonicMotionBucketsNode
-from .reference import SonicReferenceImage
+from .image import SonicReferenceImage
 from .sampling import SonicSampler
 from .video import SonicInterpolate, SonicPasteBack, SonicSaveVideo
 

@@ -84,7 +84,7 @@ def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper
     states = encoder.encoder.config.encoder_layers + 1
     detector = None
     if face_detector is not None:
-        from ..sonic_model.face_detector import FaceDetector
+        from ..sonic_model.face_detect import FaceDetector
 
         detector = FaceDetector.from_file(face_detector, device="cpu")
     return SonicModels(unet=patcher, audio2token=load_audio2token(audio2token, channels, states),
