@@ -59,3 +59,12 @@ if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
   echo "$want" > $stamp
 fi
 say "environment ready: $VENV (torch $($VENV/bin/python -c 'import torch; print(torch.__version__)')), ComfyUI runtime in $COMFY_DIR"
+
+# --- headless Chromium for tests/test_browser.py (Debian's package; no browser download) ---------------------------
+if ! command -v chromium >/dev/null 2>&1; then
+  say "installing Debian's chromium for the browser test (apt-get)"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
+  "${SUDO[@]}" apt-get update -q
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+fi
+# --- end headless Chromium -------------------------------------------------------------------------------------------

@@ -1,0 +1,308 @@
+"""The pack in a real browser: Debian's headless Chromium, driven over the DevTools protocol, on the page the
+headless ComfyUI server serves. Every shipped UI workflow renders with all its nodes and widgets, the web
+extension's controls answer real mouse clicks, a run queued from the page fills its readouts, and the page logs
+no errors (tests/browser/comfy_page.py lists the closed network's noise that is tolerated, and why)."""
+import asyncio
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from browser.cdp import CHROMIUM, Chromium
+from browser.comfy_page import click_widget, focus_node, frame_nodes, graph_summary, load_workflow, node_state, \
+    open_comfy, pick_combo, unexpected_errors
+from comfy_server import ARTIFACTS, SHORT_AUDIO, SHORT_AUDIO_SECONDS, load_json, ui_workflows
+from conftest import REPO
+
+pytest_plugins = ["comfy_server_fixture"]  # the session's one server
+
+DOCS_SCREENSHOT = REPO / "docs" / "workflow.png"
+MAX_DOCS_WIDTH = 1600
+SCREENSHOT_WORKFLOW = "sonic_basic"  # the one the README describes
+MANUAL = 32  # where a bucket slider lands when its auto toggle is switched off (web/sonic.js)
+FRONTEND_ONLY = {"upload"}  # widgets the frontend adds to core nodes with a file upload
+OUTPUT_STAGE = {"SonicDecode", "SonicInterpolate", "SonicSaveVideo", "CreateVideo", "SaveVideo"}
+CLIENT_ONLY = {"SonicMotionBuckets": ["head_motion auto", "expression auto", "sonic_motion_readout"],
+               "SonicSampler": ["sonic_cfg_audio_hint"], "SonicAudioEncode": ["sonic_audio_readout"]}
+
+# Random weights on a CPU: the checkpoint that exists, no face detector, a small picture, 2 steps, a short clip.
+CPU_FRIENDLY = f"""(() => {{
+  const set = (type, values) => {{
+    for (const node of app.graph._nodes.filter(n => n.type === type))
+      for (const [name, v] of Object.entries(values)) {{
+        const w = node.widgets.find(w => w.name === name);
+        w.value = typeof v === 'function' ? v(w) : v;
+      }}
+  }};
+  set('SonicLoader', {{svd_checkpoint: w => w.options.values.find(v => v.startsWith('svd_xt')),
+                       face_detector: 'none'}});
+  set('SonicReferenceImage', {{no_face: 'whole image', resolution: 64}});
+  set('SonicSampler', {{steps: 2}});
+  set('LoadAudio', {{audio: {json.dumps(SHORT_AUDIO)}}});
+  return true;
+}})()"""
+
+# Resolve with the prompt id once the queued run ends (null if it failed).
+RUN_AND_WAIT = """new Promise((resolve) => {
+  const api = window.comfyAPI.api.api;
+  api.addEventListener('execution_success', (e) => resolve({ok: true, prompt_id: e.detail.prompt_id}));
+  api.addEventListener('execution_error', (e) => resolve({ok: false, error: e.detail}));
+  app.queuePrompt(0, 1);
+})"""
+
+
+def _workflows() -> list[tuple[str, dict]]:
+    found = [(p.stem, load_json(p)) for p in ui_workflows()]
+    assert found, "no UI workflow in workflows/: the browser test needs at least one"
+    return found
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def browser(loop, tmp_path_factory):
+    """One headless Chromium for the module; each test opens its own tab (so its own error log)."""
+    chromium = Chromium(tmp_path_factory.mktemp("chromium") / "profile")
+    loop.run_until_complete(chromium.__aenter__())
+    try:
+        yield chromium
+    finally:
+        loop.run_until_complete(chromium.__aexit__(None, None, None))
+
+
+def _assert_no_errors(page, url: str) -> None:
+    errors = unexpected_errors(page.entries, url)
+    assert not errors, "the page logged errors:\n" + "\n".join(errors)
+    ours = [str(e) for e in page.entries if "[sonic]" in e.text]
+    assert not ours, "web/sonic.js logged:\n" + "\n".join(ours)
+
+
+def _assert_values_match(widgets: list[dict], saved: list, where) -> None:
+    """The workflow's widgets_values fill the saved widgets in order (positionally: one missing in the middle would
+    shift the rest). After them, a file written by a tool may leave out the frontend's own upload buttons (Load
+    Image, Load Audio) and widgets whose input is linked (their value is unused)."""
+    values = [w for w in widgets if w["serialize"]]
+    assert [w["value"] for w in values[:len(saved)]] == saved, where
+    tail = values[len(saved):]
+    assert all(w["name"] in FRONTEND_ONLY or w["linked"] for w in tail), (where, tail)
+
+
+def test_the_browser_is_debians_chromium(browser):
+    version = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True, timeout=30).stdout
+    number = re.search(r"Chromium (\d+\.\d+\.\d+\.\d+)", version).group(1)
+    assert browser.version["Browser"] == f"Chrome/{number}"
+    assert Path(f"/proc/{browser.process.pid}/exe").resolve() == Path("/usr/lib/chromium/chromium")
+    assert "HeadlessChrome" in browser.version["User-Agent"]
+
+
+def test_every_shipped_workflow_renders_with_its_widgets(browser, loop, comfy_server):
+    async def scenario():
+        page = await open_comfy(browser, comfy_server.url)
+        for name, workflow in _workflows():
+            await load_workflow(page, workflow)
+            await page.screenshot(ARTIFACTS / f"browser-loaded-{name}.png")
+            nodes = {n["id"]: n for n in await graph_summary(page)}
+            assert sorted(nodes) == sorted(n["id"] for n in workflow["nodes"]), name
+            for saved in workflow["nodes"]:
+                node = nodes[saved["id"]]
+                assert node["type"] == saved["type"], (name, saved["id"])
+                _assert_values_match(node["widgets"], saved.get("widgets_values", []), (name, saved["type"]))
+                assert all(w["drawn"] for w in node["widgets"]), (name, saved["type"], node["widgets"])
+                extra = [w["name"] for w in node["widgets"] if not w["serialize"] and w["name"]
+                         in CLIENT_ONLY.get(node["type"], [])]
+                assert extra == CLIENT_ONLY.get(node["type"], []), (name, saved["type"])
+            # The extension's widgets stay client-only: saving round-trips and the prompt is the API twin.
+            saved_again = dict(map(tuple, await page.evaluate(
+                "app.graph.serialize().nodes.map(n => [n.id, n.widgets_values ?? []])")))
+            for saved in workflow["nodes"]:
+                again = saved_again[saved["id"]]
+                assert again[:len(saved.get("widgets_values", []))] == saved.get("widgets_values", []), saved["type"]
+                if saved["type"] in CLIENT_ONLY:  # no holes, no extra entries from the extension's widgets
+                    assert again == [w["value"] for w in nodes[saved["id"]]["widgets"] if w["serialize"]], again
+            prompt = await page.evaluate("app.graphToPrompt().then(p => p.output)")
+            twin = REPO / "workflows" / "api" / f"{name}.json"
+            if twin.exists():
+                expected = load_json(twin)
+                assert {k: v["class_type"] for k, v in prompt.items()} == \
+                    {k: v["class_type"] for k, v in expected.items()}, name
+                for node_id, node in expected.items():  # core's Load Audio also sends its player ('audioUI')
+                    sent = prompt[node_id]["inputs"]
+                    exact = node["class_type"] in CLIENT_ONLY
+                    assert (sent if exact else {k: sent.get(k) for k in node["inputs"]}) == node["inputs"], node
+        _assert_no_errors(page, comfy_server.url)
+
+    loop.run_until_complete(scenario())
+
+
+def test_motion_controls_answer_real_clicks(browser, loop, comfy_server):
+    async def widgets(page, node_id):
+        return {w["name"]: w for w in (await node_state(page, node_id))["widgets"]}
+
+    async def scenario():
+        page = await open_comfy(browser, comfy_server.url)
+        name, workflow = next(((n, w) for n, w in _workflows()
+                               if any(x["type"] == "SonicMotionBuckets" for x in w["nodes"])))
+        await load_workflow(page, workflow)
+        motion = next(n["id"] for n in workflow["nodes"] if n["type"] == "SonicMotionBuckets")
+        await focus_node(page, motion, scale=1.0)
+
+        # Start from auto: the toggle says so and the slider holds -1.
+        w = await widgets(page, motion)
+        if not w["head_motion auto"]["value"]:
+            await click_widget(page, motion, "head_motion auto")
+            w = await widgets(page, motion)
+        assert w["head_motion auto"]["value"] is True and w["head_motion"]["value"] == -1
+        assert "auto" in w["head_motion"]["label"]
+
+        await click_widget(page, motion, "head_motion auto")  # auto off: a sensible fixed value
+        w = await widgets(page, motion)
+        assert w["head_motion auto"]["value"] is False and w["head_motion"]["value"] == MANUAL
+        assert "auto" not in w["head_motion"]["label"]
+
+        await click_widget(page, motion, "head_motion auto")  # back on: -1
+        w = await widgets(page, motion)
+        assert w["head_motion auto"]["value"] is True and w["head_motion"]["value"] == -1
+
+        await click_widget(page, motion, "head_motion", fraction=0.75)  # moving the slider turns auto off
+        w = await widgets(page, motion)
+        low, high = w["head_motion"]["min"], w["head_motion"]["max"]
+        assert w["head_motion"]["value"] == round(low + 0.75 * (high - low))
+        assert w["head_motion auto"]["value"] is False
+        assert w["expression auto"]["value"] == (w["expression"]["value"] == -1)  # the other one untouched
+
+        await pick_combo(page, motion, "motion_preset", "intense (2.0)")  # a preset shows its β, locked
+        w = await widgets(page, motion)
+        assert w["beta"]["value"] == 2.0 and w["beta"]["disabled"]
+        await click_widget(page, motion, "beta", fraction=0.1)
+        assert (await widgets(page, motion))["beta"]["value"] == 2.0
+
+        await pick_combo(page, motion, "motion_preset", "custom")  # custom: the slider is live
+        await click_widget(page, motion, "beta", fraction=0.25)
+        w = await widgets(page, motion)
+        assert not w["beta"]["disabled"] and w["beta"]["value"] == pytest.approx(0.25 * w["beta"]["max"], abs=0.01)
+
+        prompt = await page.evaluate("app.graphToPrompt().then(p => p.output)")
+        inputs = prompt[str(motion)]["inputs"]
+        assert inputs["head_motion"] == w["head_motion"]["value"] and inputs["motion_preset"] == "custom"
+        assert not set(inputs) & set(CLIENT_ONLY["SonicMotionBuckets"])
+        _assert_no_errors(page, comfy_server.url)
+
+    loop.run_until_complete(scenario())
+
+
+def test_the_extension_tolerates_nodes_without_widgets_and_odd_messages(browser, loop, comfy_server):
+    async def scenario():
+        page = await open_comfy(browser, comfy_server.url)
+        # Bare nodes of each Sonic class (no widgets, as a future version or a broken load could give): the
+        # extension adds only what it can, and never throws.
+        added = await page.evaluate("""(() => {
+          const ext = app.extensions.find(e => e.name === 'sonic.portrait');
+          const out = {};
+          for (const type of ['SonicMotionBuckets', 'SonicSampler', 'SonicAudioEncode']) {
+            const node = new LiteGraph.LGraphNode(type);
+            node.comfyClass = type;
+            ext.nodeCreated(node);
+            ext.loadedGraphNode(node);
+            node.configure({id: 1, type, widgets_values: []});
+            out[type] = (node.widgets || []).map(w => w.name);
+          }
+          return out; })()""")
+        assert added == {"SonicMotionBuckets": ["sonic_motion_readout"], "SonicSampler": [],
+                         "SonicAudioEncode": ["sonic_audio_readout"]}
+        # `executed` messages for unknown nodes, other node types, or with missing fields change nothing.
+        _, workflow = _workflows()[0]
+        await load_workflow(page, workflow)
+        ids = {n["type"]: n["id"] for n in workflow["nodes"]}
+        audio = ids.get("SonicAudioEncode", 1)
+        motion = ids.get("SonicMotionBuckets", 1)
+        await page.evaluate(f"""(() => {{
+          const api = window.comfyAPI.api.api;
+          const send = (node, output) => api.dispatchCustomEvent('executed', {{node: String(node), output}});
+          send(99999, {{sonic_audio: [{{frames: 3, seconds: 0.24}}]}});
+          send('77:12', {{sonic_motion: [{{}}]}});
+          send({audio}, {{}});
+          send({audio}, {{sonic_audio: [{{frames: 'x'}}]}});
+          send({motion}, {{sonic_motion: []}});
+          send({motion}, null);
+          return true; }})()""")
+        await asyncio.sleep(0.3)
+        for node_id in (audio, motion):
+            state = await node_state(page, node_id)
+            readouts = [w for w in state["widgets"] if w["type"] == "sonic_readout"]
+            assert all("after a run" in w["lines"][0] for w in readouts), readouts
+        _assert_no_errors(page, comfy_server.url)
+        warnings = [str(e) for e in page.entries if e.level == "warning" and "/sonic" in e.url]
+        assert not warnings, warnings
+
+    loop.run_until_complete(scenario())
+
+
+def test_a_run_queued_from_the_page_fills_the_readouts(browser, loop, comfy_server):
+    async def scenario():
+        page = await open_comfy(browser, comfy_server.url)
+        workflows = dict(_workflows())
+        name = SCREENSHOT_WORKFLOW if SCREENSHOT_WORKFLOW in workflows else next(iter(workflows))
+        workflow = workflows[name]
+        await load_workflow(page, workflow)
+        await page.evaluate(CPU_FRIENDLY)
+        result = await page.evaluate(RUN_AND_WAIT, timeout=300)
+        assert result["ok"], result
+
+        history = comfy_server.get(f"/history/{result['prompt_id']}")[result["prompt_id"]]
+        by_type = {n["type"]: n["id"] for n in workflow["nodes"]}
+        readouts = {}
+        for node_type, readout in (("SonicAudioEncode", "sonic_audio_readout"),
+                                   ("SonicMotionBuckets", "sonic_motion_readout")):
+            if node_type in by_type:
+                state = {w["name"]: w for w in (await node_state(page, by_type[node_type]))["widgets"]}
+                readouts[node_type] = state[readout]["lines"]
+        if "SonicAudioEncode" in by_type:
+            frames = round(SHORT_AUDIO_SECONDS * 12.5)
+            assert readouts["SonicAudioEncode"] == [
+                f"{SHORT_AUDIO_SECONDS:.2f} s → {frames} frames at 12.5 fps, {2 * frames - 1} at 25 fps after RIFE"]
+        if "SonicMotionBuckets" in by_type:
+            node_id = by_type["SonicMotionBuckets"]
+            (summary,) = history["outputs"][str(node_id)]["sonic_motion"]
+            lines = readouts["SonicMotionBuckets"]
+            assert len(lines) == 2, lines
+            for line, key in zip(lines, ("motion", "expression")):
+                shown = re.fullmatch(rf"{key} mean (\S+) \(min (\S+), max (\S+)\)", line)
+                assert shown, line
+                for text, stat in zip(shown.groups(), ("mean", "min", "max")):
+                    assert float(text) == pytest.approx(summary[key][stat], abs=0.051), (line, summary)
+            markers = {w["name"]: w["marker"] for w in (await node_state(page, node_id))["widgets"]}
+            assert markers["head_motion"] == pytest.approx(summary["motion"]["mean"])
+
+        # A picture of the graph up to the sampler after the run, readouts filled, for the README. The widgets go
+        # back to the shipped settings (a reader should not copy the CPU test's 2 steps at 64 px), except the
+        # audio clip, which the readouts describe.
+        await page.evaluate(f"""(() => {{
+          for (const saved of {json.dumps(workflow["nodes"])}) {{
+            const node = app.graph.getNodeById(saved.id);
+            if (!node || saved.type === 'LoadAudio') continue;
+            const widgets = node.widgets.filter(w => w.serialize !== false);
+            (saved.widgets_values || []).forEach((v, i) => {{ if (widgets[i]) widgets[i].value = v; }});
+          }}
+          return true; }})()""")
+        await frame_nodes(page, [n["id"] for n in workflow["nodes"] if n["type"] not in OUTPUT_STAGE], zoom=0.8)
+        await asyncio.sleep(0.5)
+        shot = await page.screenshot(ARTIFACTS / f"browser-{name}.png")
+        _assert_no_errors(page, comfy_server.url)
+        return shot
+
+    shot = loop.run_until_complete(scenario())
+    image = Image.open(shot)
+    assert sum(1 for count in image.convert("L").histogram() if count) > 20  # not a blank page
+    if image.size[0] > MAX_DOCS_WIDTH:
+        height = round(image.size[1] * MAX_DOCS_WIDTH / image.size[0])
+        image = image.resize((MAX_DOCS_WIDTH, height), Image.Resampling.LANCZOS)
+    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+    image.convert("RGB").quantize(256).save(DOCS_SCREENSHOT, optimize=True)  # a palette keeps the file small

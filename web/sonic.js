@@ -1,0 +1,277 @@
+// Sonic for ComfyUI: client-side helpers on the Sonic nodes.
+//  - Sonic Motion Buckets: "auto" toggles for head_motion / expression (auto = -1 = keep the prediction), the beta
+//    slider greyed out and showing the preset's value unless the preset is "custom", and a readout of the
+//    predicted buckets after a run (also marked on the sliders).
+//  - Sonic Sampler: a visible hint for cfg_audio.
+//  - Sonic Encode Audio: duration -> frame counts after a run.
+// Everything here is client-only: no widget added here is saved in the workflow or sent with the prompt.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const AUTO = -1; // bucket slider value meaning "use the prediction" (nodes/motion.py)
+const MANUAL_DEFAULT = 32; // where a slider lands when auto is switched off and it had no manual value yet
+const PRESETS = { "mild (0.5)": 0.5, "moderate (1.0)": 1.0, "intense (2.0)": 2.0 };
+const CUSTOM = "custom";
+const GENERATION_FPS = 12.5; // Sonic generates 12.5 frames per second
+const RIFE_FPS = 25; // RIFE x2 inserts one frame between each pair: 2N - 1 frames
+const CFG_AUDIO_HINT = "cfg_audio: lower to ~5.5 if lips look exaggerated";
+
+const READOUT_LINE = 16;
+const READOUT_PAD = 6;
+
+function findWidget(node, name) {
+  return Array.isArray(node?.widgets) ? node.widgets.find((w) => w?.name === name) : undefined;
+}
+
+function redraw(node) {
+  node?.setDirtyCanvas?.(true, true);
+}
+
+// Run `after(value)` once the widget's own callback (rounding, clamping) has run.
+function afterCallback(widget, after) {
+  const original = widget.callback;
+  widget.callback = function (...args) {
+    const result = typeof original === "function" ? original.apply(this, args) : undefined;
+    try {
+      after(widget.value);
+    } catch (error) {
+      console.warn("[sonic] widget sync failed", error);
+    }
+    return result;
+  };
+}
+
+// Client-only widgets go after every saved widget: litegraph saves widgets_values by position, so a skipped
+// widget in the middle would shift the values of the ones after it.
+function clientOnly(widget) {
+  widget.serialize = false; // not in the workflow's widgets_values
+  widget.options = { ...(widget.options ?? {}), serialize: false }; // not in the API prompt
+  return widget;
+}
+
+// A read-only, multi-line text drawn on the node; `setLines` replaces its content.
+function addReadout(node, name, lines, { dim = false } = {}) {
+  const widget = {
+    type: "sonic_readout",
+    name,
+    value: "",
+    lines: [...lines],
+    dim,
+    y: 0,
+    options: { serialize: false },
+    serialize: false,
+    draw(ctx, _node, width, y) {
+      const margin = 15;
+      ctx.save();
+      ctx.fillStyle = "rgba(0, 0, 0, 0.25)";
+      ctx.beginPath();
+      ctx.roundRect?.(margin, y + 2, width - 2 * margin, this.lines.length * READOUT_LINE + READOUT_PAD, 6);
+      ctx.fill();
+      ctx.font = "12px Arial, sans-serif";
+      ctx.textAlign = "left";
+      ctx.fillStyle = this.dim ? "#8a8a8a" : "#cfe3c8";
+      this.lines.forEach((line, i) => {
+        const baseline = y + 2 + READOUT_PAD / 2 + READOUT_LINE * (i + 0.75);
+        ctx.fillText(String(line), margin + 8, baseline, width - 2 * margin - 16);
+      });
+      ctx.restore();
+    },
+    computeSize(width) {
+      return [width ?? 0, this.lines.length * READOUT_LINE + READOUT_PAD + 4];
+    },
+    onPointerDown() {
+      return true; // read-only: swallow clicks
+    },
+    setLines(next, { dim: nextDim = false } = {}) {
+      this.lines = [...next];
+      this.value = this.lines.join("\n");
+      this.dim = nextDim;
+      redraw(node);
+    },
+  };
+  widget.value = widget.lines.join("\n");
+  node.addCustomWidget(widget);
+  return widget;
+}
+
+function fmt(x, digits = 1) {
+  const n = Number(x);
+  return Number.isFinite(n) ? n.toFixed(digits) : "?";
+}
+
+// ---- Sonic Motion Buckets ---------------------------------------------------------------------------------------
+
+function setupAutoToggle(node, sliderName) {
+  const slider = findWidget(node, sliderName);
+  if (!slider || findWidget(node, `${sliderName} auto`)) return null;
+  const baseLabel = slider.label || sliderName;
+  let lastManual = slider.value !== AUTO && Number.isFinite(slider.value) ? slider.value : MANUAL_DEFAULT;
+  let syncing = false;
+
+  const toggle = clientOnly(
+    node.addWidget("toggle", `${sliderName} auto`, slider.value === AUTO, (on) => {
+      if (syncing) return;
+      syncing = true;
+      try {
+        if (on) {
+          if (slider.value !== AUTO) lastManual = slider.value;
+          slider.value = AUTO;
+        } else if (slider.value === AUTO) {
+          slider.value = lastManual;
+        }
+        show();
+      } finally {
+        syncing = false;
+      }
+    }, { on: "auto (prediction)", off: "fixed value" })
+  );
+  toggle.label = `${sliderName}: auto`;
+
+  function show() {
+    const auto = slider.value === AUTO;
+    toggle.value = auto;
+    slider.label = auto ? `${baseLabel} (auto)` : baseLabel;
+    redraw(node);
+  }
+
+  afterCallback(slider, (value) => {
+    if (syncing) return;
+    if (value !== AUTO) lastManual = value;
+    show();
+  });
+
+  return {
+    sync() {
+      if (slider.value !== AUTO && Number.isFinite(slider.value)) lastManual = slider.value;
+      show();
+    },
+  };
+}
+
+function setupBetaPreset(node) {
+  const preset = findWidget(node, "motion_preset");
+  const beta = findWidget(node, "beta");
+  if (!preset || !beta) return null;
+  const baseLabel = beta.label || "beta";
+
+  function sync() {
+    const value = PRESETS[preset.value];
+    const custom = preset.value === CUSTOM || value === undefined;
+    if (!custom && beta.value !== value) beta.value = value; // the slider shows the β the preset uses
+    beta.disabled = !custom;
+    beta.label = custom ? baseLabel : `${baseLabel} (from preset)`;
+    redraw(node);
+  }
+
+  afterCallback(preset, sync);
+  return { sync };
+}
+
+function setupMotionBuckets(node) {
+  const syncs = [setupBetaPreset(node), setupAutoToggle(node, "head_motion"), setupAutoToggle(node, "expression")]
+    .filter(Boolean);
+  const readout = addReadout(node, "sonic_motion_readout", ["predicted buckets: shown after a run"], { dim: true });
+  node.sonicSync = () => syncs.forEach((s) => s.sync());
+  node.sonicSync();
+
+  node.sonicOnExecuted = (output) => {
+    const summary = output?.sonic_motion?.[0];
+    if (!summary) return;
+    const line = (label, s) => `${label} mean ${fmt(s?.mean)} (min ${fmt(s?.min)}, max ${fmt(s?.max)})`;
+    readout.setLines([line("motion", summary.motion), line("expression", summary.expression)]);
+    // Mark the prediction on the sliders, so a fixed value can be set relative to it.
+    const marks = { head_motion: summary.motion?.mean, expression: summary.expression?.mean };
+    for (const [name, mean] of Object.entries(marks)) {
+      const slider = findWidget(node, name);
+      if (slider && Number.isFinite(Number(mean))) slider.marker = Number(mean);
+    }
+    redraw(node);
+  };
+}
+
+// ---- Sonic Sampler ----------------------------------------------------------------------------------------------
+
+function setupSampler(node) {
+  if (!findWidget(node, "cfg_audio")) return;
+  addReadout(node, "sonic_cfg_audio_hint", [CFG_AUDIO_HINT], { dim: true });
+}
+
+// ---- Sonic Encode Audio -----------------------------------------------------------------------------------------
+
+function framesReadout(frames, seconds) {
+  const n = Math.round(Number(frames));
+  const interpolated = Math.max(2 * n - 1, 0);
+  return `${fmt(seconds, 2)} s → ${n} frames at ${GENERATION_FPS} fps, ${interpolated} at ${RIFE_FPS} fps after RIFE`;
+}
+
+function setupAudioEncode(node) {
+  const readout = addReadout(node, "sonic_audio_readout", ["frame count: shown after a run"], { dim: true });
+  node.sonicOnExecuted = (output) => {
+    const info = output?.sonic_audio?.[0];
+    if (!info || !Number.isFinite(Number(info.frames))) return;
+    const seconds = info.seconds ?? Number(info.frames) / GENERATION_FPS;
+    readout.setLines([framesReadout(info.frames, seconds)]);
+  };
+}
+
+// ---- wiring -----------------------------------------------------------------------------------------------------
+
+const SETUP = {
+  SonicMotionBuckets: setupMotionBuckets,
+  SonicSampler: setupSampler,
+  SonicAudioEncode: setupAudioEncode,
+};
+
+function classOf(node) {
+  return node?.comfyClass ?? node?.type;
+}
+
+// "12" in the root graph, "5:12" for node 12 inside the subgraph node 5.
+function nodeForExecutionId(executionId) {
+  let graph = app.rootGraph ?? app.graph;
+  let node = null;
+  for (const part of String(executionId).split(":")) {
+    if (!graph?.getNodeById) return null;
+    node = graph.getNodeById(part) ?? graph.getNodeById(Number(part));
+    graph = node?.subgraph;
+  }
+  return node ?? null;
+}
+
+app.registerExtension({
+  name: "sonic.portrait",
+
+  setup() {
+    api.addEventListener("executed", ({ detail }) => {
+      try {
+        const node = nodeForExecutionId(detail?.display_node ?? detail?.node);
+        if (node && SETUP[classOf(node)]) node.sonicOnExecuted?.(detail.output);
+      } catch (error) {
+        console.warn("[sonic] could not show a run's results", error);
+      }
+    });
+  },
+
+  nodeCreated(node) {
+    const setup = SETUP[classOf(node)];
+    if (!setup || node.sonicReady) return;
+    node.sonicReady = true;
+    try {
+      setup(node);
+    } catch (error) {
+      console.warn(`[sonic] ${classOf(node)}: helpers not added`, error);
+      return;
+    }
+    // Values loaded from a workflow or pasted arrive without widget callbacks: resync after configure.
+    const onConfigure = node.onConfigure;
+    node.onConfigure = function (...args) {
+      const result = typeof onConfigure === "function" ? onConfigure.apply(this, args) : undefined;
+      this.sonicSync?.();
+      return result;
+    };
+  },
+
+  loadedGraphNode(node) {
+    node.sonicSync?.();
+  },
+});
