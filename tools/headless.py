@@ -68,9 +68,9 @@ class HeadlessComfy:
         (self.work / "user").mkdir(exist_ok=True)
         self.input_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "w")
+        log_file = open(self.log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(args, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(args, cwd=COMFYUI_DIR, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:
@@ -81,8 +81,9 @@ class HeadlessComfy:
                 return self
             except OSError:
                 time.sleep(0.5)
+        log = self.log()
         self.stop()
-        raise TimeoutError(f"ComfyUI did not answer within {timeout:.0f} s; see {self.log_path}")
+        raise TimeoutError(f"ComfyUI did not answer within {timeout:.0f} s:\n{log[-3000:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -114,7 +115,7 @@ class HeadlessComfy:
                 if entry["status"].get("status_str") in ("success", "error"):
                     return entry
             if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI stopped while running the workflow; see {self.log_path}")
+                raise RuntimeError(f"ComfyUI stopped while running the workflow:\n{self.log()[-3000:]}")
             if on_poll is not None:
                 on_poll()
             time.sleep(0.5)
@@ -128,7 +129,7 @@ class HeadlessComfy:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=20)
-        shutil.rmtree(self.work / "custom_nodes", ignore_errors=True)
+        shutil.rmtree(self.work, ignore_errors=True)  # (a log_path given by the caller lives elsewhere and stays)
 
     def __enter__(self) -> "HeadlessComfy":
         return self.start()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 WORKFLOWS = ROOT / "workflows"
-SEED_WIDGETS = {"seed", "noise_seed"}  # the frontend stores a control_after_generate value after these
+SEED_WIDGETS = {"seed", "noise_seed"}
+PACK_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+COMFY_VERSION = "0.3.75"  # the frontend stores a control_after_generate value after these
 
 
 @dataclass
@@ -131,6 +134,13 @@ def with_defaults(nodes: list[Node], object_info: dict) -> list[Node]:
     return nodes
 
 
+def _origin(class_type: str) -> dict:
+    """Where a node comes from, as the frontend records it (so it does not look the node up in the registry)."""
+    if class_type.startswith("Sonic"):
+        return {"cnr_id": "sonic-portrait", "ver": PACK_VERSION}
+    return {"cnr_id": "comfy-core", "ver": COMFY_VERSION}
+
+
 def to_ui(nodes: list[Node], object_info: dict) -> dict:
     links, ui_nodes = [], []
     outgoing: dict[tuple[int, int], list[int]] = {}
@@ -145,19 +155,23 @@ def to_ui(nodes: list[Node], object_info: dict) -> dict:
         inputs, widgets = [], []
         for name, spec in _input_order(info):
             link = by_target.get((n.id, name))
-            if _is_widget(spec) and link is None:
+            kind = "COMBO" if isinstance(spec[0], list) else spec[0]
+            if _is_widget(spec):
+                # the frontend keeps a widget's value in place even while a link drives it
                 widgets.append(n.widgets.get(name, _default(spec)))
                 if name in SEED_WIDGETS or (len(spec) > 1 and isinstance(spec[1], dict)
                                             and spec[1].get("control_after_generate")):
                     widgets.append("fixed")
+                if link is not None:
+                    inputs.append({"name": name, "type": kind, "link": link[0], "widget": {"name": name}})
             elif link is not None:
-                kind = "COMBO" if isinstance(spec[0], list) else spec[0]
                 inputs.append({"name": name, "type": kind, "link": link[0]})
         outputs = [{"name": out_name, "type": out_type, "links": outgoing.get((n.id, i), []), "slot_index": i}
                    for i, (out_name, out_type) in enumerate(zip(info["output_name"], info["output"]))]
         ui_nodes.append({"id": n.id, "type": n.class_type, "pos": list(n.pos), "size": [360, 200], "flags": {},
                          "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
-                         "properties": {"Node name for S&R": n.class_type}, "widgets_values": widgets,
+                         "properties": {"Node name for S&R": n.class_type, **_origin(n.class_type)},
+                         "widgets_values": widgets,
                          **({"title": n.title} if n.title else {})})
     for link in links:  # [id, origin, origin slot, target, target slot index, type]
         target = next(u for u in ui_nodes if u["id"] == link[3])
