@@ -15,6 +15,9 @@ from .comfy_sampling import LATENT_SCALE, check_sampler_name, sample_shift_fusio
 from .sonic_types import SonicAudio, SonicAudioEmbeds, SonicImage, SonicImageEmbeds, SonicModel, SonicModels, \
     SonicMotion, SonicMotionBuckets
 
+# torch's own out-of-memory type (core's mm.OOM_EXCEPTION falls back to Exception on old torch, which would also
+# catch Cancel); ComfyUI's executor unloads models when it sees this type.
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 _SD15_RGB = torch.tensor(comfy.latent_formats.SD15().latent_rgb_factors)  # SVD latents are SD1.5 latents
 
 
@@ -75,8 +78,16 @@ def run_sonic_sampler(models: SonicModels, audio: SonicAudioEmbeds, image: Sonic
                                    cfg_audio=cfg_audio, batched_cfg=not models.low_vram, on_window=on_window)
     latent_hw = image.concat_latent.shape[-2:]
     noise = seeded_noise((n, 4, *latent_hw), seed)
-    samples = sample_shift_fusion(denoiser, image.concat_latent, sigmas, k_sampler, noise, seed=seed,
-                                  sampler_name=name)
+    try:
+        samples = sample_shift_fusion(denoiser, image.concat_latent, sigmas, k_sampler, noise, seed=seed,
+                                      sampler_name=name)
+    except OUT_OF_MEMORY as error:
+        del denoiser
+        mm.soft_empty_cache(True)  # ComfyUI also unloads models for this exception type: the next run starts clean
+        raise OUT_OF_MEMORY(
+            f"Sonic ran out of GPU memory while sampling {n} frames at {image.image.shape[2]}×{image.image.shape[1]} "
+            f"with windows of {window}. Set the loader's low_vram to 'on', lower the Reference Image resolution, "
+            f"or use a smaller window. ({error})") from None
     if not torch.isfinite(samples).all():
         raise FloatingPointError("Sampling produced NaN/Inf latents: the UNet overflowed in this precision. "
                                  "Reload the Sonic models with dtype bf16 or fp32 and run again.")

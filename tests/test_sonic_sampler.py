@@ -195,3 +195,15 @@ def test_output_latents_use_cores_unscaled_convention():
                                                 comfy_sampling.schedule_sigmas("karras", 2), "euler",
                                                 comfy_sampling.seeded_noise((5, 4, 4, 4), 3))
     torch.testing.assert_close(out * 0.18215, direct)
+
+
+def test_out_of_memory_is_reported_with_low_vram_advice_and_the_next_run_works():
+    class OutOfMemory(RecordingUNet):
+        def forward(self, *args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    models, audio, image, motion, _ = _inputs(4, unet=OutOfMemory())
+    with pytest.raises(torch.OutOfMemoryError, match="low_vram to 'on'.*resolution"):
+        run_sonic_sampler(models, audio, image, motion, 0, 2, 2.0, 7.5, 1, 4, "euler", "karras", 1.0)
+    out, _ = _sample(n=4, steps=2, window=4)
+    assert torch.isfinite(out).all()
