@@ -5,8 +5,6 @@ official loop, which holds the whole clip and all 2N−1 outputs on the GPU (spe
 """
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Union
@@ -15,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .rife_blocks import IFBlock, IFNet, IFNetOutput, warp
+from .weights import read_state_dict
 
 __all__ = ["IFBlock", "IFNet", "IFNetOutput", "warp", "load_rife", "midpoint", "interpolate_x2",
            "iter_interpolated", "SIDE_MULTIPLE"]
@@ -30,32 +29,13 @@ def _expected_shapes() -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in IFNet().state_dict().items()}
 
 
-def _read_file(path: Path) -> object:
+def _read_file(path: Path) -> Mapping[str, torch.Tensor]:
     if path.is_dir():  # the official loader takes the folder holding flownet.pkl
         path = path / "flownet.pkl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (expected RIFE's flownet.pkl)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        # mmap only works for the zip container of torch.save; older pickles are read normally.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path}: refused to load: not a plain tensor checkpoint under weights_only=True (corrupt, not a state "
-            f"dict, or holding code that would be unsafe to run): {_unpickle_reason(err)}"
-        ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"{path}: could not be read as a torch checkpoint: {err}") from err
-
-
-def _unpickle_reason(err: Exception) -> str:
-    # torch's message suggests retrying with weights_only=False; keep only the line naming the refused object.
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    named = [line for line in lines if "GLOBAL" in line or "nsupported" in line]
-    return (named or lines or ["no detail"])[0][:300]
+    # The pack's one checkpoint reader: weights_only, memory-mapped, clear messages for unsafe or broken files.
+    return read_state_dict(path)
 
 
 def _select_keys(raw: Mapping[str, torch.Tensor], source: str, expected: dict[str, tuple[int, ...]]
