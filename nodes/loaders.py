@@ -41,10 +41,30 @@ def loader_speed_options(low_vram: bool, compile: bool) -> SpeedOptions:
 
 
 def _stamp(path: Path | None) -> tuple:
+    """Identifies a file's (or a folder's files') current contents cheaply: replacing a file changes its stamp."""
     if path is None:
         return (None,)
+    if path.is_dir():
+        return (str(path), *sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in path.iterdir()
+                                   if f.is_file()))
     stat = path.stat()
     return (str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def _checkpoint_stamp(checkpoint: str) -> tuple:
+    path = folder_paths.get_full_path("checkpoints", checkpoint) if checkpoint != model_files.NONE else None
+    return _stamp(Path(path)) if path else (checkpoint,)
+
+
+def _slot_stamps(names: dict[str, str]) -> tuple:
+    """Stamps of the chosen Sonic files; a missing one is stamped by name (the loader then says where it goes)."""
+    stamps = []
+    for slot, name in names.items():
+        try:
+            stamps.append(_stamp(model_files.resolve(slot, name)))
+        except FileNotFoundError:
+            stamps.append(("missing", name))
+    return tuple(stamps)
 
 
 def _svd_parts(checkpoint: str):
@@ -98,7 +118,7 @@ class SonicLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         checkpoints = [model_files.NONE, *folder_paths.get_filename_list("checkpoints")]
         svd_default = next((c for c in checkpoints if "svd_xt" in c.lower()), checkpoints[-1])
-        combo = {slot: model_files.choices(slot, optional=slot in ("face_detector", "rife"))
+        combo = {slot: model_files.choices(slot, optional=slot in model_files.OPTIONAL)
                  for slot in model_files.EXPECTED}
 
         def slot_input(slot: str, tooltip: str) -> io.Combo.Input:
@@ -146,29 +166,40 @@ class SonicLoader(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, svd_checkpoint, unet, audio2token, audio2bucket, whisper, face_detector, rife,
+                           **settings) -> tuple:
+        """A file replaced on disk under the same name makes ComfyUI run the loader again instead of reusing its
+        cached output (its cache only compares the names)."""
+        return (_checkpoint_stamp(svd_checkpoint),
+                _slot_stamps(dict(unet=unet, audio2token=audio2token, audio2bucket=audio2bucket, whisper=whisper,
+                                  face_detector=face_detector, rife=rife)))
+
+    @classmethod
     def execute(cls, svd_checkpoint, unet, audio2token, audio2bucket, whisper, face_detector, rife, dtype,
                 low_vram, compile=False, vae=None, clip_vision=None) -> io.NodeOutput:
-        paths = {slot: model_files.resolve(slot, name) for slot, name in
-                 [("unet", unet), ("audio2token", audio2token), ("audio2bucket", audio2bucket),
-                  ("whisper", whisper), ("face_detector", face_detector), ("rife", rife)]}
+        names = dict(unet=unet, audio2token=audio2token, audio2bucket=audio2bucket, whisper=whisper,
+                     face_detector=face_detector, rife=rife)
+        paths = {slot: model_files.resolve(slot, name) for slot, name in names.items()}
         for slot in ("unet", "audio2token", "audio2bucket", "whisper"):
             if paths[slot] is None:
                 raise ValueError(f"Sonic needs {model_files.EXPECTED[slot]}: pick it in the '{slot}' input.")
         torch_dtype = choose_dtype(dtype, mm.get_torch_device())
         lean = low_vram_wanted(low_vram)
-        key = (svd_checkpoint, vae is None, clip_vision is None, torch_dtype, lean, bool(compile),
-               *(_stamp(p) for p in paths.values()))
+        key = (_checkpoint_stamp(svd_checkpoint), vae is None, clip_vision is None, torch_dtype, lean,
+               bool(compile), *(_stamp(p) for p in paths.values()))
         cached = _cache.get(key)
         if cached is None:
             _cache.clear()  # one set of Sonic models at a time; ComfyUI holds the user's other models
             core_vae = core_clip = None
-            if vae is None or clip_vision is None:
-                if svd_checkpoint == model_files.NONE:
-                    raise ValueError("Choose your SVD-xt checkpoint in 'svd_checkpoint', or connect both vae and "
-                                     "clip_vision.")
-                core_vae, core_clip = _svd_parts(svd_checkpoint)
+            needs_checkpoint = vae is None or clip_vision is None
+            if needs_checkpoint and svd_checkpoint == model_files.NONE:
+                raise ValueError("Choose your SVD-xt checkpoint in 'svd_checkpoint', or connect both vae and "
+                                 "clip_vision.")
+            # Sonic's own files first: a wrong one is reported before the big SVD checkpoint is read.
             models = load_sonic_models(paths["unet"], paths["audio2token"], paths["audio2bucket"], paths["whisper"],
                                        paths["face_detector"], paths["rife"], torch_dtype, lean, bool(compile))
+            if needs_checkpoint:
+                core_vae, core_clip = _svd_parts(svd_checkpoint)
             cached = (models, core_vae, core_clip)
             _cache[key] = cached
             logging.info("Sonic: loaded models (%s, low_vram=%s, compile=%s)", torch_dtype, lean, bool(compile))

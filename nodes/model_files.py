@@ -18,6 +18,7 @@ EXPECTED = {
     "rife": "RIFE/flownet.pkl",
     "whisper": "whisper-tiny",
 }
+OPTIONAL = ("face_detector", "rife")
 
 
 def register_sonic_folder() -> None:
@@ -54,9 +55,12 @@ def choices(slot: str, optional: bool = False) -> tuple[list[str], str]:
     if optional:
         options = [NONE, *options]
     expected = EXPECTED[slot]
-    default = expected if expected in options else (options[0] if options else expected)
-    if not options:
-        options = [expected]  # shown even when missing, so the loader can say where to put it
+    present = expected in options
+    if not present:
+        # Listed even when missing, so a shared workflow naming the official file passes ComfyUI's validation
+        # and the loader can say where to put it and how to fetch it.
+        options = [*options, expected]
+    default = expected if present or not optional else NONE
     return options, default
 
 
@@ -71,5 +75,7 @@ def resolve(slot: str, name: str) -> Path | None:
         if candidate.exists():
             return candidate
     where = " or ".join(roots)
-    raise FileNotFoundError(f"Sonic {slot} file '{name}' not found. Put {EXPECTED[slot]} in {where} "
-                            f"(run `python tools/models.py check` in the Sonic node folder for the full list).")
+    skip = f", or choose '{NONE}' in '{slot}'" if slot in OPTIONAL else ""
+    raise FileNotFoundError(f"Sonic {slot} file '{name}' not found. Put {EXPECTED[slot]} in {where}{skip}: run "
+                            "`python tools/models.py download` in the Sonic node folder to fetch the missing files "
+                            "(`python tools/models.py check` lists them).")
