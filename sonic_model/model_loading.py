@@ -13,7 +13,8 @@ import torch
 
 from .audio_adapters import AudioToBuckets, AudioToTokens
 from .unet import SonicUNet, build_sonic_unet
-from .weights import WeightFileError, load_weights_into, read_state_dict
+from .file_signatures import identify_kind
+from .weights import SLOTS, WeightFileError, load_weights_into, read_state_dict
 
 BUCKET_WINDOW = 50  # Whisper tokens per frame window of the bucket predictor (official, not stored in the file)
 TOKEN_WINDOW = 10
@@ -36,18 +37,23 @@ def _shapes(path: Path, slot: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
 
 
-def _need(shapes: dict, keys: list[str], path: Path, what: str) -> None:
+def _need(shapes: dict, keys: list[str], path: Path, slot: str) -> None:
+    """The keys a file must hold to be sized; if absent, say what the file is instead and what belongs here."""
     missing = [k for k in keys if k not in shapes]
     if missing:
-        raise WeightFileError(f"{path} is not {what}: it has no {', '.join(missing)}. "
-                              f"Put the official file in that slot (see `python tools/models.py check`).")
+        expected = SLOTS[slot]
+        found = identify_kind(shapes)
+        hint = (f"This looks like {found[1]}; use {expected.filename} here." if found is not None
+                else "The file matches no known checkpoint layout; `python tools/models.py check` lists the files.")
+        raise WeightFileError(f"{path} does not fit: expected {expected.description} ({expected.filename}), which "
+                              f"has {', '.join(missing)}. {hint}")
 
 
 def load_audio2token(path: str | Path, whisper_channels: int, whisper_states: int) -> AudioToTokens:
     """audio2token sized from its weights: proj1 reads a 10-token window of every Whisper hidden state."""
     path = Path(path)
     shapes = _shapes(path, "audio2token")
-    _need(shapes, ["proj1.weight", "proj3.weight", "norm.weight"], path, "audio2token.pth")
+    _need(shapes, ["proj1.weight", "proj3.weight", "norm.weight"], path, "audio2token")
     intermediate, flat = shapes["proj1.weight"]
     output_dim = shapes["norm.weight"][0]
     seq_len = flat // (whisper_states * whisper_channels)
@@ -66,7 +72,7 @@ def load_audio2bucket(path: str | Path, whisper_channels: int) -> AudioToBuckets
     """audio2bucket sized from its weights: proj1 reads 50 last-layer tokens plus the CLIP embedding."""
     path = Path(path)
     shapes = _shapes(path, "audio2bucket")
-    _need(shapes, ["proj1.weight", "proj3.weight"], path, "audio2bucket.pth")
+    _need(shapes, ["proj1.weight", "proj3.weight"], path, "audio2bucket")
     if "norm.weight" in shapes:
         raise WeightFileError(f"{path} looks like audio2token.pth, not audio2bucket.pth: swap the two files.")
     intermediate, flat = shapes["proj1.weight"]

@@ -359,6 +359,7 @@ def _validate(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tenso
     unexpected = sorted(set(shapes) - set(expected))
     wrong = sorted(k for k in set(shapes) & set(expected) if shapes[k] != tuple(expected[k].shape))
     if not (missing or unexpected or wrong):
+        _validate_dtypes(sd, expected, path, info)
         return
     parts = [
         f"{path} does not fit: expected {info.description} ({info.filename}). "
@@ -380,6 +381,18 @@ def _validate(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tenso
     else:
         parts.append(f"This looks like {found[1]}; use {info.filename} here.")
     raise WeightFileError(" ".join(parts))
+
+
+def _validate_dtypes(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path: Path,
+                     info: Slot) -> None:
+    """Integer or boolean tensors where the model has float weights: casting them would load garbage silently."""
+    mistyped = sorted(k for k in sd if expected[k].dtype.is_floating_point and not sd[k].dtype.is_floating_point)
+    if mistyped:
+        found = sorted({str(sd[k].dtype).removeprefix("torch.") for k in mistyped})
+        raise WeightFileError(
+            f"{path} holds {'/'.join(found)} tensors where {info.description} needs floating-point weights "
+            f"({len(mistyped)} of {len(sd)}, e.g. {_examples(mistyped)}): it is a quantised or converted copy. "
+            f"Use the original {info.filename} (fp32, fp16 or bf16).")
 
 
 def _examples(keys: list[str]) -> str:
