@@ -1,11 +1,16 @@
 """Bring any waveform to what Sonic's audio path expects: mono float32 at 16 kHz."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torchaudio.functional
 from torch import Tensor
 
 TARGET_SAMPLE_RATE = 16000
+# torchaudio's sinc kernel has (16000/g) × (rate/g) taps for g = gcd(rate, 16000): 12 GB and 30 s for 44101 Hz.
+MAX_REDUCED_RATE = 2000
+NICE_RATE_STEP = 100
 
 
 def _sample_rate_int(sample_rate: int | float) -> int:
@@ -48,5 +53,19 @@ def to_16k_mono(waveform: Tensor, sample_rate: int) -> Tensor:
     if not bool(torch.isfinite(waveform).all()):
         raise ValueError("the audio contains NaN or infinite samples: re-export or re-encode the audio file")
     if rate != TARGET_SAMPLE_RATE:
+        waveform, rate = _to_nice_rate(waveform, rate)
         waveform = torchaudio.functional.resample(waveform, orig_freq=rate, new_freq=TARGET_SAMPLE_RATE)
     return waveform.contiguous()
+
+
+def _to_nice_rate(waveform: Tensor, rate: int) -> tuple[Tensor, int]:
+    """An unusual rate (e.g. 44101 Hz) first goes to the nearest multiple of 100 Hz by linear interpolation, a
+    change of well under 1 % that keeps torchaudio's kernel small. torchaudio offers no bounded path for such
+    ratios, hence this small step by hand."""
+    if rate // math.gcd(rate, TARGET_SAMPLE_RATE) <= MAX_REDUCED_RATE:
+        return waveform, rate
+    nice = max(NICE_RATE_STEP, round(rate / NICE_RATE_STEP) * NICE_RATE_STEP)
+    length = max(1, round(waveform.shape[-1] * nice / rate))
+    stretched = torch.nn.functional.interpolate(waveform[None, None], size=length, mode="linear",
+                                                align_corners=False)[0, 0]
+    return stretched, nice
