@@ -46,12 +46,19 @@ def rife_on_device(model: torch.nn.Module, frame_hw: tuple[int, int], batch_size
     """RIFE on ComfyUI's compute device for the duration, then back to the offload device (it is not a
     ModelPatcher, so nothing else would move it)."""
     device = mm.get_torch_device()
+    h, w = frame_hw
     if device.type != "cpu":
-        h, w = frame_hw
         mm.free_memory(batch_size * h * w * 3 * 4 * 64, device)  # ~64 frame-sized fp32 buffers per pair
-    model.to(device)
     try:
+        model.to(device)
         yield device
+    except torch.OutOfMemoryError as error:  # torch's type: ComfyUI unloads its models when it sees it
+        model.to(mm.unet_offload_device())
+        mm.soft_empty_cache(True)
+        raise torch.OutOfMemoryError(
+            f"RIFE ran out of memory interpolating {w}×{h} frames {batch_size} pairs at a time. Lower batch_size "
+            "(Sonic Interpolate) or decode_chunk_size (Sonic Save Video), lower the Reference Image resolution, "
+            f"or turn interpolation off. ({error})") from None
     finally:
         model.to(mm.unet_offload_device())
 
