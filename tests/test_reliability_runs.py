@@ -1,0 +1,167 @@
+"""Reliability, runs: Cancel, workflows queued back to back, NaN latents and out-of-memory, each through the shipped
+workflows in the real ComfyUI runtime (random weights, CPU-sized). After each failure ComfyUI runs the next prompt,
+and the output folder holds either nothing or complete videos."""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+import comfy.ldm.modules.temporal_ae as temporal_ae
+import comfy.model_management as mm
+import comfy.utils as comfy_utils
+import nodes  # core's
+from comfy_harness import PromptFailed, run_prompt
+from reliability import case
+from reliability_runtime import ComfyFolders, assert_comfy_keeps_running, node_id_of, node_outputs, pack_module, \
+    run_error, shipped_workflow, video_frames
+
+pytest_plugins = ["reliability_fixtures"]
+
+
+@pytest.fixture()
+def progress_hook():
+    """Install a progress hook like ComfyUI's server does; the test gives it a callback."""
+    calls = []
+
+    def install(callback=None):
+        def hook(value, total, preview, prompt_id=None, node_id=None):
+            calls.append((node_id, value, total))
+            if callback is not None:
+                callback(node_id, value, total)
+        comfy_utils.set_progress_bar_global_hook(hook)
+        return calls
+
+    yield install
+    comfy_utils.set_progress_bar_global_hook(None)
+    nodes.interrupt_processing(False)
+
+
+def _videos(folders: ComfyFolders) -> list:
+    return [p for p in folders.output_files() if p.suffix == ".mp4"]
+
+
+def _assert_complete_video(path, frames: int) -> np.ndarray:
+    decoded = video_frames(path)
+    assert decoded.shape[0] == frames, (path, decoded.shape)
+    return decoded
+
+
+@case("Runs", "Cancel in the middle of sampling, then run again",
+      "Sampling stops at the next window (ComfyUI reports the prompt interrupted at the sampler), no file is "
+      "written, and the next run completes a full video.")
+def test_run_cancel_mid_sampling_then_rerun(comfy, progress_hook):
+    prompt = shipped_workflow("sonic_long_audio", seed=1)  # seeds differ per test: ComfyUI reruns nothing cached
+    sampler = node_id_of(prompt, "SonicSampler")
+
+    cancel = [True]
+
+    def cancel_at_second_window(node_id, value, total):
+        if cancel[0] and node_id == sampler and value == 2:
+            nodes.interrupt_processing()  # what the Cancel button (POST /interrupt) does
+
+    progress = progress_hook(cancel_at_second_window)
+    with pytest.raises(PromptFailed) as stopped:
+        run_prompt(prompt)
+    report = stopped.value.args[0]
+    assert report["node_type"] == "SonicSampler" and "exception_message" not in report  # interrupted, not an error
+    sampler_steps = [v for n, v, _ in progress if n == sampler]
+    assert sampler_steps == [1, 2], "sampling must stop right after the window where Cancel was pressed"
+    assert comfy.output_files() == []
+
+    cancel[0] = False
+    progress.clear()
+    outputs = node_outputs(prompt)
+    sampler_total = [t for n, _, t in progress if n == sampler][-1]
+    assert [v for n, v, _ in progress if n == sampler][-1] == sampler_total
+    (video,) = _videos(comfy)
+    _assert_complete_video(video, 2 * 12)  # 12 frames at 12.5 fps, doubled by RIFE
+    assert outputs
+
+
+@case("Runs", "Two different workflows back to back",
+      "Both run; models are loaded once while the loader settings match, reloaded when a setting changes or a model "
+      "file is replaced on disk under the same name (no stale cache), and each video reflects its own workflow.")
+def test_run_two_workflows_back_to_back(comfy, monkeypatch):
+    loaders = pack_module("nodes.loaders")
+    loads = []
+    original = loaders.load_sonic_models
+    signature = inspect.signature(original)
+    monkeypatch.setattr(loaders, "load_sonic_models",
+                        lambda *a, **k: loads.append(signature.bind(*a, **k).arguments) or original(*a, **k))
+
+    node_outputs(shipped_workflow("sonic_long_audio", seed=2))
+    assert len(loads) <= 1  # none when an earlier prompt loaded the same models
+    node_outputs(shipped_workflow("sonic_manual_motion", seed=2))
+    reused = len(loads)
+    assert reused <= 1, "the same loader settings must reuse the loaded models"
+    first, second = sorted(_videos(comfy), key=lambda p: p.name)
+    frames_long, frames_manual = _assert_complete_video(first, 24), _assert_complete_video(second, 24)
+    assert not np.array_equal(frames_long, frames_manual), "the second workflow's settings must change its video"
+
+    unet = comfy.sonic / "unet.pth"
+    state = torch.load(unet, weights_only=True)
+    torch.save({k: v * 1.5 if v.is_floating_point() else v for k, v in state.items()}, unet)  # same name, new file
+    node_outputs(shipped_workflow("sonic_manual_motion", seed=2))
+    assert len(loads) == reused + 1, "a replaced model file must be loaded again, not served from ComfyUI's cache"
+    third = sorted(_videos(comfy), key=lambda p: p.name)[-1]
+    assert third != second
+    assert np.abs(_assert_complete_video(third, 24).astype(int) - frames_manual.astype(int)).mean() > 0.5
+    torch.save(state, unet)
+
+    low_vram = shipped_workflow("sonic_manual_motion", seed=2)
+    low_vram[node_id_of(low_vram, "SonicLoader")]["inputs"]["low_vram"] = "on"
+    node_outputs(low_vram)
+    assert len(loads) == reused + 2 and loads[-1]["low_vram"] is True
+
+
+@case("Runs", "NaN appearing in the latents",
+      "Detected after sampling: \"Sampling produced NaN/Inf latents ... Reload the Sonic models with dtype bf16 or "
+      "fp32 and run again.\"; nothing is decoded or written (no black video).")
+def test_run_nan_latents(comfy):
+    unet = comfy.sonic / "unet.pth"
+    state = torch.load(unet, weights_only=True)
+    overflowing = dict(state)
+    overflowing["conv_in.weight"] = torch.full_like(state["conv_in.weight"], 3e38)  # fp16-style overflow
+    torch.save(overflowing, unet)
+    try:
+        error = run_error(shipped_workflow("sonic_long_audio", seed=3))
+    finally:
+        torch.save(state, unet)
+    assert error["node_type"] == "SonicSampler" and error["exception_type"] == "FloatingPointError"
+    assert "NaN/Inf latents" in error["exception_message"]
+    assert "Reload the Sonic models with dtype bf16 or fp32" in error["exception_message"]
+    assert comfy.output_files() == []
+    assert_comfy_keeps_running(comfy)
+
+
+def _raise_oom(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+@case("Runs", "Out of memory",
+      "Caught at sampling, decode or interpolation; the message says what to lower (low_vram 'on', resolution, "
+      "window / decode_chunk_size / batch_size); ComfyUI unloads its models, nothing is written, and the next run "
+      "completes.")
+@pytest.mark.parametrize("stage,advice,seed", [
+    ("sampling", "Set the loader's low_vram to 'on', lower the Reference Image resolution", 4),
+    ("decode", "lower decode_chunk_size", 5),
+    ("interpolation", "Lower batch_size (Sonic Interpolate) or decode_chunk_size", 6),
+], ids=["sampling", "decode", "interpolation"])
+def test_run_out_of_memory(comfy, monkeypatch, stage, advice, seed):
+    targets = {"sampling": (pack_module("sonic_model.unet").SonicUNet, "forward"),
+               "decode": (temporal_ae.VideoDecoder, "forward"),
+               "interpolation": (pack_module("sonic_model.rife_blocks").IFNet, "forward")}
+    owner, method = targets[stage]
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, method, _raise_oom)
+        error = run_error(shipped_workflow("sonic_long_audio", seed=seed))
+    assert error["exception_type"] == "torch.OutOfMemoryError", error["exception_type"]
+    assert advice in error["exception_message"]
+    assert mm.current_loaded_models == [], "ComfyUI must have unloaded the models"
+    assert comfy.output_files() == []
+    node_outputs(shipped_workflow("sonic_long_audio", seed=seed))
+    (video,) = _videos(comfy)
+    _assert_complete_video(video, 24)
