@@ -193,6 +193,15 @@ def test_to_16k_mono_layouts():
     assert to_16k_mono(torch.randn(22050), 44100).shape == (8000,)
 
 
+@pytest.mark.parametrize("rate", [44101, 47999, 7919])
+def test_unusual_rates_keep_length_and_pitch_without_a_huge_kernel(rate):
+    t = torch.arange(rate) / rate
+    out = to_16k_mono(torch.sin(2 * torch.pi * 440 * t), rate)  # torchaudio alone: ~12 GB, 30 s for 44101 Hz
+    assert abs(out.shape[0] - 16000) <= 2
+    peak = int(torch.fft.rfft(out).abs().argmax()) * 16000 / out.shape[0]
+    assert abs(peak - 440) <= 2, peak
+
+
 @pytest.mark.parametrize("wave, rate, message", [
     (torch.zeros(0), 16000, "empty"),
     (torch.zeros(2, 0), 16000, "empty"),
