@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .rife_blocks import IFBlock, IFNet, IFNetOutput, warp
-from .weights import read_state_dict
+from .weights import check_fits, read_state_dict
 
 __all__ = ["IFBlock", "IFNet", "IFNetOutput", "warp", "load_rife", "midpoint", "interpolate_x2",
            "iter_interpolated", "SIDE_MULTIPLE"]
@@ -24,9 +24,9 @@ _PREFIX = "module."
 StateDictSource = Union[str, Path, Mapping[str, torch.Tensor]]
 
 
-def _expected_shapes() -> dict[str, tuple[int, ...]]:
+def _expected_state() -> dict[str, torch.Tensor]:
     with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in IFNet().state_dict().items()}
+        return IFNet().state_dict()
 
 
 def _read_file(path: Path) -> Mapping[str, torch.Tensor]:
@@ -38,37 +38,11 @@ def _read_file(path: Path) -> Mapping[str, torch.Tensor]:
     return read_state_dict(path)
 
 
-def _select_keys(raw: Mapping[str, torch.Tensor], source: str, expected: dict[str, tuple[int, ...]]
-                 ) -> dict[str, torch.Tensor]:
-    """The official rule (keep keys containing `module.`, drop that text), plus unprefixed checkpoints."""
+def _select_keys(raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official rule (keep keys containing `module.`, drop that text); a checkpoint saved without the
+    DataParallel prefix is taken as it is (the official loader would drop every key)."""
     prefixed = {k.replace(_PREFIX, ""): v for k, v in raw.items() if _PREFIX in k}
-    if prefixed:
-        return prefixed
-    if set(raw) == set(expected):
-        return dict(raw)  # saved without the DataParallel prefix: the official loader would drop every key
-    found = ", ".join(list(raw)[:5]) or "no keys"
-    raise ValueError(
-        f"{source}: not a RIFE IFNet checkpoint. Expected the {len(expected)} keys of flownet.pkl "
-        f"('{_PREFIX}block0.conv0.0.0.weight', ..., '{_PREFIX}block_tea...'), with or without the '{_PREFIX}' "
-        f"prefix; found {len(raw)} keys, first: {found}"
-    )
-
-
-def _check_layout(state: Mapping[str, torch.Tensor], source: str, expected: dict[str, tuple[int, ...]]) -> None:
-    """strict=True, but with an error that names the file and the first offending keys."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != expected[k])
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} with wrong shapes (e.g. {k}: {tuple(state[k].shape)} != {expected[k]})")
-        raise ValueError(f"{source}: does not match the RIFE IFNet layout: " + "; ".join(parts))
+    return prefixed or dict(raw)
 
 
 def load_rife(
@@ -85,9 +59,8 @@ def load_rife(
         raw = path_or_state_dict
     if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise ValueError(f"{source}: expected a dict of tensors (a state dict), got {type(raw).__name__}")
-    expected = _expected_shapes()
-    state = _select_keys(raw, source, expected)
-    _check_layout(state, source, expected)
+    state = _select_keys(raw)
+    check_fits(state, _expected_state(), source, "rife")
     # Allocate once on the target device (no random init), then copy: the model never aliases the caller's
     # tensors or the checkpoint's memory map.
     with torch.device("meta"):

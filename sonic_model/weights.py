@@ -28,7 +28,7 @@ from torch import nn
 
 from .file_signatures import CONTAINER_LABELS, identify_kind, sniff_container
 
-__all__ = ["WeightFileError", "Slot", "SLOTS", "read_state_dict", "load_weights_into"]
+__all__ = ["WeightFileError", "Slot", "SLOTS", "read_state_dict", "load_weights_into", "check_fits"]
 
 LOADABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -337,7 +337,7 @@ def load_weights_into(
         sd = {k.removeprefix(strip_prefix): v for k, v in sd.items()}
 
     expected = module.state_dict()  # meta tensors: shapes and dtypes only
-    _validate(sd, expected, path, info)
+    check_fits(sd, expected, path, slot)
     _persistent_to_meta(module, set(expected))  # a materialised module must not coexist with the file's tensors
 
     def target(key: str, t: torch.Tensor) -> torch.dtype | None:
@@ -351,6 +351,13 @@ def load_weights_into(
     if torch.device(device).type != "cpu":
         module.to(device)
     return module
+
+
+def check_fits(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path: str | os.PathLike,
+               slot: str) -> None:
+    """strict=True's checks before any copy, with a message naming the file, the offending keys, what the file looks
+    like instead, and what belongs in the slot. `expected` is the model's (meta) state dict."""
+    _validate(sd, expected, Path(path), _slot(slot))
 
 
 def _validate(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path: Path, info: Slot) -> None:

@@ -200,9 +200,15 @@ def test_accepts_unprefixed_checkpoint(tmp_path: Path, flownet: dict[str, torch.
 def test_refuses_wrong_checkpoint_naming_the_file(tmp_path: Path, flownet: dict[str, torch.Tensor]) -> None:
     path = tmp_path / "not_rife.pkl"
     torch.save({"encoder.weight": torch.randn(4, 4), "encoder.bias": torch.randn(4)}, path)
-    with pytest.raises(ValueError, match="not_rife.pkl") as info:
+    with pytest.raises(ValueError, match="not_rife.pkl does not fit: expected the RIFE") as info:
         load_rife(path)
-    assert "encoder.weight" in str(info.value) and "module." in str(info.value)
+    assert "Unexpected e.g. encoder.bias, encoder.weight" in str(info.value)
+    unet = tmp_path / "unet_in_rife_slot.pkl"
+    torch.save({"conv_in.weight": torch.randn(320, 8, 3, 3), "conv_in.bias": torch.randn(320),
+                "down_blocks.0.attentions.0.temporal_transformer_blocks.0.attn2.to_k.weight": torch.randn(320, 1024)},
+               unet)
+    with pytest.raises(ValueError, match="use flownet.pkl here"):
+        load_rife(unet)
 
     incomplete = tmp_path / "incomplete.pkl"
     torch.save({k: v for k, v in flownet.items() if "block_tea" not in k}, incomplete)
