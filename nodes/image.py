@@ -87,10 +87,15 @@ def prepare_sonic_image(models: SonicModels, vae, clip_vision, image: torch.Tens
     embeds = clip_vision.encode_image(clip_pixels_224(prepared.pixels, clip_size), crop=False)["image_embeds"]
     device = mm.intermediate_device()
     original = torch.from_numpy(rgb.astype(np.float32) / 255)[None]
+    report = {"batch": int(image.shape[0]) if image.ndim == 4 else 1,
+              "faces": None if faces is None else len(faces),
+              "face": (max(face_index, 0) if prepared.face is not None and faces else None),
+              "size": [int(prepared.image.shape[2]), int(prepared.image.shape[1])],
+              "crop": prepared.crop_box is not None}
     return SonicImageEmbeds(concat_latent=latent.float().to(device),
                             image_embeds=embeds.float().reshape(1, -1).to(device),
                             face_mask=prepared.mask, image=prepared.image, original=original,
-                            crop_box=prepared.crop_box)
+                            crop_box=prepared.crop_box, report=report)
 
 
 class SonicReferenceImage(io.ComfyNode):
@@ -148,4 +153,5 @@ class SonicReferenceImage(io.ComfyNode):
                 mask=None) -> io.NodeOutput:
         embeds = prepare_sonic_image(sonic_model, vae, clip_vision, image, resolution, crop, expand_ratio,
                                      no_face, face_index, mask)
-        return io.NodeOutput(embeds, embeds.image, embeds.face_mask[:, 0])
+        # The readout says what was found: faces (None: no detector), the face used by size rank, the batch.
+        return io.NodeOutput(embeds, embeds.image, embeds.face_mask[:, 0], ui={"sonic_image": [embeds.report]})

@@ -55,6 +55,7 @@ class SonicImageEmbeds:
     image: torch.Tensor           # (1, H, W, 3) the resized reference in [0, 1]
     original: torch.Tensor | None = None   # (1, H0, W0, 3) the input before cropping, for paste-back
     crop_box: tuple[int, int, int, int] | None = None  # (x1, y1, x2, y2) in the original's pixels
+    report: dict | None = None    # what the node found, for its readout: batch, faces, face used, size, crop
 
 
 @dataclass

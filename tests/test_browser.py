@@ -206,7 +206,7 @@ def test_the_extension_tolerates_nodes_without_widgets_and_odd_messages(browser,
         added = await page.evaluate("""(() => {
           const ext = app.extensions.find(e => e.name === 'sonic.portrait');
           const out = {};
-          for (const type of ['SonicMotionBuckets', 'SonicSampler', 'SonicAudioEncode']) {
+          for (const type of ['SonicMotionBuckets', 'SonicSampler', 'SonicAudioEncode', 'SonicReferenceImage']) {
             const node = new LiteGraph.LGraphNode(type);
             node.comfyClass = type;
             ext.nodeCreated(node);
@@ -216,13 +216,14 @@ def test_the_extension_tolerates_nodes_without_widgets_and_odd_messages(browser,
           }
           return out; })()""")
         assert added == {"SonicMotionBuckets": ["sonic_motion_readout"], "SonicSampler": [],
-                         "SonicAudioEncode": ["sonic_audio_readout"]}
+                         "SonicAudioEncode": ["sonic_audio_readout"], "SonicReferenceImage": ["sonic_image_readout"]}
         # `executed` messages for unknown nodes, other node types, or with missing fields change nothing.
         _, workflow = _workflows()[0]
         await load_workflow(page, workflow)
         ids = {n["type"]: n["id"] for n in workflow["nodes"]}
         audio = ids.get("SonicAudioEncode", 1)
         motion = ids.get("SonicMotionBuckets", 1)
+        reference = ids.get("SonicReferenceImage", 1)
         await page.evaluate(f"""(() => {{
           const api = window.comfyAPI.api.api;
           const send = (node, output) => api.dispatchCustomEvent('executed', {{node: String(node), output}});
@@ -232,12 +233,22 @@ def test_the_extension_tolerates_nodes_without_widgets_and_odd_messages(browser,
           send({audio}, {{sonic_audio: [{{frames: 'x'}}]}});
           send({motion}, {{sonic_motion: []}});
           send({motion}, null);
+          send({reference}, {{sonic_image: [{{faces: 2}}]}});
           return true; }})()""")
         await asyncio.sleep(0.3)
-        for node_id in (audio, motion):
+        for node_id in (audio, motion, reference):
             state = await node_state(page, node_id)
             readouts = [w for w in state["widgets"] if w["type"] == "sonic_readout"]
             assert all("after a run" in w["lines"][0] for w in readouts), readouts
+        # A full report from the Reference Image node: several faces, a batch cut to its first image, a crop.
+        await page.evaluate(f"""(() => {{
+          window.comfyAPI.api.api.dispatchCustomEvent('executed', {{node: String({reference}), output: {{sonic_image:
+            [{{batch: 2, faces: 2, face: 0, size: [192, 128], crop: true}}]}}}});
+          return true; }})()""")
+        await asyncio.sleep(0.3)
+        lines = {w["name"]: w for w in (await node_state(page, reference))["widgets"]}["sonic_image_readout"]["lines"]
+        assert lines == ["2 faces found: animating the largest", "a batch of 2 images: the first is used",
+                         "prepared 192×128, cropped around the face"]
         _assert_no_errors(page, comfy_server.url)
         warnings = [str(e) for e in page.entries if e.level == "warning" and "/sonic" in e.url]
         assert not warnings, warnings
@@ -260,7 +271,8 @@ def test_a_run_queued_from_the_page_fills_the_readouts(browser, loop, comfy_serv
         by_type = {n["type"]: n["id"] for n in workflow["nodes"]}
         readouts = {}
         for node_type, readout in (("SonicAudioEncode", "sonic_audio_readout"),
-                                   ("SonicMotionBuckets", "sonic_motion_readout")):
+                                   ("SonicMotionBuckets", "sonic_motion_readout"),
+                                   ("SonicReferenceImage", "sonic_image_readout")):
             if node_type in by_type:
                 state = {w["name"]: w for w in (await node_state(page, by_type[node_type]))["widgets"]}
                 readouts[node_type] = state[readout]["lines"]
@@ -268,6 +280,11 @@ def test_a_run_queued_from_the_page_fills_the_readouts(browser, loop, comfy_serv
             frames = round(SHORT_AUDIO_SECONDS * 12.5)
             assert readouts["SonicAudioEncode"] == [
                 f"{SHORT_AUDIO_SECONDS:.2f} s → {frames} frames at 12.5 fps, {2 * frames - 1} at 25 fps after RIFE"]
+        if "SonicReferenceImage" in by_type:  # the CPU run has no face detector
+            (report,) = history["outputs"][str(by_type["SonicReferenceImage"])]["sonic_image"]
+            width, height = report["size"]
+            assert readouts["SonicReferenceImage"] == ["no face detector: the whole picture is animated",
+                                                       f"prepared {width}×{height}"]
         if "SonicMotionBuckets" in by_type:
             node_id = by_type["SonicMotionBuckets"]
             (summary,) = history["outputs"][str(node_id)]["sonic_motion"]

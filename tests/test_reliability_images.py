@@ -65,15 +65,19 @@ def test_image_no_face(comfy):
     assert message.startswith("No face found") and "set no_face to 'whole image'" in message
     assert_comfy_keeps_running(comfy)
     outputs = _run(comfy, name, no_face="whole image")
+    assert outputs["20"]["sonic_image"][0]["faces"] == 0
     assert preview(outputs, "21").shape == (64, 64 * 5 // 4 // 64 * 64, 3)
     assert preview(outputs, "22").min() == 255  # the audio drives the whole frame
 
 
 @case("Images", "Several faces",
-      "The largest face drives the face mask (and the crop); face_index picks another one.")
+      "The largest face drives the face mask (and the crop), and the node's readout says \"2 faces found: animating "
+      "the largest\"; face_index picks another one.")
 def test_image_several_faces_largest_wins(comfy):
     name = _save(comfy, "group.png", portrait(600, 400, (FACE_SMALL, FACE_LARGE)))
-    mask = preview(_run(comfy, name, resolution=128), "22")
+    outputs = _run(comfy, name, resolution=128)
+    assert outputs["20"]["sonic_image"] == [{"batch": 1, "faces": 2, "face": 0, "size": [192, 128], "crop": False}]
+    mask = preview(outputs, "22")
     assert mask.shape == (128, 192)
     cx, cy = _mask_centre(mask)
     assert abs(cx - FACE_LARGE[0]) < 0.03 and abs(cy - FACE_LARGE[1]) < 0.03
@@ -81,7 +85,9 @@ def test_image_several_faces_largest_wins(comfy):
     assert small.max() == 0, "the small face must not be in the mask"
     prompt = image_prompt({"2": load_image(name)}, ["2", 0], resolution=128)
     prompt["20"]["inputs"]["face_index"] = 1  # the next largest
-    cx, cy = _mask_centre(preview(node_outputs(prompt), "22"))
+    outputs = node_outputs(prompt)
+    assert outputs["20"]["sonic_image"][0]["face"] == 1
+    cx, cy = _mask_centre(preview(outputs, "22"))
     assert abs(cx - FACE_SMALL[0]) < 0.03 and abs(cy - FACE_SMALL[1]) < 0.03
 
 
@@ -162,7 +168,8 @@ def test_image_greyscale(comfy):
 
 
 @case("Images", "Batched IMAGE (batch > 1)",
-      "The first image is used and a warning says so; the result equals connecting the first image alone.")
+      "The first image is used, and the node's readout and the log say so; the result equals connecting the first "
+      "image alone.")
 def test_image_batched(comfy, caplog, monkeypatch):
     first = _save(comfy, "batch_first.png", portrait(320, 256, (FACE_LARGE,)))
     second = _save(comfy, "batch_second.png", portrait(320, 256, (FACE_SMALL,)))
@@ -174,6 +181,7 @@ def test_image_batched(comfy, caplog, monkeypatch):
         batched = node_outputs(prompt)
     assert seen == [(2, 256, 320, 3)]
     assert "batch of 2; using the first image only" in caplog.text
+    assert batched["20"]["sonic_image"][0]["batch"] == 2  # the node's readout says so too
     alone = _run(comfy, first)
     assert np.array_equal(preview(batched, "21"), preview(alone, "21"))
     assert np.array_equal(preview(batched, "22"), preview(alone, "22"))

@@ -64,6 +64,10 @@ def _check_ui_data(prompt: dict, entry: dict) -> None:
         if node["class_type"] == "SonicAudioEncode":
             (audio,) = outputs[node_id]["sonic_audio"]
             assert audio == {"frames": expected_frames, "seconds": pytest.approx(SHORT_AUDIO_SECONDS, abs=0.01)}
+        elif node["class_type"] == "SonicReferenceImage":  # no face detector in the CPU runs
+            (image,) = outputs[node_id]["sonic_image"]
+            assert image["faces"] is None and image["face"] is None and image["batch"] == 1
+            assert min(image["size"]) == 64 and all(side % 64 == 0 for side in image["size"])
         elif node["class_type"] == "SonicMotionBuckets":
             (motion,) = outputs[node_id]["sonic_motion"]
             for key in ("motion", "expression"):

@@ -4,6 +4,8 @@
 //    predicted buckets after a run (also marked on the sliders).
 //  - Sonic Sampler: a visible hint for cfg_audio.
 //  - Sonic Encode Audio: duration -> frame counts after a run.
+//  - Sonic Reference Image: after a run, how many faces were found and which one is animated, whether a batch was
+//    cut to its first image, and the prepared size.
 // Everything here is client-only: no widget added here is saved in the workflow or sent with the prompt.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -214,12 +216,36 @@ function setupAudioEncode(node) {
   };
 }
 
+// ---- Sonic Reference Image --------------------------------------------------------------------------------------
+
+function faceLine(faces, face) {
+  if (faces === null || faces === undefined) return "no face detector: the whole picture is animated";
+  const n = Math.round(Number(faces));
+  if (!(n > 0)) return "no face found: the whole picture is animated";
+  if (n === 1) return "1 face found";
+  const which = Number(face) > 0 ? `face ${Number(face) + 1} by size` : "the largest";
+  return `${n} faces found: animating ${which}`;
+}
+
+function setupReferenceImage(node) {
+  const readout = addReadout(node, "sonic_image_readout", ["faces: shown after a run"], { dim: true });
+  node.sonicOnExecuted = (output) => {
+    const info = output?.sonic_image?.[0];
+    if (!info || !Array.isArray(info.size)) return;
+    const lines = [faceLine(info.faces, info.face)];
+    if (Number(info.batch) > 1) lines.push(`a batch of ${info.batch} images: the first is used`);
+    lines.push(`prepared ${info.size[0]}×${info.size[1]}${info.crop ? ", cropped around the face" : ""}`);
+    readout.setLines(lines);
+  };
+}
+
 // ---- wiring -----------------------------------------------------------------------------------------------------
 
 const SETUP = {
   SonicMotionBuckets: setupMotionBuckets,
   SonicSampler: setupSampler,
   SonicAudioEncode: setupAudioEncode,
+  SonicReferenceImage: setupReferenceImage,
 };
 
 function classOf(node) {
