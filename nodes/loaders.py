@@ -45,8 +45,7 @@ def _stamp(path: Path | None) -> tuple:
     if path is None:
         return (None,)
     if path.is_dir():
-        return (str(path), *sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in path.iterdir()
-                                   if f.is_file()))
+        return (str(path), *sorted(_stamp(f)[1:] + (f.name,) for f in path.iterdir() if f.is_file()))
     stat = path.stat()
     return (str(path), stat.st_mtime_ns, stat.st_size)
 
@@ -177,9 +176,9 @@ class SonicLoader(io.ComfyNode):
     @classmethod
     def execute(cls, svd_checkpoint, unet, audio2token, audio2bucket, whisper, face_detector, rife, dtype,
                 low_vram, compile=False, vae=None, clip_vision=None) -> io.NodeOutput:
-        names = dict(unet=unet, audio2token=audio2token, audio2bucket=audio2bucket, whisper=whisper,
-                     face_detector=face_detector, rife=rife)
-        paths = {slot: model_files.resolve(slot, name) for slot, name in names.items()}
+        paths = {slot: model_files.resolve(slot, name) for slot, name in
+                 dict(unet=unet, audio2token=audio2token, audio2bucket=audio2bucket, whisper=whisper,
+                      face_detector=face_detector, rife=rife).items()}
         for slot in ("unet", "audio2token", "audio2bucket", "whisper"):
             if paths[slot] is None:
                 raise ValueError(f"Sonic needs {model_files.EXPECTED[slot]}: pick it in the '{slot}' input.")

@@ -13,8 +13,7 @@ import torch
 
 from .audio_adapters import AudioToBuckets, AudioToTokens
 from .unet import SonicUNet, build_sonic_unet
-from .file_signatures import identify_kind
-from .weights import SLOTS, WeightFileError, load_weights_into, read_state_dict
+from .weights import SLOTS, WeightFileError, identity_hint, load_weights_into, read_state_dict
 
 BUCKET_WINDOW = 50  # Whisper tokens per frame window of the bucket predictor (official, not stored in the file)
 TOKEN_WINDOW = 10
@@ -42,11 +41,8 @@ def _need(shapes: dict, keys: list[str], path: Path, slot: str) -> None:
     missing = [k for k in keys if k not in shapes]
     if missing:
         expected = SLOTS[slot]
-        found = identify_kind(shapes)
-        hint = (f"This looks like {found[1]}; use {expected.filename} here." if found is not None
-                else "The file matches no known checkpoint layout; `python tools/models.py check` lists the files.")
         raise WeightFileError(f"{path} does not fit: expected {expected.description} ({expected.filename}), which "
-                              f"has {', '.join(missing)}. {hint}")
+                              f"has {', '.join(missing)}. {identity_hint(shapes, slot)}")
 
 
 def load_audio2token(path: str | Path, whisper_channels: int, whisper_states: int) -> AudioToTokens:

@@ -24,11 +24,6 @@ _PREFIX = "module."
 StateDictSource = Union[str, Path, Mapping[str, torch.Tensor]]
 
 
-def _expected_state() -> dict[str, torch.Tensor]:
-    with torch.device("meta"):
-        return IFNet().state_dict()
-
-
 def _read_file(path: Path) -> Mapping[str, torch.Tensor]:
     if path.is_dir():  # the official loader takes the folder holding flownet.pkl
         path = path / "flownet.pkl"
@@ -60,11 +55,11 @@ def load_rife(
     if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise ValueError(f"{source}: expected a dict of tensors (a state dict), got {type(raw).__name__}")
     state = _select_keys(raw)
-    check_fits(state, _expected_state(), source, "rife")
-    # Allocate once on the target device (no random init), then copy: the model never aliases the caller's
-    # tensors or the checkpoint's memory map.
     with torch.device("meta"):
         model = IFNet()
+    check_fits(state, model.state_dict(), source, "rife")
+    # Allocate once on the target device (no random init), then copy: the model never aliases the caller's
+    # tensors or the checkpoint's memory map.
     model = model.to_empty(device=device).to(dtype)
     model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)

@@ -28,7 +28,8 @@ from torch import nn
 
 from .file_signatures import CONTAINER_LABELS, identify_kind, sniff_container
 
-__all__ = ["WeightFileError", "Slot", "SLOTS", "read_state_dict", "load_weights_into", "check_fits"]
+__all__ = ["WeightFileError", "Slot", "SLOTS", "read_state_dict", "load_weights_into", "check_fits",
+           "identity_hint"]
 
 LOADABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -357,10 +358,7 @@ def check_fits(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tens
                slot: str) -> None:
     """strict=True's checks before any copy, with a message naming the file, the offending keys, what the file looks
     like instead, and what belongs in the slot. `expected` is the model's (meta) state dict."""
-    _validate(sd, expected, Path(path), _slot(slot))
-
-
-def _validate(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path: Path, info: Slot) -> None:
+    path, info = Path(path), _slot(slot)
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
@@ -380,14 +378,19 @@ def _validate(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tenso
     if wrong:
         k = wrong[0]
         parts.append(f"Wrong shape e.g. {k}: file {list(shapes[k])} vs model {list(expected[k].shape)}.")
+    parts.append(identity_hint(shapes, slot))
+    raise WeightFileError(" ".join(parts))
+
+
+def identity_hint(shapes: Mapping[str, tuple[int, ...]], slot: str) -> str:
+    """What a file that does not fit `slot` looks like, and what belongs there instead."""
+    info = _slot(slot)
     found = identify_kind(shapes)
     if found is None:
-        parts.append("The file matches no known checkpoint layout.")
-    elif found[0] == info.kind:
-        parts.append(f"It looks like {found[1]}, but for a different model size or version.")
-    else:
-        parts.append(f"This looks like {found[1]}; use {info.filename} here.")
-    raise WeightFileError(" ".join(parts))
+        return "The file matches no known checkpoint layout; `python tools/models.py check` lists the files."
+    if found[0] == info.kind:
+        return f"It looks like {found[1]}, but for a different model size or version."
+    return f"This looks like {found[1]}; use {info.filename} here."
 
 
 def _validate_dtypes(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path: Path,
