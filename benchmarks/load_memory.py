@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tools.process_memory import status_kib  # noqa: E402
+
 MANIFEST = REPO.parent / "shared" / "reference" / "manifest" / "sonic_unet.json"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GIB = 2**30
@@ -81,14 +83,6 @@ def write_checkpoint(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, pat
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def _real_builder():
     """build_sonic_unet, imported before the baseline is taken (diffusers' import alone is ~0.25 GiB)."""
     try:
@@ -126,7 +120,7 @@ def child(args: argparse.Namespace) -> None:
     dtype = DTYPES[args.dtype]
     builder = _real_builder() if args.real else None
     gc.collect()
-    base_kib = _status_kib("VmRSS")
+    base_kib = status_kib("VmRSS")
     t0 = time.perf_counter()
     if args.case == "lean":
         model, note = _build(shapes, builder, "meta", dtype)
@@ -138,7 +132,7 @@ def child(args: argparse.Namespace) -> None:
         del sd
         gc.collect()
     load_s = time.perf_counter() - t0
-    after_load_kib = _status_kib("VmRSS")
+    after_load_kib = status_kib("VmRSS")
     checksum = 0.0
     for p in model.parameters():  # read every weight once, as inference (or a move to the GPU) would
         for chunk in p.detach().reshape(-1).split(1 << 20):  # small chunks: no big fp32 temporary
@@ -149,8 +143,8 @@ def child(args: argparse.Namespace) -> None:
         "model": note,
         "base_kib": base_kib,
         "after_load_kib": after_load_kib,
-        "after_touch_kib": _status_kib("VmRSS"),
-        "vmhwm_kib": _status_kib("VmHWM"),
+        "after_touch_kib": status_kib("VmRSS"),
+        "vmhwm_kib": status_kib("VmHWM"),
         "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "load_s": load_s,
         "checksum": checksum,

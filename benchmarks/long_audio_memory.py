@@ -28,22 +28,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 2**20
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak() -> bool:
-    """Linux: make VmHWM restart from the current RSS (so the peak excludes imports and setup)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+from tools.process_memory import reset_peak_rss, status_kib  # noqa: E402
 
 
 class StandInDecoder:
@@ -69,7 +57,6 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    sys.path.insert(0, str(REPO))
     from tools.comfy_runtime import import_pack
 
     import_pack()
@@ -92,8 +79,8 @@ def child(args: argparse.Namespace) -> None:
                              face_mask=torch.ones(1, 1, 1, 1), image=torch.zeros(1, side, side, 3),
                              original=original, crop_box=box)
     cuda = device.type == "cuda"
-    base = _status_kib("VmRSS")
-    exact = _reset_peak()
+    base = status_kib("VmRSS")
+    exact = reset_peak_rss()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -107,7 +94,7 @@ def child(args: argparse.Namespace) -> None:
         else:
             frames, size = _hold_everything(vae, latents, rife, image, audio, out)
     seconds = time.perf_counter() - t0
-    peak = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"frames_in": n, "frames_out": frames, "base_kib": base, "peak_kib": peak, "exact": exact,
                       "vram_peak": torch.cuda.max_memory_allocated() if cuda else None, "seconds": seconds,
                       "file_bytes": size, "device": str(device)}))

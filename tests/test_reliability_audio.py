@@ -2,28 +2,15 @@
 ComfyUI's input folder) or Empty Audio, in the real ComfyUI runtime on random weights."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from reliability import case
 from reliability_runtime import assert_comfy_keeps_running, audio_prompt, empty_audio, frames_of, load_audio, \
     node_outputs, run_error, write_float_wav, write_wav
+from tools.process_memory import reset_peak_rss, status_kib
 
 pytest_plugins = ["reliability_fixtures"]
-
-
-def _peak_rss_reset() -> None:
-    """Linux: restart the process's peak-RSS counter (VmHWM) from the current RSS."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
 
 
 @case("Audio", "Silence",
@@ -89,10 +76,10 @@ def test_audio_nan_inf(comfy, bad):
 def test_audio_ten_minutes(comfy):
     name = write_wav(comfy.input / "podcast_10min.wav", 600.0, rate=16000).name
     node_outputs(audio_prompt(empty_audio(1.0)))  # models loaded before the measurement
-    _peak_rss_reset()
-    base = _status_mib("VmRSS")
+    assert reset_peak_rss()
+    base = status_kib("VmRSS") / 1024
     frames = frames_of(node_outputs(audio_prompt(load_audio(name))))
-    extra = _status_mib("VmHWM") - base
+    extra = status_kib("VmHWM") / 1024 - base
     print(f"10 min encode: peak RSS +{extra:.0f} MiB")
     assert frames == 7500
     # Inevitable: the decoded file (int16 → float32, 38 MiB), the 16 kHz copy, the tokens (7500 × 4 × 1024 floats,
