@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from comfy_harness import PromptFailed, run_prompt
+from comfy_server import write_short_wav
 import folder_paths
 
 # Face boxes the stand-in detector knows, as (cx, cy, w, h) fractions of the picture.
@@ -251,9 +252,7 @@ VOICE = Path(__file__).resolve().parents[1] / "assets" / "sonic_voice.wav"
 def write_run_inputs(folders: ComfyFolders, seconds: float = 1.0) -> None:
     """The picture (one face, painted for the stand-in detector) and the first `seconds` of the shipped voice."""
     portrait(320, 256, (FACE_LARGE,)).save(folders.input / "portrait.png")
-    with wave.open(str(VOICE)) as src, wave.open(str(folders.input / "voice.wav"), "wb") as dst:
-        dst.setparams(src.getparams())
-        dst.writeframes(src.readframes(int(seconds * src.getframerate())))
+    write_short_wav(VOICE, folders.input / "voice.wav", seconds)
 
 
 def shipped_workflow(name: str, **sampler) -> dict:

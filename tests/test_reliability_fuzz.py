@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from reliability import case
-from reliability_runtime import BLUE, FACE_LARGE, RED, write_detector
+from reliability_runtime import FACE_LARGE, portrait, write_detector
 from test_image_node import FakeClipVision, FakeVAE
 from tools.comfy_runtime import import_pack
 
@@ -105,12 +105,7 @@ image_inputs = st.fixed_dictionaries({
 
 
 def _picture(width: int, height: int, channels: int, batch: int, face: bool) -> torch.Tensor:
-    pixels = np.zeros((height, width, 3), np.float32)
-    pixels[...] = np.array(BLUE) / 255
-    if face:
-        cx, cy, bw, bh = FACE_LARGE
-        pixels[int((cy - bh / 2) * height):int(np.ceil((cy + bh / 2) * height)),
-               int((cx - bw / 2) * width):int(np.ceil((cx + bw / 2) * width))] = np.array(RED) / 255
+    pixels = np.asarray(portrait(width, height, (FACE_LARGE,) if face else ()), np.float32) / 255
     image = torch.from_numpy(pixels)
     if channels in (1, 2):
         image = image.mean(-1, keepdim=True)  # grey: no red, so no face

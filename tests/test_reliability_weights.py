@@ -4,7 +4,6 @@ from the file, and leave ComfyUI able to run the next prompt."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from safetensors.torch import save_file
 
 from reliability import case
 from reliability_runtime import ComfyFolders, UseFolders, assert_comfy_keeps_running, audio_prompt, empty_audio, \
-    run_error
+    make_folders, run_error
 
 
 pytest_plugins = ["reliability_fixtures"]
@@ -25,15 +24,9 @@ def healthy(comfy_tree) -> ComfyFolders:
 
 
 @pytest.fixture()
-def broken(healthy, tmp_path):
-    """A private copy of the healthy tree for the test to damage; ComfyUI points at it during the test."""
-    folders = ComfyFolders(tmp_path / "comfy")
-    shutil.copytree(healthy.sonic, folders.sonic)
-    folders.checkpoints.mkdir(parents=True)
-    for ckpt in healthy.checkpoints.iterdir():
-        (folders.checkpoints / ckpt.name).symlink_to(ckpt.resolve())
-    folders.input.mkdir()
-    folders.output.mkdir()
+def broken(tiny_models_dir, tmp_path):
+    """A private tree for the test to damage; ComfyUI points at it during the test."""
+    folders = make_folders(tmp_path / "comfy", tiny_models_dir)
     with UseFolders(folders):
         yield folders
 

@@ -4,13 +4,13 @@ import json
 import shutil
 import subprocess
 import sys
-import wave
 from fractions import Fraction
 
 import av
 import pytest
 
 from comfy_harness import load_runtime, run_prompt, use_models_dir
+from comfy_server import write_short_wav
 from conftest import REPO
 
 WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
@@ -41,12 +41,6 @@ def test_shipped_workflows_are_current_and_twinned():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _first_seconds(source, target, seconds: float) -> None:
-    with wave.open(str(source)) as src, wave.open(str(target), "wb") as dst:
-        dst.setparams(src.getparams())
-        dst.writeframes(src.readframes(int(seconds * src.getframerate())))
-
-
 def _duration(stream) -> float:
     return float(stream.duration * stream.time_base) if stream.duration else float(stream.frames / stream.average_rate)
 
@@ -56,7 +50,7 @@ def test_shipped_workflow_executes_and_writes_a_synced_video(workflow, tiny_mode
     inputs = tmp_path / "input"
     inputs.mkdir()
     shutil.copy(ASSETS / "sonic_portrait.png", inputs / "sonic_portrait.png")
-    _first_seconds(ASSETS / "sonic_voice.wav", inputs / "sonic_voice.wav", 1.37)  # 17 frames keep CPU runs short
+    write_short_wav(ASSETS / "sonic_voice.wav", inputs / "sonic_voice.wav", 1.37)  # 17 frames keep CPU runs short
     use_models_dir(tiny_models_dir, tmp_path / "output", inputs)
     prompt = json.loads(workflow.read_text())
     for node in prompt.values():
