@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from sonic_model.fused_denoiser import ShiftFusionDenoiser, SonicConditioning  # noqa: E402
+from sonic_model.shift_fusion import ShiftFusion, SonicConditioning, edm_rows_denoiser  # noqa: E402
 from sonic_model.shift_windows import shifted_windows  # noqa: E402
 from sonic_model.speed import LOW_VRAM_ATTENTION_SLICES, apply_speed_options, compile_report  # noqa: E402
 from sonic_model.unet import build_sonic_unet  # noqa: E402
@@ -106,17 +106,18 @@ class UNetTimer(torch.nn.Module):
 @torch.no_grad()
 def fused_run(unet, cond, s: Setting, device) -> tuple[float, float, int]:
     timer = UNetTimer(unet, device)
-    denoiser = ShiftFusionDenoiser(timer, cond, window=s.window, shift=s.shift, batched_cfg=not s.low_vram)
+    fusion = ShiftFusion(cond, window=s.window, shift=s.shift, batched_cfg=not s.low_vram)
+    rows = edm_rows_denoiser(timer)
     sigmas = karras(s.steps, device)
     x = cond.concat_latent * 0.18215 + sigmas[0] * torch.randn(s.frames, 4, s.height // 8, s.width // 8,
                                                                 device=device)
     sync(device)
     start = time.perf_counter()
     for i in range(s.steps):  # euler on the fused x0
-        x0 = denoiser.denoise(x, sigmas[i], i)
+        x0 = fusion.denoise(x, float(sigmas[i]), i, rows).guided
         x = x + (x - x0) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
     sync(device)
-    return time.perf_counter() - start, timer.seconds, denoiser.unet_calls
+    return time.perf_counter() - start, timer.seconds, fusion.unet_calls
 
 
 @torch.no_grad()

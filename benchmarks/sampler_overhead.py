@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/sampler_overhead.py [--frames 50 --window 25 --steps 10 --repeats 3]
 
-Times a full ComfyUI euler run of the fused sampler and, separately, the same number of bare UNet calls on
+Times a full ComfyUI euler run (the Sonic MODEL + GUIDER, as the Sonic KSampler runs it) and, separately, the same number of bare UNet calls on
 identically shaped inputs; prints both, the UNet call count and their ratio (target ≤ 1.05).
 """
 from __future__ import annotations
@@ -25,8 +25,12 @@ from tools.comfy_runtime import import_pack  # noqa: E402
 from tools.tiny_models import TINY_UNET_CONFIG  # noqa: E402
 
 import_pack()
-from sonic_pack.nodes.comfy_sampling import sample_shift_fusion, schedule_sigmas, seeded_noise  # noqa: E402
-from sonic_pack.sonic_model.fused_denoiser import ShiftFusionDenoiser, SonicConditioning  # noqa: E402
+import comfy.sample  # noqa: E402
+import comfy.samplers  # noqa: E402
+from sonic_pack.nodes.guider import SonicGuider  # noqa: E402
+from sonic_pack.nodes.native_model import sonic_model_patcher  # noqa: E402
+from sonic_pack.nodes.sampling import schedule_sigmas  # noqa: E402
+from sonic_pack.sonic_model.shift_fusion import SonicConditioning  # noqa: E402
 from sonic_pack.sonic_model.unet import build_sonic_unet  # noqa: E402
 
 
@@ -54,13 +58,14 @@ def bare_calls(unet, cond: SonicConditioning, calls: int, f: int, h: int, w: int
     return time.perf_counter() - start
 
 
-def fused_run(unet, cond: SonicConditioning, f: int, shift: int, steps: int) -> tuple[float, int]:
-    denoiser = ShiftFusionDenoiser(unet, cond, window=f, shift=shift)
-    sigmas = schedule_sigmas("karras", steps)
-    noise = seeded_noise((cond.num_frames, 4, *cond.concat_latent.shape[-2:]), 0)
+def fused_run(model, cond: SonicConditioning, f: int, shift: int, steps: int) -> tuple[float, int]:
+    guider = SonicGuider(model, cond, cfg_image=2.0, cfg_audio=7.5, shift=shift, window=f)
+    sigmas = schedule_sigmas(model, "karras", steps)
+    latent = cond.concat_latent.expand(cond.num_frames, -1, -1, -1).contiguous()
+    noise = comfy.sample.prepare_noise(latent, 0)
     start = time.perf_counter()
-    sample_shift_fusion(denoiser, cond.concat_latent, sigmas, "euler", noise)
-    return time.perf_counter() - start, denoiser.unet_calls
+    guider.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas, disable_pbar=True, seed=0)
+    return time.perf_counter() - start, guider.unet_calls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     unet = build_sonic_unet(TINY_UNET_CONFIG)
+    model = sonic_model_patcher(unet)
     cond = conditioning(args.frames, args.size, args.size, TINY_UNET_CONFIG["cross_attention_dim"])
-    fused_run(unet, cond, args.window, args.shift, 1)  # warm-up
+    fused_run(model, cond, args.window, args.shift, 1)  # warm-up
     fused, bare, calls = [], [], 0
     for _ in range(args.repeats):
-        seconds, calls = fused_run(unet, cond, args.window, args.shift, args.steps)
+        seconds, calls = fused_run(model, cond, args.window, args.shift, args.steps)
         fused.append(seconds)
         bare.append(bare_calls(unet, cond, calls, args.window, args.size, args.size))
     expected = args.steps * math.ceil(args.frames / args.window)

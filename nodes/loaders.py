@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 import comfy.model_management as mm
-import comfy.model_patcher
 import comfy.sd
 import folder_paths
 from comfy_api.latest import io
@@ -17,10 +16,11 @@ from ..sonic_model.rife import load_rife
 from ..sonic_model.speed import SpeedOptions, apply_speed_options, speed_options_for
 from ..sonic_model.whisper_features import WhisperAudioEncoder
 from . import model_files
+from .native_model import sonic_model_patcher
 from .sonic_types import SonicModel, SonicModels
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-_cache: dict[tuple, tuple] = {}  # settings -> (SonicModels, VAE, CLIP_VISION); one entry, the last settings used
+_cache: dict[tuple, tuple] = {}  # settings -> (SonicModels, VAE, CLIP_VISION, MODEL); one entry, the last settings used
 
 
 def choose_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -77,27 +77,15 @@ def _svd_parts(checkpoint: str):
     return vae, clip_vision
 
 
-class ManagedUNet(torch.nn.Module):
-    """The Sonic UNet as ComfyUI's ModelPatcher wants it: a plain module whose `device` attribute it may set."""
-
-    def __init__(self, unet: torch.nn.Module):
-        super().__init__()
-        self.unet = unet
-        self.device = next(unet.parameters()).device
-
-    def forward(self, *args, **kwargs):
-        return self.unet(*args, **kwargs)
-
-
 def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper: Path, face_detector: Path | None,
-                      rife: Path | None, dtype: torch.dtype, low_vram: bool, compile: bool = False) -> SonicModels:
-    device = mm.get_torch_device()
-    model = load_sonic_unet(unet, dtype=dtype)
+                      rife: Path | None, dtype: torch.dtype, low_vram: bool,
+                      compile: bool = False) -> tuple[SonicModels, object]:
+    """The Sonic bundle (audio models, face detector, RIFE) and the UNet as a core MODEL."""
+    model = load_sonic_unet(unet, dtype=dtype, device=mm.unet_offload_device())
     options = loader_speed_options(low_vram, compile)
     apply_speed_options(model, channels_last=options.channels_last, compile=options.compile,
                         attention_slices=options.attention_slices)
-    patcher = comfy.model_patcher.ModelPatcher(ManagedUNet(model), load_device=device,
-                                               offload_device=mm.unet_offload_device())
+    patcher = sonic_model_patcher(model, low_vram=low_vram)
     encoder = WhisperAudioEncoder.from_folder(whisper)
     channels = encoder.encoder.config.d_model
     states = encoder.encoder.config.encoder_layers + 1
@@ -106,10 +94,11 @@ def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper
         from ..sonic_model.face_detect import FaceDetector
 
         detector = FaceDetector.from_file(face_detector, device="cpu")
-    return SonicModels(unet=patcher, audio2token=load_audio2token(audio2token, channels, states),
-                       audio2bucket=load_audio2bucket(audio2bucket, channels), whisper=encoder,
-                       face_detector=detector, rife=load_rife(rife) if rife is not None else None,
-                       dtype=dtype, low_vram=low_vram, settings={"speed": options})
+    models = SonicModels(audio2token=load_audio2token(audio2token, channels, states),
+                         audio2bucket=load_audio2bucket(audio2bucket, channels), whisper=encoder,
+                         face_detector=detector, rife=load_rife(rife) if rife is not None else None,
+                         dtype=dtype, low_vram=low_vram, settings={"speed": options})
+    return models, patcher
 
 
 class SonicLoader(io.ComfyNode):
@@ -161,6 +150,8 @@ class SonicLoader(io.ComfyNode):
                 SonicModel.Output(display_name="sonic_model", tooltip="The Sonic models, for the other Sonic nodes."),
                 io.Vae.Output(display_name="vae", tooltip="SVD's VAE (temporal decoder)."),
                 io.ClipVision.Output(display_name="clip_vision", tooltip="SVD's CLIP vision encoder (ViT-H/14)."),
+                io.Model.Output(display_name="model",
+                                tooltip="The Sonic UNet as a core MODEL, for the Sonic KSampler or Sonic Guider."),
             ],
         )
 
@@ -195,13 +186,13 @@ class SonicLoader(io.ComfyNode):
                 raise ValueError("Choose your SVD-xt checkpoint in 'svd_checkpoint', or connect both vae and "
                                  "clip_vision.")
             # Sonic's own files first: a wrong one is reported before the big SVD checkpoint is read.
-            models = load_sonic_models(paths["unet"], paths["audio2token"], paths["audio2bucket"], paths["whisper"],
+            models, unet_model = load_sonic_models(paths["unet"], paths["audio2token"], paths["audio2bucket"], paths["whisper"],
                                        paths["face_detector"], paths["rife"], torch_dtype, lean, bool(compile))
             if needs_checkpoint:
                 core_vae, core_clip = _svd_parts(svd_checkpoint)
-            cached = (models, core_vae, core_clip)
+            cached = (models, core_vae, core_clip, unet_model)
             _cache[key] = cached
             logging.info("Sonic: loaded models (%s, low_vram=%s, compile=%s)", torch_dtype, lean, bool(compile))
-        models, core_vae, core_clip = cached
+        models, core_vae, core_clip, unet_model = cached
         return io.NodeOutput(models, vae if vae is not None else core_vae,
-                             clip_vision if clip_vision is not None else core_clip)
+                             clip_vision if clip_vision is not None else core_clip, unet_model)

@@ -1,4 +1,4 @@
-"""Sonic Shift-Fusion KSampler: the official long-video sampling inside ComfyUI's samplers and schedulers."""
+"""Sonic Guider (a core GUIDER for SamplerCustomAdvanced) and Sonic Shift-Fusion KSampler (the one-node way)."""
 from __future__ import annotations
 
 import torch
@@ -6,18 +6,15 @@ from PIL import Image
 
 import comfy.latent_formats
 import comfy.model_management as mm
+import comfy.sample
 import comfy.samplers
 import comfy.utils
 from comfy_api.latest import io
 
-from ..sonic_model.fused_denoiser import ShiftFusionDenoiser, SonicConditioning, WindowEvent
-from .comfy_sampling import LATENT_SCALE, check_sampler_name, sample_shift_fusion, schedule_sigmas, seeded_noise, supported_samplers
-from .sonic_types import SonicAudio, SonicAudioEmbeds, SonicImage, SonicImageEmbeds, SonicModel, SonicModels, \
-    SonicMotion, SonicMotionBuckets
+from ..sonic_model.shift_fusion import SonicConditioning, WindowEvent
+from .guider import SonicGuider
+from .sonic_types import SonicAudio, SonicAudioEmbeds, SonicImage, SonicImageEmbeds, SonicMotion, SonicMotionBuckets
 
-# torch's own out-of-memory type (core's mm.OOM_EXCEPTION falls back to Exception on old torch, which would also
-# catch Cancel); ComfyUI's executor unloads models when it sees this type.
-OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 _SD15_RGB = torch.tensor(comfy.latent_formats.SD15().latent_rgb_factors)  # SVD latents are SD1.5 latents
 
 
@@ -30,69 +27,117 @@ def latent_preview(x0: torch.Tensor, max_side: int = 256) -> Image.Image:
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
 
 
-def _sampler_from(sampler_name: str, sampler: object | None):
-    """A SAMPLER input overrides the combo; its name is found for the step tracker when it is a core sampler."""
-    if sampler is None:
-        check_sampler_name(sampler_name)
-        return comfy.samplers.sampler_object(sampler_name), sampler_name
-    function = getattr(sampler, "sampler_function", None)
-    name = getattr(function, "__name__", "").removeprefix("sample_")
-    return sampler, name or None
-
-
-def run_sonic_sampler(models: SonicModels, audio: SonicAudioEmbeds, image: SonicImageEmbeds,
-                      motion: SonicMotionBuckets, seed: int, steps: int, cfg_image: float, cfg_audio: float,
-                      shift: int, window: int, sampler_name: str, scheduler: str, denoise: float,
-                      sampler: object | None = None, sigmas: torch.Tensor | None = None,
-                      node_id: str | None = None) -> torch.Tensor:
-    """Samples every frame of the clip; returns VAE latents (N, 4, h, w), frames on the batch axis, unscaled as
-    core's LATENT (what VAEDecode and the Sonic decode nodes take)."""
+def sonic_conditioning(audio: SonicAudioEmbeds, image: SonicImageEmbeds,
+                       motion: SonicMotionBuckets) -> SonicConditioning:
+    """The three Sonic inputs as the UNet's conditioning for the whole clip, checked against each other."""
     n = audio.num_frames
     if n < 1:
         raise ValueError("The audio is shorter than one video frame (80 ms): give Sonic at least 0.08 s of audio.")
     if motion.buckets.shape[0] != n:
         raise ValueError(f"Motion buckets cover {motion.buckets.shape[0]} frames but the audio has {n}: "
                          "connect the motion node to the same Sonic audio as the sampler.")
-    k_sampler, name = _sampler_from(sampler_name, sampler)
-    if sigmas is None:
-        sigmas = schedule_sigmas(scheduler, steps, denoise, name or sampler_name)
-    sigmas = sigmas.float().cpu()
-    if len(sigmas) < 2:
-        raise ValueError("The σ schedule has no steps (denoise 0, or an empty SIGMAS input): raise steps/denoise.")
-
-    mm.load_models_gpu([models.unet], force_full_load=True)
-    unet = models.unet.model
-    cond = SonicConditioning(concat_latent=image.concat_latent, image_embeds=image.image_embeds,
+    return SonicConditioning(concat_latent=image.concat_latent, image_embeds=image.image_embeds,
                              audio_tokens=audio.tokens, null_audio_tokens=audio.null_tokens,
                              motion_buckets=motion.buckets, face_mask=image.face_mask, fps=audio.fps)
-    windows_per_step = -(-n // window)
-    total = (len(sigmas) - 1) * windows_per_step
-    bar = comfy.utils.ProgressBar(total, node_id=node_id)
 
-    def on_window(event: WindowEvent) -> None:
-        done = event.step * event.windows_per_step + event.window + 1
-        bar.update_absolute(done, total, preview=("JPEG", latent_preview(event.denoised[0]), 256))
-        mm.throw_exception_if_processing_interrupted()  # Cancel between windows
 
-    denoiser = ShiftFusionDenoiser(unet, cond, window=window, shift=shift, cfg_image=cfg_image,
-                                   cfg_audio=cfg_audio, batched_cfg=not models.low_vram, on_window=on_window)
-    latent_hw = image.concat_latent.shape[-2:]
-    noise = seeded_noise((n, 4, *latent_hw), seed)
-    try:
-        samples = sample_shift_fusion(denoiser, image.concat_latent, sigmas, k_sampler, noise, seed=seed,
-                                      sampler_name=name)
-    except OUT_OF_MEMORY as error:
-        del denoiser
-        mm.soft_empty_cache(True)  # ComfyUI also unloads models for this exception type: the next run starts clean
-        raise OUT_OF_MEMORY(
-            f"Sonic ran out of GPU memory while sampling {n} frames at {image.image.shape[2]}×{image.image.shape[1]} "
-            f"with windows of {window}. Set the loader's low_vram to 'on', lower the Reference Image resolution, "
-            f"or use a smaller window. ({error})") from None
-    if not torch.isfinite(samples).all():
-        raise FloatingPointError("Sampling produced NaN/Inf latents: the UNet overflowed in this precision. "
-                                 "Reload the Sonic models with dtype bf16 or fp32 and run again.")
-    # ComfyUI's LATENT holds unscaled VAE latents (core divides by the SD1.5 factor after sampling too).
-    return (samples / LATENT_SCALE).to(mm.intermediate_device())
+def start_latent(image: SonicImageEmbeds, num_frames: int) -> dict:
+    """Core LATENT of the reference latent for every frame: the official start is this plus σ·noise."""
+    samples = image.concat_latent.float().expand(num_frames, -1, -1, -1).contiguous()
+    return {"samples": samples.to(mm.intermediate_device())}
+
+
+def schedule_sigmas(model, scheduler: str, steps: int, denoise: float = 1.0, sampler_name: str = "euler") -> torch.Tensor:
+    """σ schedule exactly as core's KSampler builds it for this MODEL (denoise < 1 starts part-way down)."""
+    if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
+        raise ValueError(f"Unknown scheduler '{scheduler}'. Pick one of: {', '.join(comfy.samplers.KSampler.SCHEDULERS)}")
+    planner = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler_name, scheduler=scheduler,
+                                      denoise=denoise, model_options=model.model_options)
+    return planner.sigmas.float().cpu()
+
+
+class WindowProgress:
+    """One progress tick per UNet window with a preview; never backwards (2-evaluation samplers redo a step)."""
+
+    def __init__(self, steps: int, windows_per_step: int, node_id: str | None):
+        self.total = steps * windows_per_step
+        self.done = 0
+        self.bar = comfy.utils.ProgressBar(self.total, node_id=node_id)
+
+    def __call__(self, event: WindowEvent) -> None:
+        self.done = max(self.done, min(self.total, event.step * event.windows_per_step + event.window + 1))
+        self.bar.update_absolute(self.done, self.total, preview=("JPEG", latent_preview(event.denoised[0]), 256))
+
+
+def run_sonic_sampler(model, audio: SonicAudioEmbeds, image: SonicImageEmbeds, motion: SonicMotionBuckets,
+                      seed: int, steps: int, cfg_image: float, cfg_audio: float, shift: int, window: int,
+                      sampler_name: str, scheduler: str, denoise: float, sampler: object | None = None,
+                      sigmas: torch.Tensor | None = None, node_id: str | None = None) -> torch.Tensor:
+    """Samples every frame of the clip as SamplerCustomAdvanced would with a Sonic Guider; returns core's unscaled
+    LATENT samples (N, 4, h, w), frames on the batch axis, on the intermediate device."""
+    cond = sonic_conditioning(audio, image, motion)
+    if sampler is None:
+        sampler = comfy.samplers.sampler_object(sampler_name)
+    if sigmas is None:
+        sigmas = schedule_sigmas(model, scheduler, steps, denoise, sampler_name)
+    if len(sigmas) < 2:
+        raise ValueError("The σ schedule has no steps (denoise 0, or an empty SIGMAS input): raise steps/denoise.")
+    guider = SonicGuider(model, cond, cfg_image=cfg_image, cfg_audio=cfg_audio, shift=shift, window=window)
+    guider.on_window = WindowProgress(len(sigmas) - 1, guider.fusion.windows_per_step, node_id)
+    latent = start_latent(image, cond.num_frames)["samples"]
+    noise = comfy.sample.prepare_noise(latent, seed)  # core's seeded noise: a seed means what it means in KSampler
+    samples = guider.sample(noise, latent, sampler, sigmas, callback=None, disable_pbar=True, seed=seed)
+    return samples.to(mm.intermediate_device())
+
+
+def _guidance_inputs() -> list:
+    """The Sonic inputs and settings shared by the Guider and the KSampler (official defaults)."""
+    return [
+        io.Model.Input("model", tooltip="The Sonic UNet: the 'model' output of 'Load SVD + Sonic weights' "
+                                        "(through core model nodes if you like)."),
+        SonicAudio.Input("audio", tooltip="From 'Sonic Encode Audio': per-frame audio tokens."),
+        SonicImage.Input("image", tooltip="From 'Sonic Reference Image': latent, CLIP embedding, face mask."),
+        SonicMotion.Input("motion", tooltip="From 'Sonic Motion Buckets': per-frame head/expression motion."),
+        io.Float.Input("cfg_image", default=2.0, min=0.0, max=20.0, step=0.1, round=0.01,
+                       tooltip="Appearance guidance r_i: how strongly frames follow the reference image "
+                               "(official 2.0)."),
+        io.Float.Input("cfg_audio", default=7.5, min=0.0, max=20.0, step=0.1, round=0.01,
+                       tooltip="Audio guidance r_a: how strongly lips and face follow the audio (official 7.5). "
+                               "Lower to ~5.5 if lips look exaggerated."),
+        io.Int.Input("shift", default=7, min=0, max=100,
+                     tooltip="Shift α: frames the windows move per step, smoothing window borders "
+                             "(official 7; 0 = fixed windows)."),
+        io.Int.Input("window", default=25, min=1, max=100,
+                     tooltip="Frames per UNet window f (official 25 = 2 s). More frames need more VRAM."),
+    ]
+
+
+class SonicGuiderNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SonicGuider",
+            display_name="Sonic Guider",
+            category="Sonic",
+            description="Sonic's time-aware shift fusion and three-way guidance as a core GUIDER: connect it and "
+                        "its start latent to SamplerCustomAdvanced with any core NOISE, SAMPLER and SIGMAS.",
+            inputs=[*_guidance_inputs(),
+                    io.Int.Input("first_step", default=0, min=0, max=10000,
+                                 tooltip="Step index of this schedule's first σ in the whole schedule, which sets "
+                                         "where the windows start (they move α frames per step). 0 for a full "
+                                         "schedule; for the second part of a SplitSigmas chain, the split step.")],
+            outputs=[io.Guider.Output(display_name="guider", tooltip="For SamplerCustomAdvanced's guider input."),
+                     io.Latent.Output(display_name="start_latent",
+                                      tooltip="The reference latent for every frame (the official start: the "
+                                              "sampler adds σ·noise). For SamplerCustomAdvanced's latent_image.")],
+        )
+
+    @classmethod
+    def execute(cls, model, audio, image, motion, cfg_image, cfg_audio, shift, window, first_step) -> io.NodeOutput:
+        cond = sonic_conditioning(audio, image, motion)
+        guider = SonicGuider(model, cond, cfg_image=cfg_image, cfg_audio=cfg_audio, shift=shift, window=window,
+                             first_step=first_step)
+        return io.NodeOutput(guider, start_latent(image, cond.num_frames))
 
 
 class SonicSampler(io.ComfyNode):
@@ -103,34 +148,24 @@ class SonicSampler(io.ComfyNode):
             display_name="Sonic Shift-Fusion KSampler",
             category="Sonic",
             description="Samples the whole clip with Sonic's time-aware shift fusion: every step covers all frames "
-                        "with windows that move by `shift` frames per step, so long audio has no seams.",
+                        "with windows that move by `shift` frames per step, so long audio has no seams. The same "
+                        "as SamplerCustomAdvanced with a Sonic Guider, in one node.",
             inputs=[
-                SonicModel.Input("sonic_model", tooltip="From 'Load SVD + Sonic weights'."),
-                SonicAudio.Input("audio", tooltip="From 'Sonic Encode Audio': per-frame audio tokens."),
-                SonicImage.Input("image", tooltip="From 'Sonic Reference Image': latent, CLIP embedding, face mask."),
-                SonicMotion.Input("motion", tooltip="From 'Sonic Motion Buckets': per-frame head/expression motion."),
+                *_guidance_inputs()[:4],
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise seed. The same seed and inputs give the same video (0 is a valid seed)."),
                 io.Int.Input("steps", default=25, min=1, max=200,
                              tooltip="Denoising steps (official: 25). Each step runs the UNet once per window."),
-                io.Float.Input("cfg_image", default=2.0, min=0.0, max=20.0, step=0.1, round=0.01,
-                               tooltip="Appearance guidance r_i: how strongly frames follow the reference image "
-                                       "(official 2.0)."),
-                io.Float.Input("cfg_audio", default=7.5, min=0.0, max=20.0, step=0.1, round=0.01,
-                               tooltip="Audio guidance r_a: how strongly lips and face follow the audio (official "
-                                       "7.5). Lower to ~5.5 if lips look exaggerated."),
-                io.Int.Input("shift", default=7, min=0, max=100,
-                             tooltip="Shift α: frames the windows move per step, smoothing window borders "
-                                     "(official 7; 0 = fixed windows)."),
-                io.Int.Input("window", default=25, min=1, max=100,
-                             tooltip="Frames per UNet window f (official 25 = 2 s). More frames need more VRAM."),
-                io.Combo.Input("sampler_name", options=supported_samplers(), default="euler",
+                *_guidance_inputs()[4:],
+                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
                                tooltip="ComfyUI sampler (official: euler). Ignored when a SAMPLER is connected."),
                 io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="karras",
                                tooltip="σ schedule over 700 → 0.002 (official: karras). Ignored when SIGMAS is "
                                        "connected."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="1.0 starts from pure noise; lower values start part-way down the schedule."),
+                               tooltip="1.0 starts from pure noise (official). Lower values start part-way down the "
+                                       "schedule from the still reference image plus less noise, so the video stays "
+                                       "closer to the photo and moves less."),
                 io.Sampler.Input("sampler", optional=True,
                                  tooltip="Optional core SAMPLER (e.g. KSamplerSelect); overrides sampler_name."),
                 io.Sigmas.Input("sigmas", optional=True,
@@ -143,9 +178,9 @@ class SonicSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, sonic_model, audio, image, motion, seed, steps, cfg_image, cfg_audio, shift, window,
+    def execute(cls, model, audio, image, motion, seed, steps, cfg_image, cfg_audio, shift, window,
                 sampler_name, scheduler, denoise, sampler=None, sigmas=None) -> io.NodeOutput:
-        samples = run_sonic_sampler(sonic_model, audio, image, motion, seed, steps, cfg_image, cfg_audio, shift,
+        samples = run_sonic_sampler(model, audio, image, motion, seed, steps, cfg_image, cfg_audio, shift,
                                     window, sampler_name, scheduler, denoise, sampler, sigmas,
                                     node_id=cls.hidden.unique_id)
         return io.NodeOutput({"samples": samples})

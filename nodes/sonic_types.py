@@ -21,9 +21,8 @@ GENERATION_FPS = 12.5  # Sonic generates at 12.5 fps (80 ms per frame); RIFE dou
 
 @dataclass
 class SonicModels:
-    """Everything Sonic loads besides core's VAE and CLIP vision."""
+    """Everything Sonic loads besides core's VAE and CLIP vision and the UNet (a core MODEL)."""
 
-    unet: Any                      # comfy ModelPatcher around sonic_model.unet.SonicUNet
     audio2token: torch.nn.Module
     audio2bucket: torch.nn.Module
     whisper: Any = None            # sonic_model.whisper_features.WhisperAudioEncoder

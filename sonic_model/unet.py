@@ -27,7 +27,7 @@ from .audio_attention import AudioContext, SonicAudioAttnProcessor, mask_to_toke
 SVD_XT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "svd_xt_unet.json"
 
 
-class SonicConditioning:
+class SiteContexts:
     """Per-forward conditioning handed to every transformer site (through the stock blocks' `encoder_hidden_states`).
 
     Holds the per-frame contexts, their window means, and the face-mask grid per token-grid size (given by the
@@ -61,11 +61,11 @@ class SonicTransformerSpatioTemporal(TransformerSpatioTemporalModel):
     Same parameters as the stock class (instances are re-classed in place); only `forward` changes.
     """
 
-    def forward(self, hidden_states: Tensor, encoder_hidden_states: SonicConditioning | Tensor | None = None,
+    def forward(self, hidden_states: Tensor, encoder_hidden_states: SiteContexts | Tensor | None = None,
                 image_only_indicator: Tensor | None = None,
                 return_dict: bool = True) -> TransformerTemporalModelOutput | tuple[Tensor]:
         cond = encoder_hidden_states
-        if not isinstance(cond, SonicConditioning):
+        if not isinstance(cond, SiteContexts):
             return super().forward(hidden_states, cond, image_only_indicator, return_dict)
         batch_frames, channels, height, width = hidden_states.shape
         frames = image_only_indicator.shape[-1]
@@ -200,7 +200,7 @@ class SonicUNet(UNetSpatioTemporalConditionModel):
         emb = emb + self.add_embedding(added)
         emb = emb.repeat_interleave(frames, dim=0)
 
-        cond = SonicConditioning(clip_states.to(dtype), audio_tokens.to(dtype), batch, frames, face_mask, grids)
+        cond = SiteContexts(clip_states.to(dtype), audio_tokens.to(dtype), batch, frames, face_mask, grids)
         x = sample.flatten(0, 1)
         if self.channels_last:  # (B·F, C, h, w) frames as a 2-D batch: the 4-D layout the convs prefer
             x = x.contiguous(memory_format=torch.channels_last)

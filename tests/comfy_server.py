@@ -45,7 +45,7 @@ def cpu_friendly(prompt: dict, models_dir: Path) -> dict:
             inputs.update(svd_checkpoint=checkpoint, face_detector="none")
         elif kind == "SonicReferenceImage":
             inputs.update(no_face="whole image", resolution=64)
-        elif kind == "SonicSampler":
+        elif kind in ("SonicSampler", "BasicScheduler"):
             inputs.update(steps=2)
         elif kind == "LoadAudio":
             inputs.update(audio=SHORT_AUDIO)

@@ -13,14 +13,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-COMFYUI_DIR = REPO / ".venv" / "ComfyUI"
 REFERENCE_DIR = REPO.parent / "shared" / "reference"
 
 torch.set_num_threads(1)
-if str(COMFYUI_DIR) not in sys.path:
-    sys.path.insert(0, str(COMFYUI_DIR))
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
+from tools.comfy_runtime import COMFYUI_DIR  # noqa: E402  (.venv/ComfyUI, or $COMFYUI_DIR)
+
+if str(COMFYUI_DIR) not in sys.path:
+    sys.path.insert(0, str(COMFYUI_DIR))
 
 # pytest imports the repo's own __init__.py (the pack) while collecting, and the pack imports ComfyUI:
 # select CPU mode first where there is no CUDA, as ComfyUI's --cpu would.

@@ -272,6 +272,8 @@ def shipped_workflow(name: str, **sampler) -> dict:
             inputs.update(resolution=64)
         elif node["class_type"] == "SonicSampler":
             inputs.update(steps=2, **sampler)
+        elif node["class_type"] == "BasicScheduler":
+            inputs.update(steps=2)
     return prompt
 
 

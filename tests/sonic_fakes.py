@@ -21,11 +21,11 @@ class RecordingUNet(torch.nn.Module):
         audio = audio_tokens.reshape(b, f, -1).mean(-1)[..., None, None, None]
         ids = added_time_ids.reshape(b, 1, 3, 1, 1).mean(2, keepdim=True) / 40
         v = self.weight * sample[:, :, :4] + 0.1 * sample[:, :, 4:] + clip + 0.5 * audio + ids
-        return v * torch.cos(timestep.float())
+        return v * torch.cos(timestep.float()).reshape(-1, 1, 1, 1, 1)  # timestep: 0-d or one per row
 
 
 def make_conditioning(n: int, h: int = 4, w: int = 4, d: int = 8, t: int = 2, seed: int = 0):
-    from sonic_model.fused_denoiser import SonicConditioning
+    from sonic_model.shift_fusion import SonicConditioning
 
     g = torch.Generator().manual_seed(seed)
     return SonicConditioning(

@@ -63,7 +63,7 @@ def box(x1, y1, x2, y2, score=0.9) -> FaceBox:
 
 
 def models(detector) -> SonicModels:
-    return SonicModels(unet=None, audio2token=None, audio2bucket=None, face_detector=detector)
+    return SonicModels(audio2token=None, audio2bucket=None, face_detector=detector)
 
 
 def image_tensor(h: int, w: int, channels: int = 3, batch: int = 1, seed: int = 0) -> torch.Tensor:

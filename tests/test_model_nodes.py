@@ -25,12 +25,16 @@ def sonic_dir(tiny_models_dir, tmp_path, monkeypatch):
     return folder
 
 
-def _load(folder, **overrides):
+def _load_with_unet(folder, **overrides):
     paths = dict(unet=folder / "unet.pth", audio2token=folder / "audio2token.pth",
                  audio2bucket=folder / "audio2bucket.pth", whisper=folder / "whisper-tiny",
                  face_detector=None, rife=folder / "RIFE" / "flownet.pkl")
     paths.update(overrides)
     return loaders.load_sonic_models(**paths, dtype=torch.float32, low_vram=False)
+
+
+def _load(folder, **overrides):
+    return _load_with_unet(folder, **overrides)[0]
 
 
 def _audio(seconds, rate=44100, channels=2):
@@ -55,8 +59,8 @@ def test_missing_file_names_the_folder_to_put_it_in(sonic_dir):
 
 
 def test_models_load_and_are_managed(sonic_dir):
-    models = _load(sonic_dir)
-    assert type(models.unet.model).__name__ == "ManagedUNet" and models.rife is not None
+    models, model = _load_with_unet(sonic_dir)
+    assert type(model.model).__name__ == "SonicBaseModel" and models.rife is not None
     assert models.audio2token.output_dim == 1024 and models.audio2bucket.clip_channels == 1024
 
 

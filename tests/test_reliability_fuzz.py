@@ -124,7 +124,7 @@ def test_fuzz_reference_image(detector, picture):
     width, height, channels = picture["width"], picture["height"], picture["channels"]
     image = _picture(width, height, channels, picture["batch"], picture["face"])
     face_visible = picture["face"] and channels >= 3
-    models = SonicModels(unet=None, audio2token=None, audio2bucket=None, face_detector=detector)
+    models = SonicModels(audio2token=None, audio2bucket=None, face_detector=detector)
     try:
         output = SonicReferenceImage.execute(sonic_model=models, vae=FakeVAE(), clip_vision=FakeClipVision(),
                                              image=image, resolution=picture["resolution"], crop=picture["crop"],

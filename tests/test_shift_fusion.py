@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sonic_fakes import RecordingUNet, make_conditioning
-from sonic_model.fused_denoiser import ShiftFusionDenoiser
+from sonic_model.shift_fusion import ShiftFusion, edm_rows_denoiser
 from sonic_model.shift_windows import num_windows, shifted_windows, window_starts
 from sonic_model.step_tracker import StepTracker
 
@@ -73,7 +73,7 @@ def test_window_equal_to_clip_matches_a_plain_guided_call():
     unet = RecordingUNet()
     x = torch.randn(n, 4, 4, 4, generator=torch.Generator().manual_seed(1))
     plain = _plain_cfg_x0(unet, cond, x, sigma, 2.0, 7.5)
-    fused = ShiftFusionDenoiser(unet, cond, window=n, shift=0).denoise(x, sigma, step=5)
+    fused = ShiftFusion(cond, window=n, shift=0).denoise(x, sigma, 5, edm_rows_denoiser(unet)).guided
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
 
 
@@ -81,8 +81,8 @@ def test_frames_covered_twice_get_the_mean_of_their_windows():
     n, f, sigma = 3, 7, 2.0  # one window [0, 1, 2, 0, 1, 2, 0]: frame 0 three times, 1 and 2 twice
     cond = make_conditioning(n)
     events = []
-    out = ShiftFusionDenoiser(RecordingUNet(), cond, window=f, shift=1, on_window=events.append).denoise(
-        torch.randn(n, 4, 4, 4), sigma, step=2)
+    out = ShiftFusion(cond, window=f, shift=1, on_window=events.append).denoise(
+        torch.randn(n, 4, 4, 4), sigma, 2, edm_rows_denoiser(RecordingUNet())).guided
     (event,) = events
     assert len(event.frame_indices) == f
     for frame in range(n):
@@ -94,11 +94,11 @@ def test_unet_calls_and_batch_sizes_per_step():
     n, f = 13, 5
     cond = make_conditioning(n)
     unet = RecordingUNet()
-    denoiser = ShiftFusionDenoiser(unet, cond, window=f, shift=2)
+    fusion = ShiftFusion(cond, window=f, shift=2)
     x = torch.randn(n, 4, 4, 4)
     for step in range(4):
-        denoiser.denoise(x, 10.0 / (step + 1), step)
-    assert denoiser.unet_calls == len(unet.calls) == 4 * math.ceil(n / f)
+        fusion.denoise(x, 10.0 / (step + 1), step, edm_rows_denoiser(unet))
+    assert fusion.unet_calls == len(unet.calls) == 4 * math.ceil(n / f)
     assert {c["sample_shape"] for c in unet.calls} == {(3, f, 8, 4, 4)}
 
 
@@ -106,9 +106,9 @@ def test_low_vram_rows_one_at_a_time_match_batched():
     n = 9
     cond = make_conditioning(n)
     x = torch.randn(n, 4, 4, 4)
-    batched = ShiftFusionDenoiser(RecordingUNet(), cond, window=4, shift=1).denoise(x, 5.0, 2)
+    batched = ShiftFusion(cond, window=4, shift=1).denoise(x, 5.0, 2, edm_rows_denoiser(RecordingUNet())).guided
     unet = RecordingUNet()
-    rows = ShiftFusionDenoiser(unet, cond, window=4, shift=1, batched_cfg=False).denoise(x, 5.0, 2)
+    rows = ShiftFusion(cond, window=4, shift=1, batched_cfg=False).denoise(x, 5.0, 2, edm_rows_denoiser(unet)).guided
     torch.testing.assert_close(rows, batched, atol=1e-6, rtol=1e-6)
     assert {c["batch"] for c in unet.calls} == {1}
 
@@ -117,7 +117,7 @@ def test_window_time_ids_are_fps_and_window_bucket_means():
     n, f = 10, 4
     cond = make_conditioning(n)
     unet = RecordingUNet()
-    ShiftFusionDenoiser(unet, cond, window=f, shift=3).denoise(torch.randn(n, 4, 4, 4), 4.0, step=1)
+    ShiftFusion(cond, window=f, shift=3).denoise(torch.randn(n, 4, 4, 4), 4.0, 1, edm_rows_denoiser(unet))
     for call, frames in zip(unet.calls, shifted_windows(n, f, 3, 1)):
         expected = torch.cat([torch.tensor([12.5]), cond.motion_buckets[frames].mean(0)])
         torch.testing.assert_close(call["time_ids"][0], expected)

@@ -189,7 +189,7 @@ def test_compile_matches_plain_model_and_reports_its_time(golden, plain_outputs,
     seconds = report.compile_seconds
     _max_diff(model, golden, plain_outputs)
     assert report.compile_seconds == seconds  # same shapes: no second compile
-    assert compile_report(SimpleNamespace(unet=model)) is report  # reachable through ManagedUNet's `.unet`
+    assert compile_report(SimpleNamespace(unet=model)) is report  # reachable through the MODEL's diffusion model
 
 
 def test_compile_failure_falls_back_with_the_reason_logged(golden, plain_outputs, caplog) -> None:
@@ -238,16 +238,16 @@ def test_loader_passes_the_options_to_the_unet(golden, monkeypatch) -> None:
 
     unet = build_sonic_unet(golden.doc["config"])
     whisper = SimpleNamespace(encoder=SimpleNamespace(config=SimpleNamespace(d_model=8, encoder_layers=4)))
-    monkeypatch.setattr(loaders, "load_sonic_unet", lambda path, dtype: unet)
+    monkeypatch.setattr(loaders, "load_sonic_unet", lambda path, dtype, device: unet)
     monkeypatch.setattr(loaders, "WhisperAudioEncoder", SimpleNamespace(from_folder=lambda path: whisper))
     monkeypatch.setattr(loaders, "load_audio2token", lambda *a: torch.nn.Identity())
     monkeypatch.setattr(loaders, "load_audio2bucket", lambda *a: torch.nn.Identity())
-    models = loaders.load_sonic_models(Path("u"), Path("t"), Path("b"), Path("w"), None, None, torch.float32,
-                                       low_vram=True, compile=True)
-    assert models.unet.model.unet is unet and models.settings["speed"].compile
-    assert compile_report(models.unet.model) is not None
+    models, model = loaders.load_sonic_models(Path("u"), Path("t"), Path("b"), Path("w"), None, None,
+                                              torch.float32, low_vram=True, compile=True)
+    assert model.model.diffusion_model.unet is unet and models.settings["speed"].compile
+    assert compile_report(model.model.diffusion_model) is not None
     assert all(m.processor.slices == LOW_VRAM_ATTENTION_SLICES for m in unet.modules()
                if isinstance(m, Attention) and not isinstance(m.processor, AttnProcessor2_0))
-    plain = loaders.load_sonic_models(Path("u"), Path("t"), Path("b"), Path("w"), None, None, torch.float32,
-                                      low_vram=False)
-    assert compile_report(plain.unet.model) is None and not plain.settings["speed"].attention_slices
+    plain, plain_model = loaders.load_sonic_models(Path("u"), Path("t"), Path("b"), Path("w"), None, None,
+                                                   torch.float32, low_vram=False)
+    assert compile_report(plain_model.model.diffusion_model) is None and not plain.settings["speed"].attention_slices

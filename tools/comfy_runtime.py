@@ -6,12 +6,15 @@ pack is imported the way ComfyUI imports it, as a package with relative imports 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
-COMFYUI_DIR = REPO / ".venv" / "ComfyUI"
+# The ComfyUI the tools and tests run: the one `make setup` unpacks, or another folder named by $COMFYUI_DIR (to run the
+# same suite against another ComfyUI release).
+COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR") or REPO / ".venv" / "ComfyUI").resolve()
 PACK_NAME = "sonic_pack"
 
 

@@ -75,7 +75,9 @@ def demo_prompt(models: Path, image: str, audio: str, untrained: bool) -> dict:
         # The random set has no face detector: animate the whole picture; and keep a CPU run to a few minutes.
         by_class["SonicLoader"]["inputs"]["face_detector"] = "none"
         by_class["SonicReferenceImage"]["inputs"].update(no_face="whole image", resolution=UNTRAINED_RESOLUTION)
-        by_class["SonicSampler"]["inputs"]["steps"] = UNTRAINED_STEPS
+        for sampler in ("SonicSampler", "BasicScheduler"):
+            if sampler in by_class:
+                by_class[sampler]["inputs"]["steps"] = UNTRAINED_STEPS
     return prompt
 
 

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMFYUI_DIR = ROOT / ".venv" / "ComfyUI"
+from tools.comfy_runtime import COMFYUI_DIR  # noqa: E402  (.venv/ComfyUI, or $COMFYUI_DIR)
 
 
 def free_port() -> int:

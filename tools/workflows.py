@@ -58,21 +58,48 @@ def _sampler(motion: dict, sampler: dict | None = None) -> list[Node]:
     return [
         Node(6, "SonicMotionBuckets", motion, {"sonic_model": (1, 0), "audio": (4, 0), "image": (5, 0)},
              pos=(880, 700)),
-        Node(7, "SonicSampler", settings, {"sonic_model": (1, 0), "audio": (4, 0), "image": (5, 0), "motion": (6, 0)},
+        Node(7, "SonicSampler", settings, {"model": (1, 3), "audio": (4, 0), "image": (5, 0), "motion": (6, 0)},
              pos=(1300, 300)),
+    ]
+
+
+def _video_out(latent: tuple[int, int], first_id: int, prefix: str, x: int) -> list[Node]:
+    """Decode → RIFE ×2 → core CreateVideo (with the trimmed audio) → core SaveVideo."""
+    i = first_id
+    return [
+        Node(i, "SonicDecode", {"chunk_size": 8}, {"vae": (1, 1), "latent": latent}, pos=(x, 300)),
+        Node(i + 1, "SonicInterpolate", {"batch_size": 8}, {"sonic_model": (1, 0), "images": (i, 0)},
+             pos=(x + 380, 300)),
+        Node(i + 2, "CreateVideo", {}, {"images": (i + 1, 0), "fps": (i + 1, 1), "audio": (4, 1)}, pos=(x + 760, 300)),
+        Node(i + 3, "SaveVideo", {"filename_prefix": prefix, "format": "mp4", "codec": "h264"},
+             {"video": (i + 2, 0)}, pos=(x + 1140, 300)),
     ]
 
 
 def basic(image: str = "sonic_portrait.png", audio: str = "sonic_voice.wav") -> list[Node]:
     """Portrait + voice → mp4 with the official settings, written with core's CreateVideo + SaveVideo."""
     auto = {"motion_preset": "moderate (1.0)", "beta": 1.0, "head_motion": -1, "expression": -1}
-    return _sonic_models(image, audio) + _sampler(auto) + [
-        Node(8, "SonicDecode", {"chunk_size": 8}, {"vae": (1, 1), "latent": (7, 0)}, pos=(1720, 300)),
-        Node(9, "SonicInterpolate", {"batch_size": 8}, {"sonic_model": (1, 0), "images": (8, 0)}, pos=(2100, 300)),
-        Node(10, "CreateVideo", {}, {"images": (9, 0), "fps": (9, 1), "audio": (4, 1)}, pos=(2480, 300)),
-        Node(11, "SaveVideo", {"filename_prefix": "sonic/Sonic", "format": "mp4", "codec": "h264"}, {"video": (10, 0)},
-             pos=(2860, 300)),
+    return _sonic_models(image, audio) + _sampler(auto) + _video_out((7, 0), 8, "sonic/Sonic", 1720)
+
+
+def custom_sampler(image: str = "sonic_portrait.png", audio: str = "sonic_voice.wav") -> list[Node]:
+    """The Sonic Guider in core's SamplerCustomAdvanced: any NOISE, SAMPLER and SIGMAS node drives Sonic."""
+    auto = {"motion_preset": "moderate (1.0)", "beta": 1.0, "head_motion": -1, "expression": -1}
+    guidance = {"cfg_image": 2.0, "cfg_audio": 7.5, "shift": 7, "window": 25, "first_step": 0}
+    sampling = [
+        Node(6, "SonicMotionBuckets", auto, {"sonic_model": (1, 0), "audio": (4, 0), "image": (5, 0)},
+             pos=(880, 700)),
+        Node(7, "SonicGuider", guidance, {"model": (1, 3), "audio": (4, 0), "image": (5, 0), "motion": (6, 0)},
+             pos=(1300, 500)),
+        Node(8, "RandomNoise", {"noise_seed": 0}, pos=(1300, 80)),
+        Node(9, "KSamplerSelect", {"sampler_name": "euler"}, pos=(1300, 260)),
+        Node(10, "BasicScheduler", {"scheduler": "karras", "steps": 25, "denoise": 1.0}, {"model": (1, 3)},
+             pos=(1300, 900)),
+        Node(11, "SamplerCustomAdvanced", {},
+             {"noise": (8, 0), "guider": (7, 0), "sampler": (9, 0), "sigmas": (10, 0), "latent_image": (7, 1)},
+             pos=(1720, 300)),
     ]
+    return _sonic_models(image, audio) + sampling + _video_out((11, 0), 12, "sonic/Sonic_custom", 2140)
 
 
 def manual_motion(image: str = "sonic_portrait.png", audio: str = "sonic_voice.wav") -> list[Node]:
@@ -99,7 +126,8 @@ def long_audio(image: str = "sonic_portrait.png", audio: str = "sonic_voice.wav"
     return nodes
 
 
-GRAPHS = {"sonic_basic": basic, "sonic_manual_motion": manual_motion, "sonic_long_audio": long_audio}
+GRAPHS = {"sonic_basic": basic, "sonic_manual_motion": manual_motion, "sonic_long_audio": long_audio,
+          "sonic_custom_sampler": custom_sampler}
 
 
 def to_api(nodes: list[Node]) -> dict:

@@ -1,7 +1,8 @@
 """Parity of the whole sampler against the official `SonicPipeline` run (golden_type `shift_fusion_pipeline`).
 
-Runs the same code path as the Sonic KSampler node: ComfyUI's scheduler and sampler objects driving our shift-fusion
-denoiser. Every setting comes from the golden's json (sizes, window, shift, steps, guidance), none is hard-coded.
+Runs the same code path as the Sonic KSampler node: the UNet as a core MODEL, core's scheduler and sampler driven by
+the Sonic guider (CFGGuider.sample, so core moves σ, noise and latents and calls the model through apply_model).
+Every setting comes from the golden's json (sizes, window, shift, steps, guidance), none is hard-coded.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import math
 import torch
 
 from .common import Comparison, Golden, compare, compare_golden
+
+LATENT_SCALE = 0.18215  # SD1.5 latent format: core's LATENT is unscaled
 
 
 def _build_models(golden: Golden):
@@ -41,9 +44,13 @@ def run(golden: Golden) -> list[Comparison]:
     from tools.comfy_runtime import import_pack
 
     pack = import_pack()
-    from sonic_pack.nodes.comfy_sampling import LATENT_SCALE, sample_shift_fusion, schedule_sigmas
+    import comfy.samplers
+
+    from sonic_pack.nodes.guider import SonicGuider
+    from sonic_pack.nodes.native_model import sonic_model_patcher
+    from sonic_pack.nodes.sampling import schedule_sigmas
     from sonic_pack.sonic_model.chunked_decode import iter_decoded_chunks
-    from sonic_pack.sonic_model.fused_denoiser import ShiftFusionDenoiser, SonicConditioning
+    from sonic_pack.sonic_model.shift_fusion import SonicConditioning, combine_guidance
     from sonic_pack.sonic_model.shift_windows import window_starts
 
     assert pack is not None
@@ -60,7 +67,9 @@ def run(golden: Golden) -> list[Comparison]:
     z = vae.encode(t["in.ref_image"]).latent_dist.mean
     results.append(compare_golden(golden, "aux.vae_latent_mean", z))
 
-    sigmas = schedule_sigmas("karras", steps)
+    # The node's path: the UNet as a core MODEL, core's karras schedule and euler sampler, the Sonic guider.
+    model = sonic_model_patcher(unet)
+    sigmas = schedule_sigmas(model, "karras", steps)
     results.append(compare("schedule.sigmas (ComfyUI karras vs official)", sigmas,
                            torch.tensor(doc["schedule"]["sigmas"]), 1e-4, 1e-5))
 
@@ -70,35 +79,40 @@ def run(golden: Golden) -> list[Comparison]:
         motion_buckets=t["in.motion_buckets"].reshape(n, 2) * kw["motion_bucket_scale"],
         face_mask=t["in.face_mask"][:, :1], fps=kw["fps"])
     windows, step_starts = [], []
-    denoiser = ShiftFusionDenoiser(unet, cond, window=f, shift=shift, stride=stride,
-                                   cfg_image=_guidance(doc, "1"), cfg_audio=_guidance(doc, "2"),
-                                   on_window=windows.append)
-    original_denoise = denoiser.denoise
+    guider = SonicGuider(model, cond, cfg_image=_guidance(doc, "1"), cfg_audio=_guidance(doc, "2"), shift=shift,
+                         window=f, stride=stride, on_window=windows.append)
+    original_denoise = guider.fusion.denoise
 
-    def recording_denoise(x, sigma, step):
-        step_starts.append(x.detach().clone())
-        return original_denoise(x, sigma, step)
+    def recording_denoise(x, sigma, step, denoise):
+        step_starts.append(x.detach().float().clone())
+        return original_denoise(x, sigma, step, denoise)
 
-    denoiser.denoise = recording_denoise
+    guider.fusion.denoise = recording_denoise
+    # The guided v of each window, from the UNet's own outputs in this path (x0 at small σ keeps too few of v's bits).
+    unet_outputs = []
+    model.model.diffusion_model.register_forward_hook(lambda module, args, out: unet_outputs.append(out.float()))
     noise = t["noise.latents"][0]
-    final = sample_shift_fusion(denoiser, z, sigmas, "euler", noise)
+    latent = z.float().expand(n, -1, -1, -1).contiguous()  # the Sonic Guider's start latent
+    samples = guider.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas, disable_pbar=True, seed=0)
+    final = samples * LATENT_SCALE
 
     results.append(compare_golden(golden, "aux.initial_latents", step_starts[0].unsqueeze(0)))
     results.append(compare_golden(golden, "aux.step_start_latents", torch.stack(step_starts).unsqueeze(1)))
     results.append(_compare_windows(golden, windows, sigmas, step_starts, n, f, shift, stride, window_starts))
-    results.append(compare_golden(golden, "win.noise_pred",
-                                  torch.stack([w.guided_v for w in windows]).unsqueeze(1)))
+    guided_v = [combine_guidance(*v.reshape(3, f, *v.shape[1:]).unbind(0), guider.fusion.cfg_image,
+                                 guider.fusion.cfg_audio) for v in unet_outputs]
+    results.append(compare_golden(golden, "win.noise_pred", torch.stack(guided_v).unsqueeze(1)))
     results.append(compare_golden(golden, "win.latents", _window_latents(windows, step_starts, sigmas)))
     results.append(compare_golden(golden, "out.final_latents", final.unsqueeze(0)))
 
     chunks = [vae.decode(lat, num_frames=lat.shape[0]).sample
-              for _, lat in iter_decoded_chunks(final / LATENT_SCALE, kw["decode_chunk_size"], lambda lat: lat)]
+              for _, lat in iter_decoded_chunks(samples, kw["decode_chunk_size"], lambda lat: lat)]
     frames = torch.cat(chunks).permute(1, 0, 2, 3).unsqueeze(0)          # (1, 3, N, H, W)
     results.append(compare_golden(golden, "out.frames", frames))
     expected_calls = steps * len(window_starts(n, f, shift, 0, stride))
-    results.append(Comparison("unet calls", float(abs(denoiser.unet_calls - expected_calls)), 0, 0,
-                              denoiser.unet_calls == expected_calls == doc["sizes"]["unet_forward_calls"],
-                              f"{denoiser.unet_calls} calls of batch 3×{f}"))
+    results.append(Comparison("unet calls", float(abs(guider.unet_calls - expected_calls)), 0, 0,
+                              guider.unet_calls == expected_calls == doc["sizes"]["unet_forward_calls"],
+                              f"{guider.unet_calls} calls of batch 3×{f}"))
     return results
 
 

@@ -1,0 +1,121 @@
+"""Sonic's shift fusion and three-way guidance as a core GUIDER (a CFGGuider subclass).
+
+Core's CFGGuider.sample loads the MODEL, moves σ, noise and latents to its device and drives any core SAMPLER; this
+guider only replaces `predict_noise`: every evaluation covers the clip with the step's shifted windows, one model call
+of the three guidance rows per window through core's BaseModel.apply_model, and the per-frame x0 average.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+import comfy.model_management as mm
+import comfy.samplers
+
+from ..sonic_model.shift_fusion import FusedPrediction, GuidanceRows, ShiftFusion, SonicConditioning, WindowEvent
+from ..sonic_model.step_tracker import StepTracker
+from .native_model import is_sonic_model
+
+# torch's own out-of-memory type (core's mm.OOM_EXCEPTION falls back to Exception on old torch, which would also
+# catch Cancel); ComfyUI's executor unloads models when it sees this type.
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+# Model patches that rewrite two-way CFG from (cond, uncond): they have no meaning for Sonic's three rows.
+_TWO_WAY_CFG_PATCHES = ("sampler_cfg_function", "sampler_pre_cfg_function")
+
+
+def sampler_name_of(sampler) -> str | None:
+    """A core KSAMPLER's name (e.g. 'heun'), so the step tracker knows its correctors; None for other samplers."""
+    function = getattr(sampler, "sampler_function", None)
+    return getattr(function, "__name__", "").removeprefix("sample_") or None
+
+
+class SonicGuider(comfy.samplers.CFGGuider):
+    """Guides a Sonic MODEL over the whole clip; `first_step` is the index of the first σ in the full schedule."""
+
+    def __init__(self, model_patcher, cond: SonicConditioning, *, cfg_image: float, cfg_audio: float, shift: int,
+                 window: int, first_step: int = 0, stride: int | None = None,
+                 on_window: Callable[[WindowEvent], None] | None = None):
+        if not is_sonic_model(model_patcher):
+            raise ValueError("This MODEL is not a Sonic UNet: connect the 'model' output of 'Load SVD + Sonic "
+                             "weights' (directly or through model nodes).")
+        super().__init__(model_patcher)
+        self.cond = cond
+        self.first_step = first_step
+        self.fusion = ShiftFusion(cond, window=window, shift=shift, stride=stride, cfg_image=cfg_image,
+                                  cfg_audio=cfg_audio, batched_cfg=not model_patcher.model.low_vram,
+                                  on_window=self._window_done)
+        self.on_window = on_window
+        self._tracker: StepTracker | None = None
+        self._mask: torch.Tensor | None = None
+
+    @property
+    def unet_calls(self) -> int:
+        return self.fusion.unet_calls
+
+    def _window_done(self, event: WindowEvent) -> None:
+        if self.on_window is not None:
+            self.on_window(event)
+        mm.throw_exception_if_processing_interrupted()  # Cancel between windows, on every sampling path
+
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, *args, **kwargs):
+        n = self.cond.num_frames
+        if latent_image.shape[0] != n:
+            raise ValueError(f"The latent has {latent_image.shape[0]} frames but the Sonic audio has {n}: connect "
+                             "the Sonic Guider's start latent (or one of as many frames) to the sampler.")
+        self._tracker = StepTracker(sigmas.float().cpu().tolist(), sampler_name_of(sampler))
+
+        def tracked(step, denoised, x, total_steps):
+            self._tracker.on_step_callback(step)
+            if callback is not None:
+                callback(step, denoised, x, total_steps)
+
+        try:
+            samples = super().sample(noise, latent_image, sampler, sigmas, denoise_mask, tracked, *args, **kwargs)
+        except OUT_OF_MEMORY as error:
+            mm.soft_empty_cache(True)  # ComfyUI also unloads models for this exception type: the next run starts clean
+            h, w = (s * 8 for s in latent_image.shape[-2:])
+            raise OUT_OF_MEMORY(
+                f"Sonic ran out of GPU memory while sampling {n} frames at {w}×{h} with windows of "
+                f"{self.fusion.window}. Set the loader's low_vram to 'on', lower the Reference Image resolution, "
+                f"or use a smaller window. ({error})") from None
+        if not torch.isfinite(samples).all():
+            raise FloatingPointError("Sampling produced NaN/Inf latents: the UNet overflowed in this precision. "
+                                     "Reload the Sonic models with dtype bf16 or fp32 and run again.")
+        return samples
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (core's signature)
+        for patch in _TWO_WAY_CFG_PATCHES:
+            if model_options.get(patch):
+                raise ValueError(f"A model patch that rewrites two-way CFG ({patch}, e.g. RescaleCFG) cannot be "
+                                 "combined with Sonic's three-way guidance: remove it from the MODEL chain.")
+        sigma = float(timestep.reshape(-1)[0])
+        step = self.first_step + (self._tracker.step_for(sigma) if self._tracker else 0)
+        transformer_options = model_options.get("transformer_options", {})
+        fused = self.fusion.denoise(x, sigma, step, lambda rows: self._apply_model(rows, transformer_options))
+        return self._post_cfg(fused, x, timestep, model_options)
+
+    def _face_mask(self, mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """Cast once per run to the model's compute dtype and device, so the UNet's mask-grid cache keeps hitting."""
+        if mask is None:
+            return None
+        dtype = self.inner_model.compute_dtype
+        if self._mask is None or self._mask.device != device or self._mask.dtype != dtype:
+            self._mask = mask.to(device, dtype)
+        return self._mask
+
+    def _apply_model(self, rows: GuidanceRows, transformer_options: dict) -> torch.Tensor:
+        return self.inner_model.apply_model(
+            rows.x, rows.sigma, c_concat=rows.concat, c_crossattn=rows.clip, transformer_options=transformer_options,
+            audio_tokens=rows.audio, time_ids=rows.time_ids, frames=rows.frames,
+            face_mask=self._face_mask(rows.face_mask, rows.x.device))
+
+    def _post_cfg(self, fused: FusedPrediction, x, timestep, model_options: dict) -> torch.Tensor:
+        """Core's post-CFG hooks (CFG++ samplers read the uncond x0 through them), with Sonic's fused predictions."""
+        denoised = fused.guided
+        for hook in model_options.get("sampler_post_cfg_function", []):
+            denoised = hook({"denoised": denoised, "cond": None, "uncond": None, "model": self.inner_model,
+                             "uncond_denoised": fused.uncond, "cond_denoised": fused.full,
+                             "cond_scale": self.fusion.cfg_audio, "sigma": timestep,
+                             "model_options": model_options, "input": x})
+        return denoised

@@ -1,0 +1,212 @@
+"""Time-aware shift fusion with Sonic's three-way guidance: one denoising evaluation of the whole clip.
+
+Per window it asks a denoiser (core's model call in ComfyUI, `edm_rows_denoiser` alone) for the x0 of the three
+guidance rows [uncond, image-only, full], combines them as u + r_i·(i − u) + r_a·(c − i) and averages x0 over the
+windows covering each frame. The combination is affine with weights summing to 1, so guiding x0 equals guiding the
+v-prediction and converting once (EDM's x0 is affine in v for a fixed x and σ). Because an Euler step is affine in x0
+and every window starts from the same x, averaging x0 and stepping once equals the official "step every window, then
+average" (sonic-reference §6.5).
+
+Every tensor is moved to the device of the noisy latents before it is indexed or combined with them, so the caller
+may keep the conditioning on the CPU (ComfyUI's intermediate device) while the latents live on the GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .shift_windows import num_windows, shifted_windows
+
+SVD_FPS_ID = 12.5  # the official time id: the generation frame rate as is, not fps − 1
+GUIDANCE_ROWS = 3  # [uncond, image-only, full]
+
+
+@dataclass
+class SonicConditioning:
+    """Everything the UNet is conditioned on, for the whole clip (frames on the first axis)."""
+
+    concat_latent: torch.Tensor      # (1, 4, h, w) unscaled VAE latent of the reference image
+    image_embeds: torch.Tensor       # (1, D) CLIP image embedding
+    audio_tokens: torch.Tensor       # (N, T, D) per-frame audio tokens
+    null_audio_tokens: torch.Tensor  # (T, D) or (N, T, D): audio2token of a zero window
+    motion_buckets: torch.Tensor     # (N, 2) per-frame [head motion, expression], already ×16+16 and scaled
+    face_mask: torch.Tensor | None = None  # (1, 1, H, W) pixel-resolution mask for the spatial audio branch
+    fps: float = SVD_FPS_ID
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.audio_tokens.shape[0])
+
+    def to(self, device: torch.device | str) -> SonicConditioning:
+        """A copy with every tensor on `device` (dtypes kept; the model call casts to its own dtype)."""
+        move = (lambda t: None if t is None else t.to(device))
+        return SonicConditioning(move(self.concat_latent), move(self.image_embeds), move(self.audio_tokens),
+                                 move(self.null_audio_tokens), move(self.motion_buckets), move(self.face_mask),
+                                 self.fps)
+
+
+@dataclass
+class GuidanceRows:
+    """One UNet evaluation: R guidance rows × f frames of one window, rows outermost (index row·f + frame)."""
+
+    x: torch.Tensor          # (R·f, 4, h, w) noisy latents (the same window repeated per row)
+    sigma: torch.Tensor      # (R·f,) σ per latent, float32
+    concat: torch.Tensor     # (R·f, 4, h, w) unscaled reference latent (zeros in the uncond row)
+    clip: torch.Tensor       # (R·f, 1, D) CLIP embedding (zeros in the uncond row)
+    audio: torch.Tensor      # (R·f, T, D) audio tokens (null tokens in the uncond and image-only rows)
+    time_ids: torch.Tensor   # (R, 3) [fps, window-mean bucket 0, window-mean bucket 1], float32
+    face_mask: torch.Tensor | None
+    frames: int
+
+    @property
+    def rows(self) -> int:
+        return self.x.shape[0] // self.frames
+
+    def row(self, r: int) -> GuidanceRows:
+        part = slice(r * self.frames, (r + 1) * self.frames)
+        return GuidanceRows(self.x[part], self.sigma[part], self.concat[part], self.clip[part], self.audio[part],
+                            self.time_ids[r:r + 1], self.face_mask, self.frames)
+
+
+# x0 of every row of a GuidanceRows, (R·f, 4, h, w) float32.
+RowsDenoiser = Callable[[GuidanceRows], torch.Tensor]
+
+
+@dataclass
+class FusedPrediction:
+    """The clip's x0 after fusion: guided, and the uncond and full rows' own (what post-CFG hooks read)."""
+
+    guided: torch.Tensor
+    uncond: torch.Tensor
+    full: torch.Tensor
+
+
+@dataclass
+class WindowEvent:
+    """Reported after every UNet window, for progress bars, previews, cancellation and parity checks."""
+
+    step: int
+    window: int
+    windows_per_step: int
+    frame_indices: list[int]
+    sigma: float
+    x: torch.Tensor         # (f, 4, h, w) the window's noisy latents
+    denoised: torch.Tensor  # (f, 4, h, w) its guided x0
+
+
+def combine_guidance(u: torch.Tensor, i: torch.Tensor, c: torch.Tensor, cfg_image: float,
+                     cfg_audio: float) -> torch.Tensor:
+    """Sonic's three-way classifier-free guidance (official `noise_pred` combination)."""
+    return u + cfg_image * (i - u) + cfg_audio * (c - i)
+
+
+class ShiftFusion:
+    """One evaluation of the whole clip at σ: the step's shifted windows, guided, fused per frame."""
+
+    def __init__(self, cond: SonicConditioning, *, window: int = 25, shift: int = 7, stride: int | None = None,
+                 cfg_image: float = 2.0, cfg_audio: float = 7.5, batched_cfg: bool = True,
+                 on_window: Callable[[WindowEvent], None] | None = None):
+        if window < 1:
+            raise ValueError(f"window must be at least 1 frame (got {window})")
+        self.cond = cond
+        self.window = window
+        self.shift = shift
+        self.stride = stride or window
+        self.cfg_image = cfg_image
+        self.cfg_audio = cfg_audio
+        self.batched_cfg = batched_cfg
+        self.on_window = on_window
+        self.unet_calls = 0
+        self._on_device: SonicConditioning | None = None
+
+    @property
+    def windows_per_step(self) -> int:
+        return num_windows(self.cond.num_frames, self.window, self.stride)
+
+    def _cond_on(self, device: torch.device) -> SonicConditioning:
+        """The conditioning on the latents' device, moved once per run (and again only if the device changes)."""
+        if self._on_device is None or self._on_device.audio_tokens.device != device:
+            self._on_device = self.cond.to(device)
+        return self._on_device
+
+    def _rows(self, cond: SonicConditioning, x: torch.Tensor, sigma: torch.Tensor,
+              idx: torch.Tensor) -> GuidanceRows:
+        f = len(idx)
+        xw = x[idx]
+        z = cond.concat_latent.to(x.dtype).expand(f, -1, -1, -1)
+        e = cond.image_embeds.reshape(1, 1, -1).expand(f, 1, -1)
+        null = cond.null_audio_tokens
+        null = null[idx] if null.dim() == 3 else null.unsqueeze(0).expand(f, -1, -1)
+        buckets = cond.motion_buckets[idx].float().mean(dim=0)  # window mean, fp32
+        ids = torch.cat([torch.full((1,), cond.fps, dtype=torch.float32, device=x.device), buckets])
+        return GuidanceRows(
+            x=xw.repeat(GUIDANCE_ROWS, 1, 1, 1),
+            sigma=sigma.expand(GUIDANCE_ROWS * f),
+            concat=torch.cat([torch.zeros_like(z), z, z]),
+            clip=torch.cat([torch.zeros_like(e), e, e]),
+            audio=torch.cat([null, null, cond.audio_tokens[idx]]),
+            time_ids=ids.unsqueeze(0).expand(GUIDANCE_ROWS, -1),
+            face_mask=cond.face_mask, frames=f)
+
+    def _denoise_rows(self, rows: GuidanceRows, denoise: RowsDenoiser) -> torch.Tensor:
+        if self.batched_cfg:
+            self.unet_calls += 1
+            return denoise(rows)
+        parts = []
+        for r in range(rows.rows):  # low VRAM: one guidance row per UNet call
+            self.unet_calls += 1
+            parts.append(denoise(rows.row(r)))
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def denoise(self, x: torch.Tensor, sigma: float, step: int, denoise: RowsDenoiser) -> FusedPrediction:
+        """x: (N, 4, h, w) noisy latents at `sigma`, `step` counted over the whole schedule; returns fused x0."""
+        n = x.shape[0]
+        if n != self.cond.num_frames:
+            raise ValueError(f"latents have {n} frames but the audio conditioning has {self.cond.num_frames}")
+        device = x.device
+        cond = self._cond_on(device)
+        x32 = x.float()
+        sigma_t = torch.full((1,), float(sigma), dtype=torch.float32, device=device)
+        guided = torch.zeros_like(x32)
+        uncond = torch.zeros_like(x32)
+        full = torch.zeros_like(x32)
+        count = torch.zeros(n, device=device, dtype=torch.float32)
+        windows = shifted_windows(n, self.window, self.shift, step, self.stride)
+        for w, frames in enumerate(windows):
+            idx = torch.tensor(frames, device=device)
+            rows = self._rows(cond, x32, sigma_t, idx)
+            u, i, c = self._denoise_rows(rows, denoise).float().reshape(GUIDANCE_ROWS, len(frames), *x.shape[1:])
+            x0 = combine_guidance(u, i, c, self.cfg_image, self.cfg_audio)
+            guided.index_add_(0, idx, x0)
+            uncond.index_add_(0, idx, u)
+            full.index_add_(0, idx, c)
+            count.index_add_(0, idx, torch.ones(len(frames), device=device))
+            if self.on_window is not None:
+                self.on_window(WindowEvent(step, w, len(windows), frames, float(sigma), x32[idx], x0))
+        count = count.view(-1, 1, 1, 1)
+        return FusedPrediction(guided / count, uncond / count, full / count)
+
+
+def edm_rows_denoiser(unet: torch.nn.Module) -> RowsDenoiser:
+    """The rows denoiser for using the library without ComfyUI: SVD's EDM v-prediction around a Sonic UNet.
+
+    Input x/√(σ²+1) with the reference latent appended, timestep 0.25·ln σ kept in fp32 (as upstream), x0 =
+    x/(σ²+1) − v·σ/√(σ²+1). In ComfyUI the same arithmetic is core's (BaseModel.apply_model); a test pins the two equal.
+    """
+    def denoise(rows: GuidanceRows) -> torch.Tensor:
+        param = next(unet.parameters())
+        sigma = rows.sigma.float().view(-1, 1, 1, 1)
+        c_in = 1.0 / torch.sqrt(sigma * sigma + 1.0)
+        sample = torch.cat([rows.x * c_in, rows.concat.to(rows.x.dtype)], dim=1).to(param.dtype)
+        r, f = rows.rows, rows.frames
+        timestep = (0.25 * rows.sigma.float().log()).reshape(r, f)[:, 0]
+        mask = None if rows.face_mask is None else rows.face_mask.to(param.device, param.dtype)
+        v = unet(sample.reshape(r, f, *sample.shape[1:]), timestep, added_time_ids=rows.time_ids.to(param.dtype),
+                 clip_states=rows.clip.to(param.dtype), audio_tokens=rows.audio.to(param.dtype),
+                 face_mask=mask).flatten(0, 1).float()
+        return rows.x.float() / (sigma * sigma + 1.0) - v * (sigma * c_in)
+
+    return denoise
