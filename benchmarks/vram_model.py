@@ -15,7 +15,6 @@ EXTRA_RESERVED_VRAM (600 MiB on Windows, 400 MiB elsewhere; the larger taken), â
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import weakref
 from dataclasses import replace
@@ -24,6 +23,7 @@ from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -99,9 +99,16 @@ class EfficientAttention(TorchFunctionMode):
 def peak_live_bytes(module: torch.nn.Module, call: Callable[..., object], inputs: tuple, efficient: bool) -> int:
     """Peak bytes of the tensors `call(*inputs)` creates and holds, weights and inputs excluded."""
     meter = LiveTensorBytes([*module.parameters(), *module.buffers(), *inputs])
-    attention = EfficientAttention() if efficient else contextlib.nullcontext()
-    with torch.no_grad(), meter, attention:
-        call(*inputs)
+    # The math kernel forced (which kernel PyTorch picks on its own depends on process-wide settings), computing in
+    # fp16/bf16 without upcasting, as ComfyUI sets it at start (model_management: allow_fp16_bf16_reduction_math_sdp).
+    attention = EfficientAttention() if efficient else sdpa_kernel(SDPBackend.MATH)
+    upcast_allowed = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
+    try:
+        with torch.no_grad(), meter, attention:
+            call(*inputs)
+    finally:
+        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(upcast_allowed)
     return meter.peak
 
 
@@ -215,13 +222,13 @@ def auto_line(height: int, width: int, weights: str, **shape: object) -> str:
     try:
         mode, peak = mm.choose_mode(CARD_8GB, height, width, weight_dtype=weights, **shape)
     except mm.DoesNotFit as error:
-        return f"does not fit: {error}"
+        return f"does not fit ({str(error).rstrip('.')})"
     return f"{mode}, {_gib(peak)} GiB"
 
 
 def table() -> None:
     print(f"Predicted peak VRAM (GiB): a model, not measured on a GPU. Compute dtype fp16, window 25, 250 frames, "
-          f"VAE decode chunk {mm.DEFAULT_DECODE_CHUNK}, RIFE batch {mm.DEFAULT_RIFE_BATCH}. 8 GB card: "
+          f"VAE decode chunk {mm.DEFAULT_DECODE_CHUNK} in a 2-byte dtype, RIFE batch {mm.DEFAULT_RIFE_BATCH}. 8 GB card: "
           f"{_gib(CARD_8GB)} GiB free, {mm.SAFETY_MARGIN:.0%} safety margin on the peak.")
     print("\nMemory-efficient attention (flash / mem-efficient SDPA, what CUDA GPUs run):\n")
     mode_table(SIZES, "efficient")
@@ -229,15 +236,15 @@ def table() -> None:
     mode_table(SIZES[:1], "math")
     print("\nAutomatic choice for the 8 GB card (whole run / sampling phase only / with the largest decode chunk that "
           "fits):\n")
-    for height, width in SIZES:
-        for weights in WEIGHT_DTYPES:
-            chunk = mm.DEFAULT_DECODE_CHUNK
-            while chunk > 1 and mm.vae_decode_bytes(height, width, chunk, "fp16") * (1 + mm.SAFETY_MARGIN) > CARD_8GB:
-                chunk -= 1
-            print(f"- {width}x{height} {weights}: whole run: {auto_line(height, width, weights)}; sampling only: "
-                  f"{auto_line(height, width, weights, decode_chunk=None, rife_batch=None)}; decode chunk {chunk}: "
-                  f"{auto_line(height, width, weights, decode_chunk=chunk)}")
-    mode, peak = mm.choose_mode(CARD_8GB, 512, 512)
+    cases = [(size, weights, "bf16") for size in SIZES for weights in WEIGHT_DTYPES]
+    cases.append((SIZES[0], "fp16", "fp32"))  # core decodes in fp32 on GPUs without bf16 (its VAE dtypes: bf16, fp32)
+    for (height, width), weights, vae in cases:
+        chunk = mm.largest_decode_chunk(CARD_8GB, height, width, vae)
+        print(f"- {width}x{height} {weights}, VAE {vae}: whole run: "
+              f"{auto_line(height, width, weights, vae_dtype=vae)}; sampling only: "
+              f"{auto_line(height, width, weights, decode_chunk=None, rife_batch=None)}; decode chunk {chunk}: "
+              f"{auto_line(height, width, weights, decode_chunk=chunk, vae_dtype=vae)}")
+    mode, peak = mm.choose_mode(CARD_8GB, 512, 512, vae_dtype="bf16")
     print(f"\n512x512 auto: {_gib(peak)} GiB peak ({mode})")
 
 

@@ -26,10 +26,10 @@ f per guidance row), b = bytes of the compute dtype:
   bf16 and fp32): 27·C0·F·T elements. The peak sits in the level-0 up block's temporal feed-forward (GEGLU: its 8·C0
   projection, the 4·C0 gate and 4·C0 product live at once, beside the skip connections still waiting); every term
   is linear in F·T, so 2× the pixels or 2× the frames is 2× the memory.
-* math attention kernel (old GPUs, forced math SDPA): the level-0 spatial self-attention holds F·heads0·T²/s scores
-  several times over (scores, softmax, the masking the kernel does: 4 elements per score, with bool masks counted
-  as a b-byte element, so fp32 is slightly over-counted) on top of 19·C0·F·T (unsliced) or (16 + 4/s)·C0·F·T
-  elements (in s query slices); the peak is the larger of that and the feed-forward's 27·C0·F·T.
+* math attention kernel (old GPUs, forced math SDPA): the level-0 spatial self-attention holds its F·heads0·T²/s
+  scores twice (the scores and their softmax, in the compute dtype: ComfyUI lets PyTorch's math kernel reduce in
+  fp16/bf16 without an fp32 upcast) on top of 12·C0·F·T elements (unsliced) or (12 + 1/s)·C0·F·T (in s query
+  slices); the peak is the larger of that and the feed-forward's 27·C0·F·T.
 
 Assumptions (to calibrate on a GPU): the caching allocator's fragmentation, cuDNN workspaces and kernel scratch are
 covered by `SAFETY_MARGIN` (10 % of the predicted peak); ComfyUI's own temporal VAE decoder holds no more than
@@ -59,9 +59,9 @@ CONTEXT_DIM = 1024
 
 # Activation coefficients, elements of the compute dtype (see the module docstring).
 EFFICIENT_ELEMENTS_PER_CHANNEL = 27          # × C0 per frame-token, anywhere in the net: the level-0 temporal FF
-MATH_SITE_ELEMENTS_PER_CHANNEL = 19          # × C0 per frame-token beside the unsliced attention scores
-SLICED_SITE_ELEMENTS_PER_CHANNEL = (16, 4)   # (16 + 4/s) × C0 per frame-token beside s slices of scores
-MATH_ELEMENTS_PER_SCORE = 4
+MATH_SITE_ELEMENTS_PER_CHANNEL = 12          # × C0 per frame-token beside the unsliced attention scores
+SLICED_SITE_ELEMENTS_PER_CHANNEL = (12, 1)   # (12 + 1/s) × C0 per frame-token beside s slices of scores
+MATH_ELEMENTS_PER_SCORE = 2                  # the scores and their softmax
 
 # SVD's temporal VAE (encoder + decoder are loaded together) and its decoder's live set per output pixel per frame.
 VAE_PARAMS = 97_742_847
@@ -221,6 +221,17 @@ def cast_buffer_bytes(dtype: str) -> int:
 def vae_decode_bytes(height: int, width: int, chunk: int, vae_dtype: str) -> int:
     b = DTYPE_BYTES[vae_dtype]
     return VAE_PARAMS * b + VAE_DECODE_ELEMENTS_PER_PIXEL * chunk * height * width * b
+
+
+def largest_decode_chunk(free_vram_bytes: int, height: int, width: int, vae_dtype: str = "bf16",
+                         limit: int = DEFAULT_DECODE_CHUNK, margin: float = SAFETY_MARGIN) -> int:
+    """The most frames (up to `limit`) one temporal-decoder call can take in `free_vram_bytes`; 0 if not even one.
+
+    Core decodes this VAE in bf16, or fp32 on GPUs without bf16 (its `vae_dtype` with the VAE's working dtypes).
+    """
+    budget = free_vram_bytes / (1 + margin)
+    per_frame = VAE_DECODE_ELEMENTS_PER_PIXEL * height * width * DTYPE_BYTES[vae_dtype]
+    return max(0, min(limit, math.floor((budget - VAE_PARAMS * DTYPE_BYTES[vae_dtype]) / per_frame)))
 
 
 def rife_bytes(height: int, width: int, batch: int) -> int:
