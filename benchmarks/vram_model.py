@@ -118,20 +118,27 @@ def meta_unet(config: dict | None = None, dtype: torch.dtype = torch.float16) ->
 
 
 def unet_inputs(frames: int, height: int, width: int, dtype: torch.dtype = torch.float16,
-                context_dim: int = mm.CONTEXT_DIM, audio_tokens: int = mm.AUDIO_TOKENS) -> tuple:
-    """One guidance row's UNet call of `frames` frames at latent height × width, on the meta device."""
-    meta = dict(device="meta", dtype=dtype)
-    return (torch.empty(1, frames, 8, height, width, **meta), torch.tensor(0.5, device="meta"),
-            torch.empty(1, 3, **meta), torch.empty(frames, 1, context_dim, **meta),
-            torch.empty(frames, audio_tokens, context_dim, **meta), torch.empty(1, 1, height * 8, width * 8, **meta))
+                device: str | torch.device = "meta", context_dim: int = mm.CONTEXT_DIM,
+                audio_tokens: int = mm.AUDIO_TOKENS) -> tuple:
+    """One guidance row's UNet call of `frames` frames at latent height × width (random values off the meta device)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def tensor(*shape: int) -> torch.Tensor:
+        if torch.device(device).type == "meta":
+            return torch.empty(shape, device=device, dtype=dtype)
+        return torch.rand(shape, generator=gen).to(device=device, dtype=dtype)
+
+    return (tensor(1, frames, 8, height, width), torch.tensor(0.5, device=device), tensor(1, 3),
+            tensor(frames, 1, context_dim), tensor(frames, audio_tokens, context_dim),
+            tensor(1, 1, height * 8, width * 8))
 
 
 def unet_activation_peak(unet: torch.nn.Module, frames: int, height: int, width: int, efficient: bool = True,
                          slices: int | None = None) -> int:
     from sonic_model.speed import set_attention_slices
     set_attention_slices(unet, slices)
-    dtype = next(unet.parameters()).dtype
-    return peak_live_bytes(unet, unet, unet_inputs(frames, height, width, dtype), efficient)
+    param = next(unet.parameters())
+    return peak_live_bytes(unet, unet, unet_inputs(frames, height, width, param.dtype, param.device), efficient)
 
 
 def meta_vae(dtype: torch.dtype = torch.float16) -> torch.nn.Module:
@@ -227,9 +234,11 @@ def auto_line(height: int, width: int, weights: str, **shape: object) -> str:
 
 
 def table() -> None:
-    print(f"Predicted peak VRAM (GiB): a model, not measured on a GPU. Compute dtype fp16, window 25, 250 frames, "
-          f"VAE decode chunk {mm.DEFAULT_DECODE_CHUNK} in a 2-byte dtype, RIFE batch {mm.DEFAULT_RIFE_BATCH}. 8 GB card: "
-          f"{_gib(CARD_8GB)} GiB free, {mm.SAFETY_MARGIN:.0%} safety margin on the peak.")
+    run = mm.RunShape(512, 512)
+    print(f"Predicted peak VRAM (GiB): a model, not measured on a GPU. Compute dtype {run.dtype}, window {run.window}, "
+          f"{run.frames_total} generated frames, "
+          f"VAE decode chunk {mm.DEFAULT_DECODE_CHUNK} in a 2-byte dtype, RIFE batch {mm.DEFAULT_RIFE_BATCH}. "
+          f"8 GB card: {_gib(CARD_8GB)} GiB free, {mm.SAFETY_MARGIN:.0%} safety margin on the peak.")
     print("\nMemory-efficient attention (flash / mem-efficient SDPA, what CUDA GPUs run):\n")
     mode_table(SIZES, "efficient")
     print("\nMath attention kernel (no fused kernel: old GPUs, forced math SDPA), 512x512 only:\n")

@@ -120,7 +120,7 @@ class RunShape:
     dtype: str = "fp16"
     weight_dtype: str | None = None  # None: stored in the compute dtype
     attention: str = "efficient"     # or "math"
-    frames_total: int = 250          # 10 s at 25 fps of audio frames
+    frames_total: int = 125          # generated frames of the clip: 10 s at 12.5 per second
     decode_chunk: int | None = DEFAULT_DECODE_CHUNK  # None: no decode in this run
     rife_batch: int | None = DEFAULT_RIFE_BATCH      # None: no RIFE
     vae_dtype: str | None = None     # None: the compute dtype

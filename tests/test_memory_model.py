@@ -16,6 +16,36 @@ def meta_unet():
     return bench.meta_unet()
 
 
+def test_the_live_set_meter_counts_what_a_function_holds():
+    x = torch.zeros(1000)  # an input: not counted
+
+    def held(x):
+        a = x * 2                # 4000 B
+        flat = a.view(-1)        # a view: no new storage
+        b = flat + 1             # 4000 B, a and b alive: the peak
+        del a, flat
+        c = b * 3                # b and c alive: 8000 B again
+        del b
+        return torch.cat([c, c])  # 8000 B beside c: the peak, 12000 B
+
+    assert bench.peak_live_bytes(torch.nn.Linear(1, 1), held, (x,), efficient=False) == 12000
+
+
+def test_a_meta_forward_holds_what_a_real_cpu_forward_holds():
+    """The same live set on the meta device as in a real forward (tiny config, random weights, both kernels)."""
+    from tools.tiny_models import TINY_UNET_CONFIG
+
+    cpu = bench.meta_unet(TINY_UNET_CONFIG, torch.float32)
+    cpu = cpu.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in cpu.parameters():
+            p.normal_(0, 0.02)
+    meta = bench.meta_unet(TINY_UNET_CONFIG, torch.float32)
+    for efficient in (True, False):
+        on_cpu = bench.unet_activation_peak(cpu, 3, 8, 8, efficient)
+        assert on_cpu > 0 and bench.unet_activation_peak(meta, 3, 8, 8, efficient) == on_cpu
+
+
 def test_weight_term_is_the_real_config_parameter_bytes(meta_unet):
     params = sum(p.numel() for p in meta_unet.parameters())
     assert params == mm.UNET_PARAMS
