@@ -178,3 +178,15 @@ def test_the_table_ends_with_the_512_auto_line_within_8_gib(capsys):
     assert found, last
     assert float(found.group(1)) <= 8
     assert any(found.group(2).startswith(mode.name) for mode in mm.MODES)
+
+
+def test_the_gpu_calibration_runs_the_sampling_path_and_orders_the_modes():
+    """benchmarks/vram_calibrate.py's measurement on the CPU with the tiny UNet: batched guidance holds the most."""
+    from benchmarks.vram_calibrate import sampling_rows
+    from tools.tiny_models import TINY_UNET_CONFIG
+
+    rows = sampling_rows(torch.device("cpu"), [(64, 64)], 3, TINY_UNET_CONFIG)
+    assert [row.what.split(", ")[1] for row in rows] == [str(mode) for mode in mm.MODES[:3]]
+    weights = sum(p.nbytes for p in bench.meta_unet(TINY_UNET_CONFIG, torch.float32).parameters())
+    batched, per_row, sliced = (row.measured for row in rows)
+    assert batched > per_row >= sliced > weights
