@@ -167,9 +167,14 @@ class MemoryEstimate:
     rife: int
 
     @property
+    def working(self) -> int:
+        """Sampling memory beside the resident UNet weights: what to ask core's `load_models_gpu` to keep free
+        (`memory_required`), so that its partial loading keeps on the GPU only the weights that fit beside it."""
+        return self.cast_buffers + self.activations + self.window_io + self.clip_state + self.other_resident
+
+    @property
     def sampling(self) -> int:
-        return (self.unet_resident + self.cast_buffers + self.activations + self.window_io + self.clip_state
-                + self.other_resident)
+        return self.unet_resident + self.working
 
     @property
     def peak(self) -> int:

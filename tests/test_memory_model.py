@@ -148,6 +148,10 @@ def test_offload_is_the_smallest_that_fits():
     assert mm.estimate(run, mode).peak == peak <= budget
     less = replace(mode, offload_bytes=mode.offload_bytes - mm.MIB)
     assert mm.estimate(run, less).peak > budget
+    # What core is asked to keep free leaves room for exactly the resident weights.
+    chosen = mm.estimate(run, mode)
+    assert chosen.unet_resident == mm.unet_weight_bytes("fp16") - mode.offload_bytes
+    assert chosen.unet_resident <= budget - chosen.working < chosen.unet_resident + mm.MIB
 
 
 def test_largest_decode_chunk_is_the_largest_that_fits():
