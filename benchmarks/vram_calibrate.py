@@ -6,7 +6,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vram_calibrate.py --tiny   # CPU smoke run of the same code
 
 For each sampling mode it runs one denoising step over one window through the real sampling path
-(`ShiftFusionDenoiser`, random fp16 weights) and reads torch's peak allocation (`torch.cuda.max_memory_allocated`,
+(`ShiftFusion` with the EDM rows denoiser, random fp16 weights) and reads torch's peak allocation (`torch.cuda.max_memory_allocated`,
 weights and inputs included); then one VAE decode chunk (diffusers' temporal decoder, the one the model's
 coefficient was measured on) and one RIFE batch. Each row prints the model's prediction for the same work beside
 it. Without CUDA, the peak is read with the live-set meter of benchmarks/vram_model.py plus the weights and
@@ -70,7 +70,7 @@ def peak_bytes(device: torch.device, module: torch.nn.Module, call: Callable[...
 
 
 def _conditioning(frames: int, height: int, width: int, device: torch.device, audio_tokens: int):
-    from sonic_model.fused_denoiser import SonicConditioning
+    from sonic_model.shift_fusion import SonicConditioning
     gen = torch.Generator().manual_seed(1)
     h, w = height // 8, width // 8
     return SonicConditioning(
@@ -83,7 +83,7 @@ def _conditioning(frames: int, height: int, width: int, device: torch.device, au
 
 
 def sampling_rows(device: torch.device, sizes: list[tuple[int, int]], window: int, config: dict | None) -> list[Row]:
-    from sonic_model.fused_denoiser import ShiftFusionDenoiser
+    from sonic_model.shift_fusion import ShiftFusion, edm_rows_denoiser
     from sonic_model.speed import set_attention_slices
     unet = _randomised(meta_unet(config, torch.float16 if device.type == "cuda" else torch.float32), device)
     audio_tokens = mm.AUDIO_TOKENS if config is None else 4
@@ -94,10 +94,11 @@ def sampling_rows(device: torch.device, sizes: list[tuple[int, int]], window: in
         shape = mm.RunShape(height, width, window, frames_total=window, decode_chunk=None, rife_batch=None)
         for mode in SAMPLING_MODES:
             set_attention_slices(unet, mode.attention_slices)
-            denoiser = ShiftFusionDenoiser(unet, cond, window=window, shift=0,
-                                           batched_cfg=mode.batched_guidance)
+            fusion = ShiftFusion(cond, window=window, shift=0, batched_cfg=mode.batched_guidance)
+            rows_denoiser = edm_rows_denoiser(unet)
             cond_tensors = tuple(t for t in vars(cond).values() if isinstance(t, torch.Tensor))
-            measured = peak_bytes(device, unet, lambda x, *_: denoiser.denoise(x, 1.0, 0), (x, *cond_tensors))
+            measured = peak_bytes(device, unet, lambda x, *_: fusion.denoise(x, 1.0, 0, rows_denoiser),
+                                  (x, *cond_tensors))
             predicted = mm.estimate(shape, mode).sampling if config is None else None
             rows.append(Row(f"sampling, {mode}", f"{width}x{height}", predicted, measured))
     set_attention_slices(unet, None)

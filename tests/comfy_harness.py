@@ -39,9 +39,18 @@ def load_runtime() -> dict:
 
         _state["pack_loaded"] = asyncio.run(init())
         _state["server"] = RecordingServer()
-        _state["executor"] = execution.PromptExecutor(_state["server"], cache_type=False,
-                                                      cache_args={"lru": 0, "ram": 0})
+        _state["executor"] = execution.PromptExecutor(_state["server"], cache_type=False, **_no_cache_arguments())
     return _state
+
+
+def _no_cache_arguments() -> dict:
+    """PromptExecutor's cache settings for 'no cache' in the running ComfyUI (0.3.64 takes cache_size; later ones
+    cache_args, with more keys over time)."""
+    import inspect
+
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        return {"cache_args": {"lru": 0, "ram": 0, "ram_inactive": 0}}
+    return {"cache_size": None}
 
 
 def use_models_dir(models: Path, output: Path, inputs: Path | None = None) -> None:

@@ -46,6 +46,15 @@ def _output(node_output):
     return node_output.result if hasattr(node_output, "result") else node_output
 
 
+def _core(name: str, **inputs) -> tuple:
+    """Run one of core's custom-sampling nodes as the executor would (V3 `execute` or V1 FUNCTION: core moved
+    these nodes to the V3 schema after 0.3.64)."""
+    cls = getattr(custom, name)
+    if hasattr(cls, "define_schema"):
+        return _output(cls.execute(**inputs))
+    return getattr(cls(), cls.FUNCTION)(**inputs)
+
+
 def test_defaults_reproduce_the_official_settings():
     for node in (SonicSampler, SonicGuiderNode):
         schema = node.GET_SCHEMA()
@@ -175,15 +184,16 @@ def test_cfg_pp_sampler_steps_from_the_fused_uncond_prediction():
 def _custom_advanced(model, audio, image, motion, seed, sigmas, sampler_name="euler", first_step=0, latent=None,
                      add_noise=True):
     guider, start = _output(SonicGuiderNode.execute(model, audio, image, motion, 2.0, 7.5, 1, 3, first_step))
-    noise = _output(custom.RandomNoise.execute(seed))[0] if add_noise else _output(custom.DisableNoise.execute())[0]
-    sampler = _output(custom.KSamplerSelect.execute(sampler_name))[0]
-    out, _ = _output(custom.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent or start))
+    noise = _core("RandomNoise", noise_seed=seed)[0] if add_noise else _core("DisableNoise")[0]
+    sampler = _core("KSamplerSelect", sampler_name=sampler_name)[0]
+    out, _ = _core("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                   latent_image=latent or start)
     return out
 
 
 def test_sampler_custom_advanced_with_the_sonic_guider_equals_the_sonic_ksampler_bit_for_bit():
     model, audio, image, motion, _ = _inputs(7)
-    sigmas = _output(custom.BasicScheduler.execute(model, "karras", 4, 1.0))[0]
+    sigmas = _core("BasicScheduler", model=model, scheduler="karras", steps=4, denoise=1.0)[0]
     ours = run_sonic_sampler(model, audio, image, motion, 11, 4, 2.0, 7.5, 1, 3, "euler", "karras", 1.0)
     core = _custom_advanced(model, audio, image, motion, 11, sigmas)["samples"]
     assert torch.equal(ours, core)
@@ -191,8 +201,8 @@ def test_sampler_custom_advanced_with_the_sonic_guider_equals_the_sonic_ksampler
 
 def test_two_chained_samplers_equal_one_when_the_second_guider_starts_at_the_split_step():
     model, audio, image, motion, _ = _inputs(7)
-    sigmas = _output(custom.BasicScheduler.execute(model, "karras", 6, 1.0))[0]
-    high, low = _output(custom.SplitSigmas.execute(sigmas, 2))
+    sigmas = _core("BasicScheduler", model=model, scheduler="karras", steps=6, denoise=1.0)[0]
+    high, low = _core("SplitSigmas", sigmas=sigmas, step=2)
     whole = _custom_advanced(model, audio, image, motion, 4, sigmas)["samples"]
     first = _custom_advanced(model, audio, image, motion, 4, high)
     chained = _custom_advanced(model, audio, image, motion, 4, low, first_step=2, latent=first,

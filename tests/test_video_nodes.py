@@ -94,7 +94,13 @@ def _latents(n: int, h: int = 2, w: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 def _node(cls, unique_id: str = "7", **hidden):
-    return cls.PREPARE_CLASS_CLONE({"UNIQUE_ID": unique_id, **hidden})
+    """The node class as the executor prepares it, with its hidden inputs (their wrapping changed after 0.3.75)."""
+    import inspect
+
+    values = {"UNIQUE_ID": unique_id, **hidden}
+    if "v3_data" in inspect.signature(cls.PREPARE_CLASS_CLONE).parameters:
+        values = {"hidden_inputs": values}
+    return cls.PREPARE_CLASS_CLONE(values)
 
 
 def _files(folder: Path) -> list[str]:
