@@ -89,6 +89,9 @@ function addReadout(node, name, lines, { dim = false } = {}) {
       this.value = this.lines.join("\n");
       this.dim = nextDim;
       redraw(node);
+      // The Nodes 2.0 (Vue) view draws this widget on a canvas of its own and repaints it only through this hook;
+      // the graph canvas redraw above is the classic view's.
+      this.triggerDraw?.();
     },
   };
   widget.value = widget.lines.join("\n");
