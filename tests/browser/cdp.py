@@ -43,6 +43,11 @@ class LogEntry:
 def _describe(arg: dict) -> str:
     if "value" in arg:
         return arg["value"] if isinstance(arg["value"], str) else json.dumps(arg["value"])
+    preview = arg.get("preview")
+    if preview and preview.get("type") == "object" and preview.get("subtype") not in ("error", "array"):
+        # A logged plain object ({url, message, ...}): its fields, not just "Object", so a test can tell which.
+        fields = ", ".join(f"{p['name']}: {p.get('value', p.get('type'))}" for p in preview.get("properties", []))
+        return "{" + fields + (", …" if preview.get("overflow") else "") + "}"
     return arg.get("description") or arg.get("unserializableValue") or arg.get("type", "?")
 
 
