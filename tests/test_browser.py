@@ -18,7 +18,7 @@ from PIL import Image
 
 from browser.cdp import CHROMIUM, Chromium
 from browser.comfy_page import click_widget, focus_node, frame_nodes, frontend_version, graph_summary, \
-    load_workflow, node_state, nodes2_widget_texts, open_comfy, pick_combo, unexpected_errors, wait_for_nodes2
+    load_workflow, node_state, nodes2_widget_canvas, open_comfy, pick_combo, unexpected_errors, wait_for_nodes2
 from comfy_server import ARTIFACTS, ASSETS, SHORT_AUDIO, SHORT_AUDIO_SECONDS, load_json, running_comfy, \
     ui_workflows, write_short_wav
 from conftest import REPO
@@ -378,8 +378,10 @@ def test_a_run_queued_from_the_page_fills_the_readouts(browser, loop, request, f
                 continue
             state = {w["name"]: w for w in (await node_state(page, by_type[node_type]))["widgets"]}
             shown = [state[readout]["lines"]]
-            if view == NODES2:  # and what the node's own readout canvas shows
-                shown.append(await nodes2_widget_texts(page, by_type[node_type], readout))
+            if view == NODES2:  # and what the node's own readout canvas shows, all of it (none cut off below)
+                canvas = await nodes2_widget_canvas(page, by_type[node_type], readout)
+                assert canvas and canvas["height"] >= canvas["wanted"], (node_type, canvas)
+                shown.append(canvas["texts"])
             for lines in shown:
                 if node_type == "SonicMotionBuckets":
                     (summary,) = history["outputs"][str(by_type[node_type])]["sonic_motion"]

@@ -82,13 +82,16 @@ async def wait_for_nodes2(page: Page, node_ids: list) -> None:
         document.querySelector(`[data-node-id="${{id}}"] [data-widget-name]`))""", timeout=60)
 
 
-async def nodes2_widget_texts(page: Page, node_id, widget_name: str) -> list[str] | None:
-    """The texts on the canvas the Nodes 2.0 view shows for a widget the extension draws (TEXT_PROBE records them);
-    None when the view shows no such canvas."""
+async def nodes2_widget_canvas(page: Page, node_id, widget_name: str) -> dict | None:
+    """The canvas the Nodes 2.0 view shows for a widget the extension draws: the texts on it (TEXT_PROBE records
+    them), its height and the height the widget asks for (CSS pixels); None when the view shows no such canvas."""
     return await page.evaluate(f"""(() => {{
         const canvas = document.querySelector(
           `[data-node-id="{node_id}"] [data-widget-name={json.dumps(widget_name)}] canvas`);
-        return canvas ? (canvas.sonicTexts ?? []) : null; }})()""")
+        const widget = app.graph.getNodeById({json.dumps(str(node_id))})?.widgets
+          ?.find(w => w.name === {json.dumps(widget_name)});
+        return canvas && widget ? {{texts: canvas.sonicTexts ?? [], height: canvas.clientHeight,
+          wanted: widget.computeSize(canvas.clientWidth)[1]}} : null; }})()""")
 
 
 async def frame_nodes(page: Page, node_ids: list[int] | None = None, zoom: float = 0.92) -> None:
