@@ -120,6 +120,13 @@ def browser(loop, tmp_path_factory):
         loop.run_until_complete(chromium.__aexit__(None, None, None))
 
 
+@pytest.fixture(autouse=True)
+def close_tabs_after_each_test(browser, loop):
+    """Each test's tabs close after it: an open ComfyUI page keeps polling its server and drawing."""
+    yield
+    loop.run_until_complete(browser.close_pages())
+
+
 def _assert_no_errors(page, url: str) -> None:
     errors = unexpected_errors(page.entries, url)
     assert not errors, "the page logged errors:\n" + "\n".join(errors)
