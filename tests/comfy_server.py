@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from conftest import REPO
@@ -100,3 +103,25 @@ def prepare_user_dir(user: Path) -> None:
     (default / "comfy.settings.json").write_text(json.dumps(BROWSER_SETTINGS, indent=1))
     (default / "comfy.templates.json").write_text("[]")
     (default / "user.css").write_text("")
+
+
+@contextmanager
+def running_comfy(models: Path, root: Path, log_name: str = "comfyui-server.log",
+                  **options) -> Iterator[HeadlessComfy]:
+    """A started server whose input folder holds the shipped assets plus a short clip of the voice; `options` go to
+    HeadlessComfy (pack_folder, front_end_root). Its log is kept in test-artifacts/<log_name>."""
+    inputs, outputs = root / "input", root / "output"
+    inputs.mkdir()
+    for asset in ASSETS.iterdir():
+        shutil.copy(asset, inputs / asset.name)
+    write_short_wav(ASSETS / "sonic_voice.wav", inputs / SHORT_AUDIO, SHORT_AUDIO_SECONDS)
+    server = HeadlessComfy(models, inputs, outputs, cpu=True, log_path=root / "comfyui.log", **options)
+    prepare_user_dir(server.work / "user")  # settings, and the files a fresh frontend asks for
+    try:
+        server.start(timeout=180)
+        yield server
+    finally:
+        server.stop()  # SIGTERM to its PID, SIGKILL after 20 s
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(server.log_path, ARTIFACTS / log_name)
+        shutil.rmtree(server.work, ignore_errors=True)

@@ -7,34 +7,17 @@ random-weight models from conftest's `tiny_models_dir`, and stopped by its PID a
 """
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from comfy_server import ARTIFACTS, ASSETS, SHORT_AUDIO, SHORT_AUDIO_SECONDS, prepare_user_dir, write_short_wav
+from comfy_server import running_comfy
 from tools.headless import HeadlessComfy
 
 
 @pytest.fixture(scope="session")
 def comfy_server(tiny_models_dir: Path, tmp_path_factory) -> Iterator[HeadlessComfy]:
-    """The running server; its input folder holds the shipped assets plus a short clip of the voice."""
-    root = tmp_path_factory.mktemp("comfy_server")
-    inputs, outputs = root / "input", root / "output"
-    inputs.mkdir()
-    for asset in ASSETS.iterdir():
-        shutil.copy(asset, inputs / asset.name)
-    write_short_wav(ASSETS / "sonic_voice.wav", inputs / SHORT_AUDIO, SHORT_AUDIO_SECONDS)
-    server = HeadlessComfy(tiny_models_dir, inputs, outputs, cpu=True, log_path=root / "comfyui.log")
-    prepare_user_dir(server.work / "user")  # settings, and the files a fresh frontend asks for
-    try:
-        server.start(timeout=180)
+    """The running server (the pack in custom_nodes/sonic-portrait, the installed frontend)."""
+    with running_comfy(tiny_models_dir, tmp_path_factory.mktemp("comfy_server")) as server:
         yield server
-    finally:
-        server.stop()  # SIGTERM to its PID, SIGKILL after 20 s
-        ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copy(server.log_path, ARTIFACTS / "comfyui-server.log")
-        shutil.rmtree(server.work, ignore_errors=True)
-
-

@@ -1,8 +1,13 @@
 """The pack in a real browser: Debian's headless Chromium, driven over the DevTools protocol, on the page the
 headless ComfyUI server serves. Every shipped UI workflow renders with all its nodes and widgets, the web
 extension's controls answer real mouse clicks, a run queued from the page fills its readouts, and the page logs
-no errors (tests/browser/comfy_page.py lists the closed network's noise that is tolerated, and why)."""
+no errors (tests/browser/comfy_page.py lists the closed network's noise that is tolerated, and why).
+
+Two frontends: the one the CI ComfyUI ships (comfyui-frontend-package 1.32.9) and today's 1.58.1 (installed by
+tools/setup_env.sh into its own folder, served with --front-end-root), in its classic and its Nodes 2.0 views. The
+1.58.1 server loads the pack from a folder named otherwise than the project, as users clone it."""
 import asyncio
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -12,14 +17,24 @@ import pytest
 from PIL import Image
 
 from browser.cdp import CHROMIUM, Chromium
-from browser.comfy_page import click_widget, focus_node, frame_nodes, graph_summary, load_workflow, node_state, \
-    open_comfy, pick_combo, unexpected_errors
-from comfy_server import ARTIFACTS, SHORT_AUDIO, SHORT_AUDIO_SECONDS, load_json, ui_workflows
+from browser.comfy_page import click_widget, focus_node, frame_nodes, frontend_version, graph_summary, \
+    load_workflow, node_state, nodes2_widget_canvas, open_comfy, pick_combo, unexpected_errors, wait_for_nodes2
+from comfy_server import ARTIFACTS, ASSETS, SHORT_AUDIO, SHORT_AUDIO_SECONDS, load_json, running_comfy, \
+    ui_workflows, write_short_wav
 from conftest import REPO
 
 pytest_plugins = ["comfy_server_fixture"]  # the session's one server
 
-DOCS_SCREENSHOT = REPO / "docs" / "workflow.png"
+CI, NEW = "ci", "1.58.1"  # the CI runtime's own frontend; today's (tools/setup_env.sh installs it)
+NEW_FRONTEND_ROOT = REPO / ".venv" / f"frontend-{NEW}" / "comfyui_frontend_package" / "static"
+RENAMED_PACK = "ComfyUI-Sonic"  # a clone's folder name other than the project's (sonic-portrait)
+CLASSIC, NODES2 = "classic", "nodes2"
+# A second clip for the Nodes 2.0 run on the same server: a node whose inputs did not change is answered from the
+# cache and sends no results, so that run differs in the clip (audio, motion) and in expand_ratio (image).
+SECOND_AUDIO, SECOND_AUDIO_SECONDS = "sonic_voice_shorter.wav", 0.56
+DOCS_SCREENSHOTS = {(CI, CLASSIC): REPO / "docs" / "workflow.png",
+                    (NEW, CLASSIC): REPO / "docs" / f"frontend-{NEW}-classic.png",
+                    (NEW, NODES2): REPO / "docs" / f"frontend-{NEW}-nodes2.png"}
 MAX_DOCS_WIDTH = 1600
 SCREENSHOT_WORKFLOW = "sonic_basic"  # the one the README describes
 MANUAL = 32  # where a bucket slider lands when its auto toggle is switched off (web/sonic.js)
@@ -29,7 +44,7 @@ CLIENT_ONLY = {"SonicMotionBuckets": ["head_motion auto", "expression auto", "so
                "SonicSampler": ["sonic_cfg_audio_hint"], "SonicAudioEncode": ["sonic_audio_readout"]}
 
 # Random weights on a CPU: the checkpoint that exists, no face detector, a small picture, 2 steps, a short clip.
-CPU_FRIENDLY = f"""(() => {{
+CPU_FRIENDLY = """(() => {{
   const set = (type, values) => {{
     for (const node of app.graph._nodes.filter(n => n.type === type))
       for (const [name, v] of Object.entries(values)) {{
@@ -39,11 +54,13 @@ CPU_FRIENDLY = f"""(() => {{
   }};
   set('SonicLoader', {{svd_checkpoint: w => w.options.values.find(v => v.startsWith('svd_xt')),
                        face_detector: 'none'}});
-  set('SonicReferenceImage', {{no_face: 'whole image', resolution: 64}});
+  set('SonicReferenceImage', {{no_face: 'whole image', resolution: 64, expand_ratio: {expand_ratio}}});
   set('SonicSampler', {{steps: 2}});
-  set('LoadAudio', {{audio: {json.dumps(SHORT_AUDIO)}}});
+  set('LoadAudio', {{audio: {audio}}});
   return true;
 }})()"""
+RUN_INPUTS = {CLASSIC: dict(audio=SHORT_AUDIO, seconds=SHORT_AUDIO_SECONDS, expand_ratio=0.5),
+              NODES2: dict(audio=SECOND_AUDIO, seconds=SECOND_AUDIO_SECONDS, expand_ratio=0.55)}
 
 # Resolve with the prompt id once the queued run ends (null if it failed).
 RUN_AND_WAIT = """new Promise((resolve) => {
@@ -58,6 +75,31 @@ def _workflows() -> list[tuple[str, dict]]:
     found = [(p.stem, load_json(p)) for p in ui_workflows()]
     assert found, "no UI workflow in workflows/: the browser test needs at least one"
     return found
+
+
+@pytest.fixture(scope="module")
+def new_frontend_server(tiny_models_dir, tmp_path_factory):
+    """A second server: frontend 1.58.1, the pack in custom_nodes/ComfyUI-Sonic."""
+    assert (NEW_FRONTEND_ROOT / "index.html").is_file(), \
+        f"frontend {NEW} is not installed in {NEW_FRONTEND_ROOT.parents[1]}: run tools/setup_env.sh"
+    with running_comfy(tiny_models_dir, tmp_path_factory.mktemp("comfy_new_frontend"),
+                       log_name=f"comfyui-server-frontend-{NEW}.log", pack_folder=RENAMED_PACK,
+                       front_end_root=NEW_FRONTEND_ROOT) as server:
+        write_short_wav(ASSETS / "sonic_voice.wav", server.input_dir / SECOND_AUDIO, SECOND_AUDIO_SECONDS)
+        yield server
+
+
+def _server(request, frontend: str):
+    """The server that serves `frontend` (started on first use)."""
+    return request.getfixturevalue("comfy_server" if frontend == CI else "new_frontend_server")
+
+
+async def _open(browser, server, frontend: str, view: str = CLASSIC):
+    """A tab with the frontend asked for (checked by its version) in the view asked for."""
+    page = await open_comfy(browser, server.url, nodes2=None if frontend == CI else view == NODES2)
+    expected = importlib.metadata.version("comfyui-frontend-package") if frontend == CI else NEW
+    assert await frontend_version(page) == expected
+    return page
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +118,13 @@ def browser(loop, tmp_path_factory):
         yield chromium
     finally:
         loop.run_until_complete(chromium.__aexit__(None, None, None))
+
+
+@pytest.fixture(autouse=True)
+def close_tabs_after_each_test(browser, loop):
+    """Each test's tabs close after it: an open ComfyUI page keeps polling its server and drawing."""
+    yield
+    loop.run_until_complete(browser.close_pages())
 
 
 def _assert_no_errors(page, url: str) -> None:
@@ -103,16 +152,20 @@ def test_the_browser_is_debians_chromium(browser):
     assert "HeadlessChrome" in browser.version["User-Agent"]
 
 
-def test_every_shipped_workflow_renders_with_its_widgets(browser, loop, comfy_server):
+@pytest.mark.parametrize("frontend", [CI, NEW])
+def test_every_shipped_workflow_renders_with_its_widgets(browser, loop, request, frontend):
+    server = _server(request, frontend)
+
     async def scenario():
-        page = await open_comfy(browser, comfy_server.url)
+        page = await _open(browser, server, frontend)
         for name, workflow in _workflows():
             await load_workflow(page, workflow)
-            await page.screenshot(ARTIFACTS / f"browser-loaded-{name}.png")
-            nodes = {n["id"]: n for n in await graph_summary(page)}
-            assert sorted(nodes) == sorted(n["id"] for n in workflow["nodes"]), name
+            await page.screenshot(ARTIFACTS / f"browser-loaded-{name}-{frontend}.png")
+            # Node ids: numbers in a saved workflow and in frontend 1.32.9's graph, strings in 1.58.1's.
+            nodes = {str(n["id"]): n for n in await graph_summary(page)}
+            assert sorted(nodes) == sorted(str(n["id"]) for n in workflow["nodes"]), name
             for saved in workflow["nodes"]:
-                node = nodes[saved["id"]]
+                node = nodes[str(saved["id"])]
                 assert node["type"] == saved["type"], (name, saved["id"])
                 _assert_values_match(node["widgets"], saved.get("widgets_values", []), (name, saved["type"]))
                 assert all(w["drawn"] for w in node["widgets"]), (name, saved["type"], node["widgets"])
@@ -121,12 +174,12 @@ def test_every_shipped_workflow_renders_with_its_widgets(browser, loop, comfy_se
                 assert extra == CLIENT_ONLY.get(node["type"], []), (name, saved["type"])
             # The extension's widgets stay client-only: saving round-trips and the prompt is the API twin.
             saved_again = dict(map(tuple, await page.evaluate(
-                "app.graph.serialize().nodes.map(n => [n.id, n.widgets_values ?? []])")))
+                "app.graph.serialize().nodes.map(n => [String(n.id), n.widgets_values ?? []])")))
             for saved in workflow["nodes"]:
-                again = saved_again[saved["id"]]
+                again = saved_again[str(saved["id"])]
                 assert again[:len(saved.get("widgets_values", []))] == saved.get("widgets_values", []), saved["type"]
                 if saved["type"] in CLIENT_ONLY:  # no holes, no extra entries from the extension's widgets
-                    assert again == [w["value"] for w in nodes[saved["id"]]["widgets"] if w["serialize"]], again
+                    assert again == [w["value"] for w in nodes[str(saved["id"])]["widgets"] if w["serialize"]], again
             prompt = await page.evaluate("app.graphToPrompt().then(p => p.output)")
             twin = REPO / "workflows" / "api" / f"{name}.json"
             if twin.exists():
@@ -137,7 +190,7 @@ def test_every_shipped_workflow_renders_with_its_widgets(browser, loop, comfy_se
                     sent = prompt[node_id]["inputs"]
                     exact = node["class_type"] in CLIENT_ONLY
                     assert (sent if exact else {k: sent.get(k) for k in node["inputs"]}) == node["inputs"], node
-        _assert_no_errors(page, comfy_server.url)
+        _assert_no_errors(page, server.url)
 
     loop.run_until_complete(scenario())
 
@@ -256,45 +309,95 @@ def test_the_extension_tolerates_nodes_without_widgets_and_odd_messages(browser,
     loop.run_until_complete(scenario())
 
 
-def test_a_run_queued_from_the_page_fills_the_readouts(browser, loop, comfy_server):
+def test_the_pack_loads_once_from_a_folder_of_another_name(browser, loop, new_frontend_server):
+    """Cloned as ComfyUI-Sonic: web/ is served once, under that name, so the extension registers once (a second
+    copy of sonic.js throws "Extension named 'sonic.portrait' already registered", which 1.58.1 logs as a
+    vite:preloadError)."""
+    scripts = [s for s in new_frontend_server.get("/extensions") if s.endswith("/sonic.js")]
+    assert scripts == [f"/extensions/{RENAMED_PACK}/sonic.js"]
+
     async def scenario():
-        page = await open_comfy(browser, comfy_server.url)
+        page = await _open(browser, new_frontend_server, NEW)
+        loaded = await page.evaluate("performance.getEntriesByType('resource').map(e => new URL(e.name).pathname)"
+                                     ".filter(p => p.endsWith('/sonic.js'))")
+        assert loaded == scripts
+        assert await page.evaluate("app.extensions.filter(e => e.name === 'sonic.portrait').length") == 1
+        _assert_no_errors(page, new_frontend_server.url)
+
+    loop.run_until_complete(scenario())
+
+
+READOUTS = {"SonicAudioEncode": "sonic_audio_readout", "SonicMotionBuckets": "sonic_motion_readout",
+            "SonicReferenceImage": "sonic_image_readout"}
+
+
+def _expected_readouts(history: dict, by_type: dict, seconds: float) -> dict:
+    """What each readout must say after the run, from the clip's length and the run's own UI data."""
+    expected = {}
+    if "SonicAudioEncode" in by_type:
+        frames = round(seconds * 12.5)
+        expected["SonicAudioEncode"] = [
+            f"{seconds:.2f} s → {frames} frames at 12.5 fps, {2 * frames - 1} at 25 fps after RIFE"]
+    if "SonicReferenceImage" in by_type:  # the CPU run has no face detector
+        (report,) = history["outputs"][str(by_type["SonicReferenceImage"])]["sonic_image"]
+        width, height = report["size"]
+        expected["SonicReferenceImage"] = ["no face detector: the whole picture is animated",
+                                           f"prepared {width}×{height}"]
+    return expected
+
+
+def _check_motion_lines(lines: list[str], summary: dict) -> None:
+    assert len(lines) == 2, lines
+    for line, key in zip(lines, ("motion", "expression")):
+        shown = re.fullmatch(rf"{key} mean (\S+) \(min (\S+), max (\S+)\)", line)
+        assert shown, line
+        for text, stat in zip(shown.groups(), ("mean", "min", "max")):
+            assert float(text) == pytest.approx(summary[key][stat], abs=0.051), (line, summary)
+
+
+@pytest.mark.parametrize("frontend, view", [(CI, CLASSIC), (NEW, CLASSIC), (NEW, NODES2)])
+def test_a_run_queued_from_the_page_fills_the_readouts(browser, loop, request, frontend, view):
+    server = _server(request, frontend)
+    inputs = RUN_INPUTS[view]
+
+    async def scenario():
+        page = await _open(browser, server, frontend, view)
         workflows = dict(_workflows())
         name = SCREENSHOT_WORKFLOW if SCREENSHOT_WORKFLOW in workflows else next(iter(workflows))
         workflow = workflows[name]
         await load_workflow(page, workflow)
-        await page.evaluate(CPU_FRIENDLY)
+        by_type = {n["type"]: n["id"] for n in workflow["nodes"]}
+        if view == NODES2:
+            await wait_for_nodes2(page, list(by_type.values()))
+        await page.evaluate(CPU_FRIENDLY.format(audio=json.dumps(inputs["audio"]),
+                                                expand_ratio=inputs["expand_ratio"]))
         result = await page.evaluate(RUN_AND_WAIT, timeout=300)
         assert result["ok"], result
 
-        history = comfy_server.get(f"/history/{result['prompt_id']}")[result["prompt_id"]]
-        by_type = {n["type"]: n["id"] for n in workflow["nodes"]}
-        readouts = {}
-        for node_type, readout in (("SonicAudioEncode", "sonic_audio_readout"),
-                                   ("SonicMotionBuckets", "sonic_motion_readout"),
-                                   ("SonicReferenceImage", "sonic_image_readout")):
-            if node_type in by_type:
-                state = {w["name"]: w for w in (await node_state(page, by_type[node_type]))["widgets"]}
-                readouts[node_type] = state[readout]["lines"]
-        if "SonicAudioEncode" in by_type:
-            frames = round(SHORT_AUDIO_SECONDS * 12.5)
-            assert readouts["SonicAudioEncode"] == [
-                f"{SHORT_AUDIO_SECONDS:.2f} s → {frames} frames at 12.5 fps, {2 * frames - 1} at 25 fps after RIFE"]
-        if "SonicReferenceImage" in by_type:  # the CPU run has no face detector
-            (report,) = history["outputs"][str(by_type["SonicReferenceImage"])]["sonic_image"]
-            width, height = report["size"]
-            assert readouts["SonicReferenceImage"] == ["no face detector: the whole picture is animated",
-                                                       f"prepared {width}×{height}"]
+        history = server.get(f"/history/{result['prompt_id']}")[result["prompt_id"]]
+        cached = {n for kind, data in history["status"]["messages"] if kind == "execution_cached"
+                  for n in data["nodes"]}
+        assert not cached & {str(by_type[t]) for t in READOUTS if t in by_type}, "a readout node ran from the cache"
+        expected = _expected_readouts(history, by_type, inputs["seconds"])
+        await asyncio.sleep(0.3)  # the last `executed` message may arrive just after execution_success
+        for node_type, readout in READOUTS.items():
+            if node_type not in by_type:
+                continue
+            state = {w["name"]: w for w in (await node_state(page, by_type[node_type]))["widgets"]}
+            shown = [state[readout]["lines"]]
+            if view == NODES2:  # and what the node's own readout canvas shows, all of it (none cut off below)
+                canvas = await nodes2_widget_canvas(page, by_type[node_type], readout)
+                assert canvas and canvas["height"] >= canvas["wanted"], (node_type, canvas)
+                shown.append(canvas["texts"])
+            for lines in shown:
+                if node_type == "SonicMotionBuckets":
+                    (summary,) = history["outputs"][str(by_type[node_type])]["sonic_motion"]
+                    _check_motion_lines(lines, summary)
+                else:
+                    assert lines == expected[node_type], (node_type, view)
         if "SonicMotionBuckets" in by_type:
             node_id = by_type["SonicMotionBuckets"]
             (summary,) = history["outputs"][str(node_id)]["sonic_motion"]
-            lines = readouts["SonicMotionBuckets"]
-            assert len(lines) == 2, lines
-            for line, key in zip(lines, ("motion", "expression")):
-                shown = re.fullmatch(rf"{key} mean (\S+) \(min (\S+), max (\S+)\)", line)
-                assert shown, line
-                for text, stat in zip(shown.groups(), ("mean", "min", "max")):
-                    assert float(text) == pytest.approx(summary[key][stat], abs=0.051), (line, summary)
             markers = {w["name"]: w["marker"] for w in (await node_state(page, node_id))["widgets"]}
             assert markers["head_motion"] == pytest.approx(summary["motion"]["mean"])
 
@@ -311,8 +414,8 @@ def test_a_run_queued_from_the_page_fills_the_readouts(browser, loop, comfy_serv
           return true; }})()""")
         await frame_nodes(page, [n["id"] for n in workflow["nodes"] if n["type"] not in OUTPUT_STAGE], zoom=0.8)
         await asyncio.sleep(0.5)
-        shot = await page.screenshot(ARTIFACTS / f"browser-{name}.png")
-        _assert_no_errors(page, comfy_server.url)
+        shot = await page.screenshot(ARTIFACTS / f"browser-{name}-{frontend}-{view}.png")
+        _assert_no_errors(page, server.url)
         return shot
 
     shot = loop.run_until_complete(scenario())
@@ -321,5 +424,6 @@ def test_a_run_queued_from_the_page_fills_the_readouts(browser, loop, comfy_serv
     if image.size[0] > MAX_DOCS_WIDTH:
         height = round(image.size[1] * MAX_DOCS_WIDTH / image.size[0])
         image = image.resize((MAX_DOCS_WIDTH, height), Image.Resampling.LANCZOS)
-    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-    image.convert("RGB").quantize(256).save(DOCS_SCREENSHOT, optimize=True)  # a palette keeps the file small
+    docs = DOCS_SCREENSHOTS[frontend, view]
+    docs.parent.mkdir(exist_ok=True)
+    image.convert("RGB").quantize(256).save(docs, optimize=True)  # a palette keeps the file small

@@ -31,8 +31,12 @@ class HeadlessComfy:
     """A ComfyUI server on 127.0.0.1 loading only this pack, with the given models, input and output folders."""
 
     def __init__(self, models_dir: Path, input_dir: Path, output_dir: Path, cpu: bool | None = None,
-                 log_path: Path | None = None):
+                 log_path: Path | None = None, pack_folder: str = "sonic-portrait",
+                 front_end_root: Path | None = None):
+        """`pack_folder`: the folder name the pack has in custom_nodes (users clone it under any name);
+        `front_end_root`: serve that frontend build instead of the installed comfyui-frontend-package."""
         self.models_dir, self.input_dir, self.output_dir = Path(models_dir), Path(input_dir), Path(output_dir)
+        self.pack_folder, self.front_end_root = pack_folder, front_end_root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cpu = cpu
@@ -43,7 +47,7 @@ class HeadlessComfy:
     def _config(self) -> Path:
         custom_nodes = self.work / "custom_nodes"
         custom_nodes.mkdir(exist_ok=True)
-        link = custom_nodes / "sonic-portrait"
+        link = custom_nodes / self.pack_folder
         if not link.exists():
             link.symlink_to(ROOT, target_is_directory=True)
         yaml = self.work / "extra_model_paths.yaml"
@@ -65,6 +69,8 @@ class HeadlessComfy:
                 "--user-directory", str(self.work / "user"), "--temp-directory", str(self.work)]
         if self.cpu:
             args.append("--cpu")
+        if self.front_end_root is not None:
+            args += ["--front-end-root", str(self.front_end_root)]
         (self.work / "user").mkdir(exist_ok=True)
         self.input_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)

