@@ -6,6 +6,7 @@ of the three guidance rows per window through core's BaseModel.apply_model, and 
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
@@ -13,7 +14,9 @@ import torch
 import comfy.model_management as mm
 import comfy.samplers
 
+from ..sonic_model import memory_model
 from ..sonic_model.shift_fusion import FusedPrediction, GuidanceRows, ShiftFusion, SonicConditioning, WindowEvent
+from ..sonic_model.speed import set_attention_slices
 from ..sonic_model.step_tracker import StepTracker
 from .native_model import is_sonic_model
 
@@ -22,6 +25,29 @@ from .native_model import is_sonic_model
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 # Model patches that rewrite two-way CFG from (cond, uncond): they have no meaning for Sonic's three rows.
 _TWO_WAY_CFG_PATCHES = ("sampler_cfg_function", "sampler_pre_cfg_function")
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+                torch.float8_e4m3fn: "fp8_e4m3fn", torch.float8_e5m2: "fp8_e5m2"}
+
+
+def choose_sampling_mode(low_vram: bool | None, on_cpu: bool, free_vram: int, height: int, width: int,
+                         window: int, frames: int, compute_dtype: torch.dtype,
+                         weight_dtype: torch.dtype) -> tuple[memory_model.SamplingMode, int | None]:
+    """How to sample (guidance rows batched or not, attention slices) and the sampling memory beside the weights that
+    core's loader should keep free (None: core's own estimate). A forced setting wins; on the CPU the fastest mode
+    (its memory is RAM); on a GPU the fastest mode the memory model fits into the free VRAM, offloading part of the
+    UNet (core's partial loading) when nothing else fits. Raises memory_model.DoesNotFit naming what to lower."""
+    if low_vram is not None:
+        return (memory_model.PER_ROW_SLICED if low_vram else memory_model.BATCHED), None
+    if on_cpu:
+        return memory_model.BATCHED, None
+    compute, stored = _DTYPE_NAMES[compute_dtype], _DTYPE_NAMES[weight_dtype]
+    mode, _ = memory_model.choose_mode(free_vram, height, width, window, compute, stored, frames_total=frames,
+                                       decode_chunk=None, rife_batch=None)
+    run = memory_model.RunShape(height, width, window, compute, stored, frames_total=frames, decode_chunk=None,
+                                rife_batch=None)
+    return mode, memory_model.estimate(run, mode).working
 
 
 def sampler_name_of(sampler) -> str | None:
@@ -43,8 +69,8 @@ class SonicGuider(comfy.samplers.CFGGuider):
         self.cond = cond
         self.first_step = first_step
         self.fusion = ShiftFusion(cond, window=window, shift=shift, stride=stride, cfg_image=cfg_image,
-                                  cfg_audio=cfg_audio, batched_cfg=not model_patcher.model.low_vram,
-                                  on_window=self._window_done)
+                                  cfg_audio=cfg_audio, on_window=self._window_done)
+        self.sampling_mode: memory_model.SamplingMode | None = None
         self.on_window = on_window
         self._tracker: StepTracker | None = None
         self._mask: torch.Tensor | None = None
@@ -64,6 +90,7 @@ class SonicGuider(comfy.samplers.CFGGuider):
             raise ValueError(f"The latent has {latent_image.shape[0]} frames but the Sonic audio has {n}: connect "
                              "the Sonic Guider's start latent (or one of as many frames) to the sampler.")
         self._tracker = StepTracker(sigmas.float().cpu().tolist(), sampler_name_of(sampler))
+        self._prepare_memory(latent_image.shape)
 
         def tracked(step, denoised, x, total_steps):
             self._tracker.on_step_callback(step)
@@ -83,6 +110,24 @@ class SonicGuider(comfy.samplers.CFGGuider):
             raise FloatingPointError("Sampling produced NaN/Inf latents: the UNet overflowed in this precision. "
                                      "Reload the Sonic models with dtype bf16 or fp32 and run again.")
         return samples
+
+    def _prepare_memory(self, latent_shape) -> None:
+        """Pick the sampling mode for the free VRAM before core loads the model (it reads our memory estimate)."""
+        patcher, model = self.model_patcher, self.model_patcher.model
+        device = torch.device(patcher.load_device)
+        free = 0 if device.type == "cpu" else mm.get_free_memory(device) + patcher.loaded_size()
+        try:
+            mode, working = choose_sampling_mode(model.low_vram, device.type == "cpu", free, latent_shape[-2] * 8,
+                                                 latent_shape[-1] * 8, self.fusion.window, self.cond.num_frames,
+                                                 model.compute_dtype, model.get_dtype())
+        except memory_model.DoesNotFit as error:
+            raise OUT_OF_MEMORY(f"Sonic does not fit this GPU's free memory: {error}") from None
+        self.sampling_mode = mode
+        self.fusion.batched_cfg = mode.batched_guidance
+        set_attention_slices(model.diffusion_model.unet, mode.attention_slices)
+        model.working_memory = working
+        logging.info("Sonic: sampling with %s%s", mode,
+                     f" ({free / memory_model.GIB:.1f} GiB of VRAM free)" if device.type != "cpu" else "")
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (core's signature)
         for patch in _TWO_WAY_CFG_PATCHES:

@@ -16,11 +16,10 @@ from ..sonic_model.rife import load_rife
 from ..sonic_model.speed import SpeedOptions, apply_speed_options, speed_options_for
 from ..sonic_model.whisper_features import WhisperAudioEncoder
 from . import model_files
-from .native_model import sonic_model_patcher
+from .native_model import sonic_model_patcher, store_weights_in
 from .sonic_types import SonicModel, SonicModels
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-_cache: dict[tuple, tuple] = {}  # settings -> (SonicModels, VAE, CLIP_VISION, MODEL); one entry, the last settings used
 
 
 def choose_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -29,10 +28,14 @@ def choose_dtype(name: str, device: torch.device) -> torch.dtype:
     return mm.unet_dtype(device=device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
 
 
-def low_vram_wanted(setting: str) -> bool:
+WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def low_vram_wanted(setting: str) -> bool | None:
+    """True/False when the user (or ComfyUI's --lowvram) decides; None: the sampler picks from the free VRAM."""
     if setting != "auto":
         return setting == "on"
-    return mm.vram_state in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM)
+    return True if mm.vram_state in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM) else None
 
 
 def loader_speed_options(low_vram: bool, compile: bool) -> SpeedOptions:
@@ -78,14 +81,17 @@ def _svd_parts(checkpoint: str):
 
 
 def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper: Path, face_detector: Path | None,
-                      rife: Path | None, dtype: torch.dtype, low_vram: bool,
-                      compile: bool = False) -> tuple[SonicModels, object]:
-    """The Sonic bundle (audio models, face detector, RIFE) and the UNet as a core MODEL."""
+                      rife: Path | None, dtype: torch.dtype, low_vram: bool | None,
+                      compile: bool = False, weight_dtype: torch.dtype | None = None) -> tuple[SonicModels, object]:
+    """The Sonic bundle (audio models, face detector, RIFE) and the UNet as a core MODEL computing in `dtype`, its
+    Linear/Conv weights stored in `weight_dtype` (fp8) when given."""
     model = load_sonic_unet(unet, dtype=dtype, device=mm.unet_offload_device())
-    options = loader_speed_options(low_vram, compile)
+    if weight_dtype is not None:
+        store_weights_in(model, weight_dtype)
+    options = loader_speed_options(bool(low_vram), compile)
     apply_speed_options(model, channels_last=options.channels_last, compile=options.compile,
                         attention_slices=options.attention_slices)
-    patcher = sonic_model_patcher(model, low_vram=low_vram)
+    patcher = sonic_model_patcher(model, low_vram=low_vram, compute_dtype=dtype)
     encoder = WhisperAudioEncoder.from_folder(whisper)
     channels = encoder.encoder.config.d_model
     states = encoder.encoder.config.encoder_layers + 1
@@ -136,12 +142,19 @@ class SonicLoader(io.ComfyNode):
                                tooltip="UNet precision. auto: ComfyUI's choice for your GPU (fp32 on CPU). Try bf16 "
                                        "or fp32 if the video comes out black."),
                 io.Combo.Input("low_vram", options=["auto", "on", "off"], default="auto",
-                               tooltip="on: run the three guidance passes one after another and the attention in "
-                                       "slices (less VRAM, slower). auto follows ComfyUI's --lowvram."),
+                               tooltip="auto: the sampler picks the fastest way that fits the free VRAM (guidance "
+                                       "rows batched or one at a time, part of the UNet offloaded when needed) and "
+                                       "logs it; --lowvram means on. on: the three guidance passes one after another "
+                                       "and the attention in slices. off: always batched (fastest, most VRAM)."),
                 io.Boolean.Input("compile", default=False,
                                  tooltip="torch.compile the UNet: the first run is slower while it compiles (the "
                                          "compile time is logged), later runs at the same size are faster. Falls "
                                          "back to normal speed, with the reason logged, where compiling fails."),
+                # after the older widgets, so workflows saved before it keep their widget positions
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", optional=True,
+                               tooltip="How the UNet's weights are stored. fp8 halves its VRAM (≈1.6 GB instead of "
+                                       "3.2) and computes in `dtype`, cast per layer; an approximation of the "
+                                       "official weights, not parity. default: stored in `dtype`."),
                 io.Vae.Input("vae", optional=True, tooltip="Optional VAE (SVD's); overrides the checkpoint's."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="Optional CLIP vision (ViT-H); overrides the checkpoint's."),
@@ -166,7 +179,7 @@ class SonicLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, svd_checkpoint, unet, audio2token, audio2bucket, whisper, face_detector, rife, dtype,
-                low_vram, compile=False, vae=None, clip_vision=None) -> io.NodeOutput:
+                low_vram, compile=False, vae=None, clip_vision=None, weight_dtype="default") -> io.NodeOutput:
         paths = {slot: model_files.resolve(slot, name) for slot, name in
                  dict(unet=unet, audio2token=audio2token, audio2bucket=audio2bucket, whisper=whisper,
                       face_detector=face_detector, rife=rife).items()}
@@ -175,24 +188,21 @@ class SonicLoader(io.ComfyNode):
                 raise ValueError(f"Sonic needs {model_files.EXPECTED[slot]}: pick it in the '{slot}' input.")
         torch_dtype = choose_dtype(dtype, mm.get_torch_device())
         lean = low_vram_wanted(low_vram)
-        key = (_checkpoint_stamp(svd_checkpoint), vae is None, clip_vision is None, torch_dtype, lean,
-               bool(compile), *(_stamp(p) for p in paths.values()))
-        cached = _cache.get(key)
-        if cached is None:
-            _cache.clear()  # one set of Sonic models at a time; ComfyUI holds the user's other models
-            core_vae = core_clip = None
-            needs_checkpoint = vae is None or clip_vision is None
-            if needs_checkpoint and svd_checkpoint == model_files.NONE:
-                raise ValueError("Choose your SVD-xt checkpoint in 'svd_checkpoint', or connect both vae and "
-                                 "clip_vision.")
-            # Sonic's own files first: a wrong one is reported before the big SVD checkpoint is read.
-            models, unet_model = load_sonic_models(paths["unet"], paths["audio2token"], paths["audio2bucket"], paths["whisper"],
-                                       paths["face_detector"], paths["rife"], torch_dtype, lean, bool(compile))
-            if needs_checkpoint:
-                core_vae, core_clip = _svd_parts(svd_checkpoint)
-            cached = (models, core_vae, core_clip, unet_model)
-            _cache[key] = cached
-            logging.info("Sonic: loaded models (%s, low_vram=%s, compile=%s)", torch_dtype, lean, bool(compile))
-        models, core_vae, core_clip, unet_model = cached
+        stored = WEIGHT_DTYPES[weight_dtype]
+        # No cache of our own: ComfyUI's output cache reuses this node's models while its inputs (and the files'
+        # stamps, fingerprint_inputs) are unchanged, and "free model and node cache" gives their memory back.
+        core_vae = core_clip = None
+        needs_checkpoint = vae is None or clip_vision is None
+        if needs_checkpoint and svd_checkpoint == model_files.NONE:
+            raise ValueError("Choose your SVD-xt checkpoint in 'svd_checkpoint', or connect both vae and "
+                             "clip_vision.")
+        # Sonic's own files first: a wrong one is reported before the big SVD checkpoint is read.
+        models, unet_model = load_sonic_models(paths["unet"], paths["audio2token"], paths["audio2bucket"],
+                                               paths["whisper"], paths["face_detector"], paths["rife"], torch_dtype,
+                                               lean, bool(compile), weight_dtype=stored)
+        if needs_checkpoint:
+            core_vae, core_clip = _svd_parts(svd_checkpoint)
+        logging.info("Sonic: loaded models (%s, weights %s, low_vram=%s, compile=%s)", torch_dtype,
+                     stored or torch_dtype, lean, bool(compile))
         return io.NodeOutput(models, vae if vae is not None else core_vae,
                              clip_vision if clip_vision is not None else core_clip, unet_model)

@@ -55,7 +55,9 @@ class SonicDiffusionModel(torch.nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
+        """The weights' storage dtype (core reads it through BaseModel.get_dtype)."""
+        layer = getattr(self.unet, "conv_in", None)
+        return layer.weight.dtype if layer is not None else next(self.unet.parameters()).dtype
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
                 control=None, transformer_options=None, *, audio_tokens: torch.Tensor, time_ids: torch.Tensor,
@@ -67,15 +69,23 @@ class SonicDiffusionModel(torch.nn.Module):
 
 
 class SonicBaseModel(comfy.model_base.BaseModel):
-    """The Sonic UNet where core expects a diffusion model; `low_vram` runs the guidance rows one at a time."""
+    """The Sonic UNet where core expects a diffusion model.
 
-    def __init__(self, unet: torch.nn.Module, config: SonicModelConfig, low_vram: bool = False):
+    `low_vram`: True runs the guidance rows one at a time with sliced attention, False batches them, None lets the
+    guider choose from the free VRAM (sonic_model.memory_model). `working_memory` is the guider's estimate of one
+    run's sampling memory beside the weights, which core's loader keeps free (loading the rest of the UNet partially).
+    """
+
+    def __init__(self, unet: torch.nn.Module, config: SonicModelConfig, low_vram: bool | None = None):
         super().__init__(config, model_type=comfy.model_base.ModelType.V_PREDICTION_EDM)
         self.diffusion_model = SonicDiffusionModel(unet)
         self.model_sampling = SonicModelSampling(config)
         self.low_vram = low_vram
+        self.working_memory: int | None = None
 
     def memory_required(self, input_shape, cond_shapes={}):  # noqa: B006 (core's signature)
+        if self.working_memory is not None:
+            return self.working_memory
         batch = WINDOW_FRAMES * (1 if self.low_vram else GUIDANCE_ROWS)
         return super().memory_required([min(int(input_shape[0]), batch), *input_shape[1:]], cond_shapes)
 
@@ -101,11 +111,25 @@ def sonic_operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype | Non
     return comfy.ops.pick_operations(weight_dtype, compute_dtype, load_device=device)
 
 
-def sonic_model_patcher(unet: torch.nn.Module, low_vram: bool = False) -> comfy.model_patcher.ModelPatcher:
-    """A core MODEL around a loaded Sonic UNet (built from comfy.ops layers; weights stay where they are)."""
+def store_weights_in(unet: torch.nn.Module, weight_dtype: torch.dtype) -> torch.nn.Module:
+    """Keep the Linear/Conv weights in `weight_dtype` (fp8 storage); norms, biases and the rest stay as they are.
+    Layer by layer, so at most one layer exists twice. comfy.ops casts each weight back per call."""
+    for layer in unet.modules():
+        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)) and layer.weight.dtype != weight_dtype:
+            layer.weight = torch.nn.Parameter(layer.weight.detach().to(weight_dtype), requires_grad=False)
+    return unet
+
+
+def sonic_model_patcher(unet: torch.nn.Module, low_vram: bool | None = None,
+                        compute_dtype: torch.dtype | None = None) -> comfy.model_patcher.ModelPatcher:
+    """A core MODEL around a loaded Sonic UNet (built from comfy.ops layers; weights stay where they are).
+
+    compute_dtype: the dtype the UNet computes in; None = its conv_in weight's. Weights stored in another dtype (fp8)
+    are cast per layer by comfy.ops (core's manual cast)."""
     device = mm.get_torch_device()
-    weight_dtype = next(unet.parameters()).dtype
-    manual_cast = mm.unet_manual_cast(weight_dtype, device)
+    weight_dtype = unet.conv_in.weight.dtype if hasattr(unet, "conv_in") else next(unet.parameters()).dtype
+    compute_dtype = compute_dtype or weight_dtype
+    manual_cast = None if compute_dtype == weight_dtype else compute_dtype
     use_comfy_ops(unet, sonic_operations(weight_dtype, manual_cast, device))
     model = SonicBaseModel(unet, SonicModelConfig(weight_dtype, manual_cast), low_vram=low_vram)
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
