@@ -8,6 +8,10 @@ import folder_paths
 
 FOLDER = "sonic"
 NONE = "none"
+# The SVD-xt single files, in the order they are preferred: 1.1 (what `tools/models.py download` fetches and the
+# shipped workflows name) and 1.0. Either serves: Sonic uses only their VAE and CLIP vision, which the two share.
+SVD_OFFICIAL = ("svd_xt_1_1.safetensors", "svd_xt.safetensors")
+SVD_SOURCE = "https://huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt-1-1"
 
 # Slot -> the official file name (relative to a sonic folder).
 EXPECTED = {
@@ -79,3 +83,34 @@ def resolve(slot: str, name: str) -> Path | None:
     raise FileNotFoundError(f"Sonic {slot} file '{name}' not found. Put {EXPECTED[slot]} in {where}{skip}: run "
                             "`python tools/models.py download` in the Sonic node folder to fetch the missing files "
                             "(`python tools/models.py check` lists them).")
+
+
+def svd_choices() -> tuple[list[str], str]:
+    """The svd_checkpoint combo: 'none', the checkpoints present, and the official names even when missing (so a
+    shared workflow validates and the loader can say how to fetch the file); default: an official file present."""
+    present = folder_paths.get_filename_list("checkpoints")
+    options = [NONE, *present, *(n for n in SVD_OFFICIAL if n not in present)]
+    default = next((n for n in SVD_OFFICIAL if n in present),
+                   next((n for n in present if Path(n).name.lower().startswith("svd_xt")), SVD_OFFICIAL[0]))
+    return options, default
+
+
+def svd_path(name: str) -> Path | None:
+    """The chosen checkpoint's path; an official SVD-xt name missing on disk is served by the other official file
+    (never by an arbitrary checkpoint). None when neither is there."""
+    for candidate in (name, *SVD_OFFICIAL) if name in SVD_OFFICIAL else (name,):
+        path = folder_paths.get_full_path("checkpoints", candidate)
+        if path:
+            return Path(path)
+    return None
+
+
+def resolve_svd(name: str) -> Path:
+    path = svd_path(name)
+    if path is None:
+        where = " or ".join(folder_paths.get_folder_paths("checkpoints"))
+        raise FileNotFoundError(
+            f"SVD-xt checkpoint '{name}' not found. Put {SVD_OFFICIAL[0]} (or {SVD_OFFICIAL[1]}) in {where}: run "
+            "`python tools/models.py download --token hf_...` in the Sonic node folder (the repository is gated: "
+            f"accept the licence at {SVD_SOURCE} first), or connect vae and clip_vision and choose '{NONE}'.")
+    return path
