@@ -94,8 +94,7 @@ def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper
     device = mm.get_torch_device()
     model = load_sonic_unet(unet, dtype=dtype)
     options = loader_speed_options(low_vram, compile)
-    apply_speed_options(model, channels_last=options.channels_last, compile=options.compile,
-                        attention_slices=options.attention_slices)
+    apply_speed_options(model, compile=options.compile, attention_slices=options.attention_slices)
     patcher = comfy.model_patcher.ModelPatcher(ManagedUNet(model), load_device=device,
                                                offload_device=mm.unet_offload_device())
     encoder = WhisperAudioEncoder.from_folder(whisper)
@@ -109,7 +108,7 @@ def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper
     return SonicModels(unet=patcher, audio2token=load_audio2token(audio2token, channels, states),
                        audio2bucket=load_audio2bucket(audio2bucket, channels), whisper=encoder,
                        face_detector=detector, rife=load_rife(rife) if rife is not None else None,
-                       dtype=dtype, low_vram=low_vram, settings={"speed": options})
+                       dtype=dtype, low_vram=low_vram)
 
 
 class SonicLoader(io.ComfyNode):

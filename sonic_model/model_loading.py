@@ -16,7 +16,6 @@ from .unet import SonicUNet, build_sonic_unet
 from .weights import SLOTS, WeightFileError, identity_hint, load_weights_into, read_state_dict
 
 BUCKET_WINDOW = 50  # Whisper tokens per frame window of the bucket predictor (official, not stored in the file)
-TOKEN_WINDOW = 10
 
 
 def unet_config_for(path: str | Path) -> dict | None:
