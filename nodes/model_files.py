@@ -1,4 +1,4 @@
-"""Where Sonic's files live: the `models/sonic` folder, registered with ComfyUI (extra_model_paths.yaml can add more)."""
+"""Where Sonic's files live: `models/sonic`, registered with ComfyUI (extra_model_paths.yaml can add more)."""
 from __future__ import annotations
 
 import os
@@ -6,23 +6,16 @@ from pathlib import Path
 
 import folder_paths
 
+from ..sonic_model.model_catalog import CATALOG, ENTRIES
+
 FOLDER = "sonic"
 NONE = "none"
+# Slot -> the official file name (relative to a sonic folder), and the slots that may be 'none'.
+EXPECTED = {e.slot: e.relpath for e in CATALOG if e.folder == FOLDER}
+OPTIONAL = tuple(e.slot for e in CATALOG if not e.required)
 # The SVD-xt single files, in the order they are preferred: 1.1 (what `tools/models.py download` fetches and the
 # shipped workflows name) and 1.0. Either serves: Sonic uses only their VAE and CLIP vision, which the two share.
-SVD_OFFICIAL = ("svd_xt_1_1.safetensors", "svd_xt.safetensors")
-SVD_SOURCE = "https://huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt-1-1"
-
-# Slot -> the official file name (relative to a sonic folder).
-EXPECTED = {
-    "unet": "unet.pth",
-    "audio2token": "audio2token.pth",
-    "audio2bucket": "audio2bucket.pth",
-    "face_detector": "yoloface_v5m.pt",
-    "rife": "RIFE/flownet.pkl",
-    "whisper": "whisper-tiny",
-}
-OPTIONAL = ("face_detector", "rife")
+SVD_OFFICIAL = (ENTRIES["svd_checkpoint"].relpath, "svd_xt.safetensors")
 
 
 def register_sonic_folder() -> None:
@@ -112,5 +105,5 @@ def resolve_svd(name: str) -> Path:
         raise FileNotFoundError(
             f"SVD-xt checkpoint '{name}' not found. Put {SVD_OFFICIAL[0]} (or {SVD_OFFICIAL[1]}) in {where}: run "
             "`python tools/models.py download --token hf_...` in the Sonic node folder (the repository is gated: "
-            f"accept the licence at {SVD_SOURCE} first), or connect vae and clip_vision and choose '{NONE}'.")
+            f"accept the licence at {ENTRIES['svd_checkpoint'].url} first), or connect vae and clip_vision and choose '{NONE}'.")
     return path
