@@ -9,7 +9,6 @@ import torch
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
-import folder_paths
 from comfy_api.latest import io
 
 from ..sonic_model.model_loading import load_audio2bucket, load_audio2token, load_sonic_unet
