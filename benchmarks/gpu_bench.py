@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/gpu_bench.py            # full size on the GPU: 512x512, N=125, 25 steps, bf16+fp16
     .venv/bin/python benchmarks/gpu_bench.py --quick    # a few minutes; on a machine without CUDA: tiny model, CPU
-    .venv/bin/python benchmarks/gpu_bench.py --compile --channels-last --attention-slices 4   # speed options
+    .venv/bin/python benchmarks/gpu_bench.py --compile --attention-slices 4   # speed options
 
 Random weights (speed does not depend on their values). Reported per configuration: seconds per second of video
 (12.5 generated frames per second), the UNet's share of the time, achieved TFLOP/s against the GPU's dense peak,
@@ -47,13 +47,12 @@ class Setting:
     window: int = 25
     shift: int = 7
     low_vram: bool = False
-    channels_last: bool = False
     compile: bool = False
     compile_mode: str | None = None
     attention_slices: int | None = None
 
     def options(self) -> str:
-        named = [n for n, on in (("channels-last", self.channels_last), ("compile", self.compile)) if on]
+        named = ["compile"] if self.compile else []
         named += [f"{self.attention_slices} slices"] if self.attention_slices and self.attention_slices > 1 else []
         return ", ".join(named) or "-"
 
@@ -168,7 +167,7 @@ def peak_tflops(device: torch.device) -> float | None:
 
 def prepared_unet(config: dict | None, device: torch.device, s: Setting):
     unet = random_unet(config, device, s.dtype)
-    return apply_speed_options(unet, channels_last=s.channels_last, compile=s.compile,
+    return apply_speed_options(unet, compile=s.compile,
                                attention_slices=s.attention_slices, compile_mode=s.compile_mode)
 
 
@@ -236,7 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few minutes; tiny model on CPU when no CUDA")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (compile time reported apart)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune (with --compile)")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last conv weights and activations")
     parser.add_argument("--attention-slices", type=int, default=None, metavar="N",
                         help=f"attention in N pieces in every mode (default: none, {LOW_VRAM_ATTENTION_SLICES} in "
                              "low-VRAM rows; 0 or 1: none anywhere)")
@@ -265,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             settings.append(Setting("default", torch.float32, 50, 10, 128, 128))
     for s in settings:
-        s.channels_last, s.compile, s.compile_mode = args.channels_last, args.compile, args.compile_mode
+        s.compile, s.compile_mode = args.compile, args.compile_mode
         s.attention_slices = LOW_VRAM_ATTENTION_SLICES if s.low_vram else None
         if args.attention_slices is not None:
             s.attention_slices = args.attention_slices if args.attention_slices > 1 else None

@@ -4,6 +4,11 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/load_memory.py            # full size, ~3.15 GB temp file
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/load_memory.py --scale 0.1  # every 10th key, quick
     ... --file-dtype fp32                                                      # like the real fp32 unet.pth
+    ... --format safetensors                                                   # a .safetensors file instead
+
+Cases: lean = sonic_model.weights (its own file mapping, casts that hand each source's pages back); library = the
+same meta model and assign, with the libraries' own readers (safetensors.torch.load_file / torch.load(mmap=True))
+and plain casts; naive = a materialised model and a fully read state dict.
 
 Writes a random checkpoint shaped like the reference manifest (sonic_unet.json), then measures each case in a
 fresh subprocess: VmHWM (= ru_maxrss) minus the RSS right before the model is built, after loading and after
@@ -73,7 +78,12 @@ def write_checkpoint(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, pat
         for start in range(0, flat.numel(), 1 << 24):
             flat[start:start + (1 << 24)].normal_(0.0, 0.02, generator=gen)
         sd[name] = t
-    torch.save(sd, path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(path))
+    else:
+        torch.save(sd, path)
     del sd
     gc.collect()
 
@@ -125,9 +135,27 @@ def child(args: argparse.Namespace) -> None:
     if args.case == "lean":
         model, note = _build(shapes, builder, "meta", dtype)
         load_weights_into(model, args.file, "unet", dtype=dtype)
+    elif args.case == "library":  # what the libraries do on their own: no hand-made mapping, no page release
+        model, note = _build(shapes, builder, "meta", dtype)
+        if args.file.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            sd = load_file(args.file)
+        else:
+            sd = torch.load(args.file, map_location="cpu", weights_only=True, mmap=True)
+        for key in list(sd):  # one cast at a time, as lean does
+            sd[key] = sd[key].to(dtype)
+        model.load_state_dict(sd, strict=True, assign=True)
+        del sd
+        gc.collect()
     else:  # naive: materialised model + a fully read state dict, then a copying load
         model, note = _build(shapes, builder, "cpu", dtype)
-        sd = torch.load(args.file, map_location="cpu", weights_only=True)
+        if args.file.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            sd = load_file(args.file)
+        else:
+            sd = torch.load(args.file, map_location="cpu", weights_only=True)
         model.load_state_dict(sd, strict=True)
         del sd
         gc.collect()
@@ -181,7 +209,8 @@ def main() -> None:
     ap.add_argument("--tmpdir", default=None, help="where the temp checkpoint goes (default: system temp)")
     ap.add_argument("--generic", action="store_true", help="never use sonic_model.unet, only the manifest module")
     ap.add_argument("--manifest", default=str(MANIFEST))
-    ap.add_argument("--child", choices=["lean", "naive"], help=argparse.SUPPRESS)
+    ap.add_argument("--format", choices=["pth", "safetensors"], default="pth", help="the temp file's format")
+    ap.add_argument("--child", choices=["lean", "library", "naive"], help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
     ap.add_argument("--dtype", choices=list(DTYPES), help=argparse.SUPPRESS)
     ap.add_argument("--real", action="store_true", help=argparse.SUPPRESS)
@@ -195,7 +224,7 @@ def main() -> None:
     shapes = manifest_shapes(Path(args.manifest), args.scale)
     n_params = sum(torch.Size(s).numel() for s in shapes.values())
     tmp = Path(tempfile.mkdtemp(prefix="sonic_load_mem_", dir=args.tmpdir))
-    path = tmp / "unet.pth"
+    path = tmp / f"unet.{args.format}"
     try:
         t0 = time.perf_counter()
         write_checkpoint(shapes, DTYPES[args.file_dtype], path)
@@ -204,19 +233,19 @@ def main() -> None:
               f"{file_bytes / GIB:.2f} GiB in {time.perf_counter() - t0:.0f} s", flush=True)
         rows = []
         for target in args.targets.split(","):
-            for case in ("lean", "naive"):
+            for case in ("lean", "library", "naive"):
                 r = run_case(args, path, case, target)
                 rows.append(r)
                 print(f"  measured {case} -> {target}: peak +{(r['vmhwm_kib'] - r['base_kib']) / 2**20:.2f} GiB "
                       f"({r['model']})", flush=True)
-        report(rows, file_bytes, n_params, args.file_dtype)
+        report(rows, file_bytes, n_params, f"{args.file_dtype} {args.format}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def report(rows: list[dict], file_bytes: int, n_params: int, file_dtype: str) -> None:
     print(f"\nfile: {file_bytes / GIB:.2f} GiB ({file_dtype}); model: {n_params / 1e6:.1f} M params")
-    head = (f"{'case':<6} {'file->target':<12} {'model size':>10} {'+after load':>11} {'+after touch':>12} "
+    head = (f"{'case':<7} {'file->target':<12} {'model size':>10} {'+after load':>11} {'+after touch':>12} "
             f"{'+peak (HWM)':>11} {'peak/model':>10} {'abs peak':>9} {'load s':>7}  checksum")
     print(head)
     print("-" * len(head))
@@ -224,7 +253,7 @@ def report(rows: list[dict], file_bytes: int, n_params: int, file_dtype: str) ->
         model_bytes = n_params * DTYPES[r["dtype"]].itemsize
         gib = lambda kib: kib * 1024 / GIB  # noqa: E731
         peak = r["vmhwm_kib"] - r["base_kib"]
-        print(f"{r['case']:<6} {file_dtype + '->' + r['dtype']:<12} {model_bytes / GIB:>8.2f} G "
+        print(f"{r['case']:<7} {file_dtype.split()[0] + '->' + r['dtype']:<12} {model_bytes / GIB:>8.2f} G "
               f"{gib(r['after_load_kib'] - r['base_kib']):>9.2f} G "
               f"{gib(r['after_touch_kib'] - r['base_kib']):>10.2f} G "
               f"{gib(peak):>9.2f} G {peak * 1024 / model_bytes:>9.2f}x {gib(r['vmhwm_kib']):>7.2f} G "

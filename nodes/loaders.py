@@ -8,7 +8,6 @@ import torch
 
 import comfy.model_management as mm
 import comfy.sd
-import folder_paths
 from comfy_api.latest import io
 
 from ..sonic_model.model_loading import load_audio2bucket, load_audio2token, load_sonic_unet
@@ -54,8 +53,8 @@ def _stamp(path: Path | None) -> tuple:
 
 
 def _checkpoint_stamp(checkpoint: str) -> tuple:
-    path = folder_paths.get_full_path("checkpoints", checkpoint) if checkpoint != model_files.NONE else None
-    return _stamp(Path(path)) if path else (checkpoint,)
+    path = model_files.svd_path(checkpoint) if checkpoint != model_files.NONE else None
+    return _stamp(path) if path else (checkpoint,)
 
 
 def _slot_stamps(names: dict[str, str]) -> tuple:
@@ -69,11 +68,11 @@ def _slot_stamps(names: dict[str, str]) -> tuple:
     return tuple(stamps)
 
 
-def _svd_parts(checkpoint: str):
+def _svd_parts(path: Path):
     """VAE and CLIP vision of an SVD single-file checkpoint through core's loader, without building its UNet."""
-    path = folder_paths.get_full_path_or_raise("checkpoints", checkpoint)
+    checkpoint = path.name
     _, _, vae, clip_vision = comfy.sd.load_checkpoint_guess_config(
-        path, output_vae=True, output_clip=False, output_clipvision=True, output_model=False)
+        str(path), output_vae=True, output_clip=False, output_clipvision=True, output_model=False)
     if vae is None or clip_vision is None:
         raise ValueError(f"{checkpoint} has no VAE or CLIP vision model: choose the SVD-xt checkpoint "
                          "(svd_xt.safetensors or svd_xt_1_1.safetensors), or connect vae and clip_vision.")
@@ -89,8 +88,7 @@ def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper
     if weight_dtype is not None:
         store_weights_in(model, weight_dtype)
     options = loader_speed_options(bool(low_vram), compile)
-    apply_speed_options(model, channels_last=options.channels_last, compile=options.compile,
-                        attention_slices=options.attention_slices)
+    apply_speed_options(model, compile=options.compile, attention_slices=options.attention_slices)
     patcher = sonic_model_patcher(model, low_vram=low_vram, compute_dtype=dtype)
     encoder = WhisperAudioEncoder.from_folder(whisper)
     channels = encoder.encoder.config.d_model
@@ -103,15 +101,14 @@ def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper
     models = SonicModels(audio2token=load_audio2token(audio2token, channels, states),
                          audio2bucket=load_audio2bucket(audio2bucket, channels), whisper=encoder,
                          face_detector=detector, rife=load_rife(rife) if rife is not None else None,
-                         dtype=dtype, low_vram=low_vram, settings={"speed": options})
+                         dtype=dtype, low_vram=low_vram)
     return models, patcher
 
 
 class SonicLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        checkpoints = [model_files.NONE, *folder_paths.get_filename_list("checkpoints")]
-        svd_default = next((c for c in checkpoints if "svd_xt" in c.lower()), checkpoints[-1])
+        checkpoints, svd_default = model_files.svd_choices()
         combo = {slot: model_files.choices(slot, optional=slot in model_files.OPTIONAL)
                  for slot in model_files.EXPECTED}
 
@@ -128,9 +125,10 @@ class SonicLoader(io.ComfyNode):
                         "settings stay the same.",
             inputs=[
                 io.Combo.Input("svd_checkpoint", options=checkpoints, default=svd_default,
-                               tooltip="Your SVD-xt single-file checkpoint in models/checkpoints (svd_xt or "
-                                       "svd_xt_1_1). Only its VAE and CLIP vision are used. 'none' if you connect "
-                                       "vae and clip_vision instead."),
+                               tooltip="Your SVD-xt single-file checkpoint in models/checkpoints "
+                                       "(svd_xt_1_1.safetensors or svd_xt.safetensors: either official name finds "
+                                       "the other file). Only its VAE and CLIP vision are used. 'none' if you "
+                                       "connect vae and clip_vision instead."),
                 slot_input("unet", "The Sonic UNet, unet.pth in models/sonic (6.3 GB)."),
                 slot_input("audio2token", "audio2token.pth in models/sonic: Whisper features → audio tokens."),
                 slot_input("audio2bucket", "audio2bucket.pth in models/sonic: audio → head/expression motion."),
@@ -196,12 +194,13 @@ class SonicLoader(io.ComfyNode):
         if needs_checkpoint and svd_checkpoint == model_files.NONE:
             raise ValueError("Choose your SVD-xt checkpoint in 'svd_checkpoint', or connect both vae and "
                              "clip_vision.")
+        svd_path = model_files.resolve_svd(svd_checkpoint) if needs_checkpoint else None  # missing: say so now
         # Sonic's own files first: a wrong one is reported before the big SVD checkpoint is read.
         models, unet_model = load_sonic_models(paths["unet"], paths["audio2token"], paths["audio2bucket"],
                                                paths["whisper"], paths["face_detector"], paths["rife"], torch_dtype,
                                                lean, bool(compile), weight_dtype=stored)
         if needs_checkpoint:
-            core_vae, core_clip = _svd_parts(svd_checkpoint)
+            core_vae, core_clip = _svd_parts(svd_path)
         logging.info("Sonic: loaded models (%s, weights %s, low_vram=%s, compile=%s)", torch_dtype,
                      stored or torch_dtype, lean, bool(compile))
         return io.NodeOutput(models, vae if vae is not None else core_vae,

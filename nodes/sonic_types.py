@@ -5,7 +5,7 @@ no core type carries: the Sonic model bundle and its three kinds of conditioning
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +30,6 @@ class SonicModels:
     rife: torch.nn.Module | None = None
     dtype: torch.dtype = torch.float16
     low_vram: bool = False
-    settings: dict = field(default_factory=dict)
 
 
 @dataclass

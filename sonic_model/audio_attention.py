@@ -70,7 +70,16 @@ def sliced_sdpa(q: Tensor, k: Tensor, v: Tensor, slices: int | None = None) -> T
     return out
 
 
-def _heads(x: Tensor, batch: int, heads: int) -> Tensor:
+def project_out(attn: nn.Module, out: Tensor, hidden_states: Tensor) -> Tensor:
+    """How every diffusers attention processor ends: output projection and dropout, the block's optional residual,
+    its output rescale. One copy for the processors here (diffusers has it inline in each of its own)."""
+    out = attn.to_out[1](attn.to_out[0](out))
+    if attn.residual_connection:
+        out = out + hidden_states
+    return out / attn.rescale_output_factor
+
+
+def split_heads(x: Tensor, batch: int, heads: int) -> Tensor:
     """(batch·…, L, C) → (batch, heads, L', C/heads)."""
     return x.reshape(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
 
@@ -104,28 +113,27 @@ class SonicAudioAttnProcessor(nn.Module):
         query = attn.to_q(hidden_states)
         # Groups of query rows that share a context row become one longer query sequence: the same attention as
         # repeating the context per row, without materialising the repeat.
-        q = _heads(query, rows, heads)
+        q = split_heads(query, rows, heads)
         if ctx.clip.shape[1] == 1:
             # One CLIP token: its softmax weight is exactly 1, so the attention output is its value for every query.
             value = attn.to_v(ctx.clip).to(query.dtype)
             out = value.expand(rows, query_rows // rows, -1).reshape(query_rows, 1, -1).expand(-1, length, -1)
         else:
-            out = sliced_sdpa(q, _heads(attn.to_k(ctx.clip), rows, heads), _heads(attn.to_v(ctx.clip), rows, heads),
-                              self.slices)
-            out = out.transpose(1, 2).reshape(query_rows, length, -1).to(query.dtype)
+            out = self._attend(q, attn.to_k(ctx.clip), attn.to_v(ctx.clip), length).to(query.dtype)
         if ctx.audio.shape[1]:
-            audio = sliced_sdpa(q, _heads(self.to_k_ip[0](ctx.audio), rows, heads),
-                                _heads(self.to_v_ip[0](ctx.audio), rows, heads), self.slices)
-            audio = audio.transpose(1, 2).reshape(query_rows, length, -1).to(query.dtype)
+            audio = self._attend(q, self.to_k_ip[0](ctx.audio), self.to_v_ip[0](ctx.audio), length).to(query.dtype)
             if ctx.mask is not None:
                 audio = audio * ctx.mask.to(query.dtype)
             out = out + self.scale * audio
         else:
             out = out.contiguous()
-        out = attn.to_out[1](attn.to_out[0](out))  # linear, dropout
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
+        return project_out(attn, out, hidden_states)
+
+    def _attend(self, q: Tensor, key: Tensor, value: Tensor, length: int) -> Tensor:
+        """Split queries (rows, heads, L, d) over projected keys/values → (query rows, length, channels)."""
+        rows, heads = q.shape[:2]
+        out = sliced_sdpa(q, split_heads(key, rows, heads), split_heads(value, rows, heads), self.slices)
+        return out.transpose(1, 2).reshape(-1, length, heads * out.shape[-1])
 
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, cross_attention_dim={self.cross_attention_dim}, scale={self.scale}, "

@@ -76,9 +76,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
 ENTRIES = {e.slot: e for e in CATALOG}
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # What one file is
-# ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -89,28 +87,17 @@ class Inspection:
     unverified: bool = False  # too costly to open (big legacy pickle): judged by size only
 
 
-def _safetensors_header(path: Path, size: int) -> dict:
+def _safetensors_shapes(path: Path, size: int) -> dict[str, tuple[int, ...]]:
+    """Key -> shape from the header alone (a 50 GB file is as quick as a small one)."""
     with path.open("rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         if n > min(size - 8, 200 << 20):
             raise ValueError(f"its header claims {n} bytes")
-        header = json.loads(f.read(n))
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        header = {k: v for k, v in json.loads(f.read(n)).items() if k != "__metadata__"}
+    end = max((v["data_offsets"][1] for v in header.values()), default=0)
     if 8 + n + end > size:
         raise ValueError(f"{size} bytes where its header needs {8 + n + end}: truncated")
-    return header
-
-
-def _torchscript_names(path: Path) -> list[str] | None:
-    """Entry names of a TorchScript archive (it carries code/ and constants.pkl), else None."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return None
-    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-        return names
-    return None
+    return {k: tuple(v["shape"]) for k, v in header.items()}
 
 
 def _shapes_kind(shapes: dict[str, tuple[int, ...]]) -> Inspection:
@@ -118,12 +105,11 @@ def _shapes_kind(shapes: dict[str, tuple[int, ...]]) -> Inspection:
     if found is None:
         return Inspection(None, f"a checkpoint with {len(shapes)} tensors that matches no known layout")
     kind, label = found
-    if kind in ("svd_single_file", "sd_single_file"):
+    if kind == "svd_single_file":
         missing = [p.rstrip(".") for p in SVD_PREFIXES[1:] if not any(k.startswith(p) for k in shapes)]
-        if kind == "svd_single_file" and not missing:
+        if not missing:
             return Inspection("svd_checkpoint", "an SVD single-file checkpoint (UNet, VAE and CLIP vision)")
-        if kind == "svd_single_file":
-            label = f"an SVD checkpoint without {' and '.join(missing)} (VAE / CLIP vision)"
+        label = f"an SVD checkpoint without {' and '.join(missing)} (VAE / CLIP vision)"
     return Inspection(kind, label)
 
 
@@ -132,31 +118,32 @@ def inspect_file(path: str | os.PathLike) -> Inspection:
     path = Path(path)
     size = path.stat().st_size
     container = sniff_container(path)
+    what = CONTAINER_LABELS[container]
     if container in ("empty", "lfs_pointer", "html"):
-        return Inspection(None, f"{CONTAINER_LABELS[container]}, {size} bytes: a failed download", broken=True)
+        return Inspection(None, f"{what}, {size} bytes: a failed download", broken=True)
     if container == "gguf":
-        return Inspection(None, CONTAINER_LABELS[container])
+        return Inspection(None, what)
     if container == "safetensors":
         try:
-            header = _safetensors_header(path, size)
+            return _shapes_kind(_safetensors_shapes(path, size))
         except (ValueError, KeyError, TypeError, struct.error) as e:
             return Inspection(None, f"a damaged safetensors file ({e})", broken=True)
-        return _shapes_kind({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
     if container == "zip":
-        names = _torchscript_names(path)
-        if names is not None:
-            # The archive's top folder is named after the file: look at the scripted code's module paths only.
-            yolo = any("yolo" in n.split("/", 1)[-1].lower() for n in names if "/code/" in n)
+        try:
+            with zipfile.ZipFile(path) as z:
+                code = [n.split("/", 1)[-1] for n in z.namelist() if "/code/" in n or n.endswith("/constants.pkl")]
+        except (zipfile.BadZipFile, OSError):
+            code = []
+        if code:  # TorchScript; its top folder is named after the file, so only the code's paths are looked at
+            yolo = any("yolo" in n.lower() for n in code)
             return Inspection("torchscript", "a TorchScript YOLO model" if yolo else "a TorchScript model")
     elif container == "pickle" and size > MAX_LEGACY_PICKLE:
         return Inspection(None, "a legacy-format PyTorch pickle (not opened: too big to read just for a check)",
                           unverified=True)
-    elif container != "pickle":
+    elif container != "pickle":  # nothing can load it, so a download may replace it
         if path.suffix.lower() in (".safetensors", ".sft"):
-            return Inspection(None, f"not a valid safetensors file ({size} bytes): damaged or not weights",
-                              broken=True)
-        # Neither pickle, zip nor safetensors: nothing can load it, so a download may replace it.
-        return Inspection(None, f"{CONTAINER_LABELS[container]} ({size} bytes)", broken=True)
+            return Inspection(None, f"not a valid safetensors file ({size} bytes): damaged or not weights", True)
+        return Inspection(None, f"{what} ({size} bytes)", broken=True)
     from .weights import WeightFileError, read_state_dict  # torch only when a PyTorch file is met
 
     try:
@@ -169,46 +156,34 @@ def inspect_file(path: str | os.PathLike) -> Inspection:
 
 def _inspect_whisper(folder: Path) -> tuple[Inspection, tuple[str, ...], list[str]]:
     """(verdict, repo files to (re)fetch, warnings) for a Hugging Face Whisper folder."""
-    fetch: list[str] = []
-    problems: list[str] = []
-    config: dict = {}
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        fetch.append("config.json")
-        problems.append("no config.json")
-    else:
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            fetch.append("config.json")
-            problems.append("config.json is not JSON (a failed download?)")
-        if config and config.get("model_type") != "whisper":
-            return Inspection(None, f"a {config.get('model_type', 'non-Whisper')} model folder, not Whisper"), (), []
-    pre = folder / "preprocessor_config.json"
-    if not pre.is_file():
+    fetch, problems, config = [], [], {}
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        fetch, problems = ["config.json"], ["no config.json"]
+    except (ValueError, UnicodeDecodeError):
+        fetch, problems = ["config.json"], ["config.json is not JSON (a failed download?)"]
+    if config and config.get("model_type") != "whisper":
+        return Inspection(None, f"a {config.get('model_type', 'non-Whisper')} model folder, not Whisper"), (), []
+    if not (folder / "preprocessor_config.json").is_file():
         fetch.append("preprocessor_config.json")
         problems.append("no preprocessor_config.json")
-    weights = [folder / w for w in ("model.safetensors", "pytorch_model.bin") if (folder / w).is_file()]
-    verdicts = [(w, inspect_file(w)) for w in weights]
-    good = [w for w, v in verdicts if v.kind == "whisper"]
-    if not good:
+    verdicts = [(w, inspect_file(folder / w)) for w in ("model.safetensors", "pytorch_model.bin")
+                if (folder / w).is_file()]
+    if not any(v.kind == "whisper" for _, v in verdicts):
         fetch.append("model.safetensors")
-        problems += [v.label.replace("this file", w.name, 1) if v.label.startswith("this file") else
-                     f"{w.name} is {v.label}" for w, v in verdicts] or ["no model.safetensors"]
+        problems += [v.label.replace("this file", w, 1) if v.label.startswith("this file") else f"{w} is {v.label}"
+                     for w, v in verdicts] or ["no model.safetensors"]
     if problems:
         return Inspection(None, "an incomplete Whisper folder: " + "; ".join(problems), broken=True), tuple(fetch), []
-    warnings = []
     dims = {k: config.get(k) for k in WHISPER_TINY}
-    if dims != WHISPER_TINY:
-        warnings.append(f"not whisper-tiny's size (d_model {dims['d_model']}, {dims['encoder_layers']} encoder "
-                        "layers; whisper-tiny has 384, 4): random test weights or another Whisper; the official "
-                        "audio2token.pth needs whisper-tiny")
+    warnings = [] if dims == WHISPER_TINY else [
+        f"not whisper-tiny's size (d_model {dims['d_model']}, {dims['encoder_layers']} encoder layers; whisper-tiny "
+        "has 384, 4): random test weights or another Whisper; the official audio2token.pth needs whisper-tiny"]
     return Inspection("whisper_folder", "a Whisper model folder"), (), warnings
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # Checking a set of folders
-# ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -228,13 +203,11 @@ class FileReport:
 
 
 class _Scanner:
-    """Recognise every weights file in some folders once (the look-around for renamed files)."""
+    """Every weights file in some folders, each recognised once (the look-around for renamed files)."""
 
-    def __init__(self, roots: Iterable[Path], suffixes: tuple[str, ...]):
-        self.roots = [Path(r) for r in roots]
-        self.suffixes = suffixes
+    def __init__(self, roots: list[Path], suffixes: tuple[str, ...]):
+        self.roots, self.suffixes, self._seen = roots, suffixes, {}
         self._files: list[Path] | None = None
-        self._seen: dict[Path, Inspection] = {}
 
     def inspect(self, path: Path) -> Inspection:
         if path not in self._seen:
@@ -246,22 +219,17 @@ class _Scanner:
 
     def files(self) -> list[Path]:
         if self._files is None:
-            found: list[Path] = []
+            self._files = []
             for root in self.roots:
                 for dirpath, dirs, names in os.walk(root, followlinks=True):
-                    # Hidden folders and Hugging Face model folders (whisper-tiny) hold nothing we look for; the
-                    # depth limit also ends symlink loops.
+                    # Hidden and Hugging Face model folders (whisper-tiny) hold nothing we look for; the depth
+                    # limit also ends symlink loops.
                     deep = len(Path(dirpath).relative_to(root).parts) >= MAX_SCAN_DEPTH
                     dirs[:] = [] if deep else sorted(d for d in dirs if not d.startswith(".")
                                                      and not (Path(dirpath) / d / "config.json").is_file())
-                    found += [Path(dirpath) / n for n in sorted(names) if n.lower().endswith(self.suffixes)]
-                    if len(found) >= MAX_SCAN_FILES:
-                        break
-            self._files = found[:MAX_SCAN_FILES]
+                    self._files += [Path(dirpath) / n for n in sorted(names) if n.lower().endswith(self.suffixes)]
+            self._files = self._files[:MAX_SCAN_FILES]
         return self._files
-
-    def of_kind(self, kind: str) -> list[Path]:
-        return [f for f in self.files() if self.inspect(f).kind == kind]
 
 
 def _size_warnings(entry: CatalogEntry, path: Path) -> list[str]:
@@ -275,87 +243,66 @@ def _size_warnings(entry: CatalogEntry, path: Path) -> list[str]:
     return []
 
 
-def _place(entry: CatalogEntry, roots: list[Path]) -> Path:
-    return roots[0] / entry.relpath
+def _relative(path: Path, roots: list[Path]) -> str:
+    return next((path.relative_to(r).as_posix() for r in roots if path.is_relative_to(r)), str(path))
 
 
-def _check_file(entry: CatalogEntry, roots: list[Path], scan: _Scanner) -> FileReport:
-    target = _place(entry, roots)
-    present = next((r / entry.relpath for r in roots if (r / entry.relpath).is_file()), None)
-    fetch = tuple(f for f, _ in entry.downloads)
-    if present is None:
-        report = FileReport(entry, MISSING, target, fetch=fetch)
-        _point_at_alternative(report, entry, roots, scan, exclude=None)
-        return report
-    seen = scan.inspect(present)
-    if seen.kind == entry.kind:
-        warnings = _size_warnings(entry, present)
-        if entry.kind == "torchscript" and seen.label != "a TorchScript YOLO model":
-            warnings.append("a TorchScript model, but not recognisably a YOLO one")
-        sidecar = present.with_suffix(".config.json")
-        if entry.slot == "unet" and sidecar.is_file() and not warnings:
-            warnings.append(f"{sidecar.name} beside it describes a small test UNet: delete it, the official "
-                            "unet.pth needs none")
-        return FileReport(entry, FOUND, present, present, seen.label, warnings)
-    if seen.unverified:  # cannot open it cheaply: the size is all there is to go on
-        matches = entry.size is not None and present.stat().st_size == entry.size
-        note = "the size matches the official file" if matches else "not verified, and not the official size"
-        return FileReport(entry, FOUND, present, present, seen.label, [f"{seen.label}: {note}"])
-    report = FileReport(entry, WRONG, present, present, _wrong_detail(entry, seen))
-    if seen.broken:
-        report.fetch, report.replace = fetch, True
-    else:
-        report.detail += f"; move it out of the way, then download {Path(entry.relpath).name}"
-    _point_at_alternative(report, entry, roots, scan, exclude=present)
+def _check_file(entry: CatalogEntry, roots: list[Path], scan: _Scanner, present: Path | None) -> FileReport:
+    """`present`: the file at an official name (None: none there). A correct file under another name is pointed
+    at instead of downloading again."""
+    target, fetch = roots[0] / entry.relpath, tuple(f for f, _ in entry.downloads)
+    report = FileReport(entry, MISSING, target, fetch=fetch)
+    if present is not None:
+        seen = scan.inspect(present)
+        if seen.kind == entry.kind:
+            warnings = _size_warnings(entry, present)
+            if entry.kind == "torchscript" and "YOLO" not in seen.label:
+                warnings.append("a TorchScript model, but not recognisably a YOLO one")
+            sidecar = present.with_suffix(".config.json")
+            if entry.slot == "unet" and sidecar.is_file() and not warnings:
+                warnings.append(f"{sidecar.name} beside it describes a small test UNet: delete it, the official "
+                                "unet.pth needs none")
+            return FileReport(entry, FOUND, present, present, seen.label, warnings)
+        if seen.unverified:  # cannot open it cheaply: the size is all there is to go on
+            matches = entry.size is not None and present.stat().st_size == entry.size
+            note = "the size matches the official file" if matches else "not verified, and not the official size"
+            return FileReport(entry, FOUND, present, present, seen.label, [f"{seen.label}: {note}"])
+        at_place = present.as_posix().endswith(entry.relpath)
+        detail = seen.label if seen.label.startswith("this file") else (  # a loader message, already a sentence
+            f"this is {seen.label}" + ("" if seen.kind is None else f", not {entry.title}"))
+        report = FileReport(entry, WRONG, present if at_place else target, present, detail, fetch=fetch)
+        if seen.broken:
+            report.replace = at_place
+        elif at_place:
+            report.fetch = ()
+            report.detail += f"; move it out of the way, then download {Path(entry.relpath).name}"
+        else:
+            report.detail += "; rename or delete it: the loader picks svd_xt* files by name"
+    other = next((f for f in scan.files() if f != present and scan.inspect(f).kind == entry.kind), None)
+    if other is not None:
+        name = _relative(other, roots)
+        advice = (f"select {name} as svd_checkpoint in the loader, or rename it to {entry.relpath}"
+                  if entry.folder == "checkpoints" else f"rename it to {target}, or select {name} in the loader")
+        report.fetch = ()  # a correct copy is already on disk: nothing to download
+        if report.status == MISSING:
+            report.status, report.path, report.detail = ELSEWHERE, other, advice
+            report.warnings += _size_warnings(entry, other)
+        else:
+            report.detail += f". The right file is {name}: {advice}"
     return report
 
 
-def _wrong_detail(entry: CatalogEntry, seen: Inspection) -> str:
-    if seen.label.startswith("this file"):  # a loader message, already a sentence about the file
-        return seen.label
-    if seen.kind is None:
-        return f"this is {seen.label}"
-    return f"this is {seen.label}, not {entry.title}"
-
-
-def _point_at_alternative(report: FileReport, entry: CatalogEntry, roots: list[Path], scan: _Scanner,
-                          exclude: Path | None) -> None:
-    """A correct file under another name: report it (MISSING becomes ELSEWHERE) instead of downloading again."""
-    others = [f for f in scan.of_kind(entry.kind) if f != exclude]
-    if not others:
-        return
-    other = others[0]
-    name = _relative(other, roots)
-    advice = f"rename it to {_place(entry, roots)}, or select {name} in the loader"
-    report.fetch = ()  # a correct copy is already on disk: nothing to download
-    if report.status == MISSING:
-        report.status, report.path = ELSEWHERE, other
-        report.detail = advice
-        report.warnings += _size_warnings(entry, other)
-    else:
-        report.detail += f". The right file is {name}: {advice}"
-
-
-def _relative(path: Path, roots: list[Path]) -> str:
-    for root in roots:
-        try:
-            return path.relative_to(root).as_posix()
-        except ValueError:
-            continue
-    return str(path)
-
-
 def _check_whisper(entry: CatalogEntry, roots: list[Path]) -> FileReport:
-    target = _place(entry, roots)
+    target = roots[0] / entry.relpath
     present = next((r / entry.relpath for r in roots if (r / entry.relpath).is_dir()), None)
     if present is not None:
         seen, fetch, warnings = _inspect_whisper(present)
         if seen.kind == entry.kind:
             return FileReport(entry, FOUND, present, present, seen.label, warnings)
-        return FileReport(entry, WRONG, present, present, _wrong_detail(entry, seen), fetch=fetch, replace=True)
+        return FileReport(entry, WRONG, present, present, f"this is {seen.label}", fetch=fetch, replace=True)
     for root in roots:  # another Whisper folder, e.g. models/sonic/whisper/ or Sonic's checkpoints layout
-        for config in sorted(list(root.glob("*/config.json")) + list(root.glob("*/*/config.json"))):
-            seen, fetch, warnings = _inspect_whisper(config.parent)
+        for config in sorted([*root.glob("*/config.json"), *root.glob("*/*/config.json")]):
+            seen, _, warnings = _inspect_whisper(config.parent)
             if seen.kind == entry.kind:
                 name = config.parent.relative_to(root).as_posix()
                 return FileReport(entry, ELSEWHERE, target, config.parent,
@@ -364,45 +311,10 @@ def _check_whisper(entry: CatalogEntry, roots: list[Path]) -> FileReport:
     return FileReport(entry, MISSING, target, fetch=tuple(f for f, _ in entry.downloads))
 
 
-def _is_svd_name(path: Path) -> bool:
-    return path.name.lower().startswith("svd_xt") and path.suffix.lower() in (".safetensors", ".sft")
-
-
-def _check_svd(entry: CatalogEntry, roots: list[Path], scan: _Scanner) -> FileReport:
-    """Any svd_xt*.safetensors in a checkpoints folder is in place; other names are found-as."""
-    target = _place(entry, roots)
-    fetch = tuple(f for f, _ in entry.downloads)
-    named = [f for f in scan.files() if _is_svd_name(f)]
-    good = [f for f in named if scan.inspect(f).kind == entry.kind]
-    if good:
-        return FileReport(entry, FOUND, good[0], good[0], scan.inspect(good[0]).label,
-                          _size_warnings(entry, good[0]))
-    if not named:
-        report = FileReport(entry, MISSING, target, fetch=fetch)
-        _point_at_alternative(report, entry, roots, scan, exclude=None)
-        if report.status == ELSEWHERE:
-            report.detail = (f"select {_relative(report.path, roots)} as svd_checkpoint in the loader, or rename "
-                             f"it to {entry.relpath}")
-        return report
-    bad = named[0]
-    seen = scan.inspect(bad)
-    report = FileReport(entry, WRONG, target, bad, _wrong_detail(entry, seen), fetch=fetch)
-    if bad == target:
-        report.target, report.replace = bad, seen.broken
-        if not seen.broken:
-            report.fetch = ()
-            report.detail += f"; move it out of the way, then download {entry.relpath}"
-    elif not seen.broken:
-        report.detail += "; rename or delete it: the loader picks svd_xt* files by name"
-    _point_at_alternative(report, entry, roots, scan, exclude=bad)
-    return report
-
-
 def check_models(sonic_dirs: Iterable[str | os.PathLike],
                  checkpoint_dirs: Iterable[str | os.PathLike]) -> list[FileReport]:
     """One report per catalog entry; the first folder of each list is where missing files belong."""
-    sonic = [Path(d) for d in sonic_dirs]
-    checkpoints = [Path(d) for d in checkpoint_dirs]
+    sonic, checkpoints = [Path(d) for d in sonic_dirs], [Path(d) for d in checkpoint_dirs]
     if not sonic or not checkpoints:
         raise ValueError("need at least one sonic folder and one checkpoints folder")
     sonic_scan = _Scanner(sonic, WEIGHT_SUFFIXES)
@@ -412,17 +324,19 @@ def check_models(sonic_dirs: Iterable[str | os.PathLike],
     for entry in CATALOG:
         if entry.kind == "whisper_folder":
             reports.append(_check_whisper(entry, sonic))
-        elif entry.kind == "svd_checkpoint":
-            reports.append(_check_svd(entry, checkpoints, svd_scan))
+        elif entry.kind == "svd_checkpoint":  # any svd_xt*.safetensors is in place; a correct one first
+            named = [f for f in svd_scan.files() if f.name.lower().startswith("svd_xt")]
+            named.sort(key=lambda f: svd_scan.inspect(f).kind != entry.kind)
+            reports.append(_check_file(entry, checkpoints, svd_scan, named[0] if named else None))
         else:
-            reports.append(_check_file(entry, sonic, sonic_scan))
+            present = next((r / entry.relpath for r in sonic if (r / entry.relpath).is_file()), None)
+            reports.append(_check_file(entry, sonic, sonic_scan, present))
     return reports
 
 
 def check_models_dir(models_dir: str | os.PathLike) -> list[FileReport]:
     """The check for a ComfyUI `models` folder (models/sonic and models/checkpoints)."""
-    models = Path(models_dir)
-    return check_models([models / "sonic"], [models / "checkpoints"])
+    return check_models([Path(models_dir) / "sonic"], [Path(models_dir) / "checkpoints"])
 
 
 def all_required_found(reports: Iterable[FileReport]) -> bool:
@@ -431,16 +345,13 @@ def all_required_found(reports: Iterable[FileReport]) -> bool:
 
 def destination(report: FileReport, repo_file: str) -> Path:
     """Where a fetched repo file goes: the entry's folder (the parent of its official place) + the mapped path."""
-    relative = dict(report.entry.downloads)[repo_file]
     root = report.target
     for _ in Path(report.entry.relpath).parts:
         root = root.parent
-    return root / relative
+    return root / dict(report.entry.downloads)[repo_file]
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # Text
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def human_size(n: int) -> str:
@@ -450,62 +361,48 @@ def human_size(n: int) -> str:
     return f"{n} bytes"
 
 
-def _shown(path: Path, base: Path | None) -> str:
-    if base is not None:
-        try:
-            return path.relative_to(base).as_posix()
-        except ValueError:
-            pass
-    return str(path)
-
-
-def _source(entry: CatalogEntry) -> str:
-    files = ", ".join(f for f, _ in entry.downloads)
-    size = f", {human_size(entry.size)}" if entry.size else ""
-    gated = "; gated: accept the licence there first" if entry.gated else ""
-    return f"source: {entry.url} ({files}{size}; {entry.licence}{gated})"
+def _notes(r: FileReport) -> list[str]:
+    files = ", ".join(f for f, _ in r.entry.downloads)
+    notes = []
+    if r.status == MISSING and r.entry.kind == "whisper_folder":
+        notes.append(f"put the {r.entry.repo} files ({files}) in {r.target}{os.sep}")
+    elif r.status == MISSING:
+        notes.append(f"put {r.target.name} in {r.target.parent}{os.sep}")
+    elif r.detail and r.status != FOUND:
+        notes.append(r.detail)
+    if r.status == WRONG and r.fetch and r.entry.kind == "whisper_folder":
+        notes.append(f"missing or bad in the folder: {', '.join(r.fetch)}")
+    notes += [f"warning: {w}" for w in r.warnings]
+    if r.status in (MISSING, WRONG):
+        size = f", {human_size(r.entry.size)}" if r.entry.size else ""
+        gated = "; gated: accept the licence there first" if r.entry.gated else ""
+        notes.append(f"source: {r.entry.url} ({files}{size}; {r.entry.licence}{gated})")
+    return notes
 
 
 def format_report(reports: list[FileReport], base: Path | None = None, download_command: str | None = None) -> str:
     """The table people read: one row per file, indented notes under it, then what to do."""
     rows = []
     for r in reports:
-        what = r.entry.title if r.entry.required else f"{r.entry.title} (optional)"
         shown = r.path if r.path is not None else r.target
-        name = _shown(shown, base) + ("/" if r.entry.kind == "whisper_folder" else "")
-        size = human_size(shown.stat().st_size) if shown.is_file() else ""
-        rows.append((r.status, what, name, size, r))
+        name = (shown.relative_to(base).as_posix() if base is not None and shown.is_relative_to(base)
+                else str(shown)) + ("/" if r.entry.kind == "whisper_folder" else "")
+        what = r.entry.title + ("" if r.entry.required else " (optional)")
+        rows.append((r.status, what, name, human_size(shown.stat().st_size) if shown.is_file() else "", r))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["Sonic model check" + (f": {base}" if base is not None else ""), ""]
-    lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(("STATUS", "WHAT", "FILE", "SIZE"), widths)).rstrip())
-    for status, what, name, size, r in rows:
-        lines.append("  " + "  ".join(v.ljust(w) for v, w in zip((status, what, name, size), widths)).rstrip())
-        notes = []
-        if r.status == MISSING and r.entry.kind == "whisper_folder":
-            files = ", ".join(f for f, _ in r.entry.downloads)
-            notes.append(f"put the {r.entry.repo} files ({files}) in {r.target}{os.sep}")
-        elif r.status == MISSING:
-            notes.append(f"put {r.target.name} in {r.target.parent}{os.sep}")
-        elif r.detail and r.status != FOUND:
-            notes.append(r.detail)
-        if r.status in (WRONG,) and r.fetch and r.entry.kind == "whisper_folder":
-            notes.append(f"missing or bad in the folder: {', '.join(r.fetch)}")
-        notes += [f"warning: {w}" for w in r.warnings]
-        if r.status in (MISSING, WRONG):
-            notes.append(_source(r.entry))
-        lines += ["  " + " " * widths[0] + "  " + n for n in notes]
-    lines.append("")
-    bad = [r for r in reports if r.entry.required and not r.ok]
-    optional = [r for r in reports if not r.entry.required and not r.ok]
-    if not bad:
-        lines.append("All required files are in place." + (f" {len(optional)} optional file(s) not in place."
-                                                           if optional else ""))
-    else:
-        lines.append(f"{len(bad)} required file(s) not in place: {', '.join(r.entry.slot for r in bad)}.")
+    for *cells, r in [("STATUS", "WHAT", "FILE", "SIZE", None), *rows]:
+        lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(cells, widths)).rstrip())
+        lines += ["  " + " " * widths[0] + "  " + n for n in (_notes(r) if r else [])]
+    bad = [r.entry.slot for r in reports if r.entry.required and not r.ok]
+    optional = sum(not r.entry.required and not r.ok for r in reports)
+    more = f" {optional} optional file(s) not in place." if optional else ""
+    lines += ["", f"{len(bad)} required file(s) not in place: {', '.join(bad)}." if bad else
+              "All required files are in place." + more]
     if any(r.fetch for r in reports) and download_command:
         lines.append(f"Download the missing files: {download_command}")
-        if any(r.fetch and r.entry.gated for r in reports):
-            gated = next(r.entry for r in reports if r.fetch and r.entry.gated)
+        gated = next((r.entry for r in reports if r.fetch and r.entry.gated), None)
+        if gated is not None:
             lines.append(f"The SVD checkpoint is gated: log in at {gated.url}, accept the licence, then pass "
                          "--token hf_... (or set HF_TOKEN). Any svd_xt.safetensors / svd_xt_1_1.safetensors you "
                          "already have works too: put it in the checkpoints folder.")

@@ -16,7 +16,6 @@ from .unet import SonicUNet, build_sonic_unet
 from .weights import SLOTS, WeightFileError, identity_hint, load_weights_into, read_state_dict
 
 BUCKET_WINDOW = 50  # Whisper tokens per frame window of the bucket predictor (official, not stored in the file)
-TOKEN_WINDOW = 10
 
 
 def unet_config_for(path: str | Path) -> dict | None:
@@ -32,7 +31,7 @@ def load_sonic_unet(path: str | Path, dtype: torch.dtype = torch.float16, device
     return load_weights_into(model, path, "unet", dtype=dtype, device=device).eval()
 
 
-def _shapes(path: Path, slot: str) -> dict[str, tuple[int, ...]]:
+def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
 
 
@@ -48,7 +47,7 @@ def _need(shapes: dict, keys: list[str], path: Path, slot: str) -> None:
 def load_audio2token(path: str | Path, whisper_channels: int, whisper_states: int) -> AudioToTokens:
     """audio2token sized from its weights: proj1 reads a 10-token window of every Whisper hidden state."""
     path = Path(path)
-    shapes = _shapes(path, "audio2token")
+    shapes = _shapes(path)
     _need(shapes, ["proj1.weight", "proj3.weight", "norm.weight"], path, "audio2token")
     intermediate, flat = shapes["proj1.weight"]
     output_dim = shapes["norm.weight"][0]
@@ -67,7 +66,7 @@ def load_audio2token(path: str | Path, whisper_channels: int, whisper_states: in
 def load_audio2bucket(path: str | Path, whisper_channels: int) -> AudioToBuckets:
     """audio2bucket sized from its weights: proj1 reads 50 last-layer tokens plus the CLIP embedding."""
     path = Path(path)
-    shapes = _shapes(path, "audio2bucket")
+    shapes = _shapes(path)
     _need(shapes, ["proj1.weight", "proj3.weight"], path, "audio2bucket")
     if "norm.weight" in shapes:
         raise WeightFileError(f"{path} looks like audio2token.pth, not audio2bucket.pth: swap the two files.")

@@ -1,4 +1,4 @@
-"""Runtime speed and memory options of the Sonic UNet: channels-last, `torch.compile`, attention slicing.
+"""Runtime speed and memory options of the Sonic UNet: `torch.compile` and attention slicing.
 
 None of them changes the weights or the state dict, and each gives the plain model's output within float
 tolerance (tests/test_speed_options.py). Whether one pays is for benchmarks/gpu_bench.py to show on the GPU.
@@ -14,7 +14,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import Tensor, nn
 
-from .audio_attention import SonicAudioAttnProcessor, sliced_sdpa
+from .audio_attention import SonicAudioAttnProcessor, project_out, sliced_sdpa, split_heads
 from .unet import SonicUNet
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,6 @@ LOW_VRAM_ATTENTION_SLICES = 8
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    channels_last: bool = False
     compile: bool = False
     attention_slices: int | None = None
 
@@ -51,21 +50,14 @@ class SlicedAttnProcessor:
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
         batch, length, _ = hidden_states.shape
-
-        def heads(x: Tensor) -> Tensor:
-            return x.reshape(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
-
-        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(context)), heads(attn.to_v(context))
+        query, key, value = (split_heads(x, batch, attn.heads)
+                             for x in (attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)))
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
         out = sliced_sdpa(query, key, value, self.slices)
-        out = out.transpose(1, 2).reshape(batch, length, -1).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))  # linear, dropout
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
+        return project_out(attn, out.transpose(1, 2).reshape(batch, length, -1).to(query.dtype), hidden_states)
 
 
 def set_attention_slices(unet: nn.Module, slices: int | None) -> None:
@@ -84,21 +76,6 @@ def set_attention_slices(unet: nn.Module, slices: int | None) -> None:
                 log.warning("Sonic: attention slicing skips %s (unknown processor)", type(processor).__name__)
         elif isinstance(processor, SlicedAttnProcessor):
             module.set_processor(AttnProcessor2_0())
-
-
-def set_channels_last(unet: SonicUNet, enabled: bool) -> None:
-    """Conv weights (and the UNet's input) in channels-last layout; Conv3d (temporal resnets) in its 3-D form.
-
-    The (B·F, C, h, w) frames are one 4-D batch, so the whole down/up path stays channels-last; the temporal
-    resnets' (B, C, F, h, w) view of a channels-last tensor is exactly channels-last-3d, matching their weights.
-    """
-    for module in unet.modules():
-        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-            layout = torch.contiguous_format
-            if enabled:
-                layout = torch.channels_last if isinstance(module, nn.Conv2d) else torch.channels_last_3d
-            module.weight.data = module.weight.data.contiguous(memory_format=layout)
-    unet.channels_last = enabled
 
 
 def _signature(args: tuple) -> tuple:
@@ -183,19 +160,18 @@ def compile_report(unet: nn.Module) -> CompiledCore | None:
     return getattr(unet, "compiled_core", None)
 
 
-def apply_speed_options(unet: SonicUNet, *, channels_last: bool = False, compile: bool = False,
+def apply_speed_options(unet: SonicUNet, *, compile: bool = False,
                         attention_slices: int | None = None, compile_backend: str | Callable = "inductor",
                         compile_mode: str | None = None) -> SonicUNet:
     """Set the runtime options on `unet` in place and return it (same module, same call signature, same keys)."""
     if not isinstance(unet, SonicUNet):
         raise TypeError(f"speed options apply to a SonicUNet, not {type(unet).__name__}")
-    set_channels_last(unet, channels_last)
     set_attention_slices(unet, attention_slices)
     set_compile(unet, compile, compile_backend, compile_mode)
     return unet
 
 
-def speed_options_for(*, low_vram: bool, compile: bool, channels_last: bool = False) -> SpeedOptions:
+def speed_options_for(*, low_vram: bool, compile: bool) -> SpeedOptions:
     """The options a loader setting means: low-VRAM mode also slices the attention."""
-    return SpeedOptions(channels_last=channels_last, compile=compile,
+    return SpeedOptions(compile=compile,
                         attention_slices=LOW_VRAM_ATTENTION_SLICES if low_vram else None)

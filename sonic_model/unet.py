@@ -86,7 +86,7 @@ class SonicTransformerSpatioTemporal(TransformerSpatioTemporalModel):
             x = self.time_mixer(x_spatial=x, x_temporal=x_mix, image_only_indicator=image_only_indicator)
 
         x = self.proj_out(x)
-        x = _same_format(x.reshape(batch_frames, height, width, -1).permute(0, 3, 1, 2), residual)
+        x = x.reshape(batch_frames, height, width, -1).permute(0, 3, 1, 2).contiguous()
         output = x + residual
         return TransformerTemporalModelOutput(sample=output) if return_dict else (output,)
 
@@ -121,13 +121,6 @@ class MaskGridCache:
         self.mask, self.key, self.grids = None, (), {}
 
 
-def _same_format(x: Tensor, like: Tensor) -> Tensor:
-    """`x` contiguous in `like`'s memory format (channels-last stays channels-last through a transformer site)."""
-    channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(
-        memory_format=torch.channels_last)
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
 def _install_audio_attention(unet: UNetSpatioTemporalConditionModel) -> None:
     """Re-class every transformer site and give each spatial and temporal `attn2` an audio processor."""
     for module in list(unet.modules()):
@@ -148,7 +141,6 @@ class SonicUNet(UNetSpatioTemporalConditionModel):
         super().__init__(*args, **kwargs)
         _install_audio_attention(self)
         # Runtime speed options (sonic_model.speed sets them): not weights, not in the state dict.
-        self.channels_last = False
         self.compiled_core: Callable[..., Tensor] | None = None
         self.mask_grids = MaskGridCache()
 
@@ -202,8 +194,6 @@ class SonicUNet(UNetSpatioTemporalConditionModel):
 
         cond = SiteContexts(clip_states.to(dtype), audio_tokens.to(dtype), batch, frames, face_mask, grids)
         x = sample.flatten(0, 1)
-        if self.channels_last:  # (B·F, C, h, w) frames as a 2-D batch: the 4-D layout the convs prefer
-            x = x.contiguous(memory_format=torch.channels_last)
         x = self.conv_in(x)
         image_only_indicator = torch.zeros(batch, frames, dtype=dtype, device=sample.device)
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import mmap
 import os
@@ -27,9 +28,6 @@ import torch
 from torch import nn
 
 from .file_signatures import CONTAINER_LABELS, identify_kind, sniff_container
-
-__all__ = ["WeightFileError", "Slot", "SLOTS", "read_state_dict", "load_weights_into", "check_fits",
-           "identity_hint"]
 
 LOADABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -209,18 +207,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             if dt is None or sys.byteorder != "little" or begin % dt.itemsize:
                 sd[key] = f.get_tensor(key)  # rare layout: let the library copy it
                 continue
-            sd[key] = torch.empty(0, dtype=dt).set_(storage, begin // dt.itemsize, shape, _contiguous_strides(shape))
+            sd[key] = torch.empty(0, dtype=dt).set_(storage, begin // dt.itemsize, shape)  # contiguous strides
     if not sd:
         raise WeightFileError(f"{path} contains no tensors")
     return sd
-
-
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -284,26 +274,21 @@ def _release_pages(t: torch.Tensor, mapped: list[tuple[int, int]]) -> None:
             return
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
 def _madvise(address: int, length: int) -> None:
-    libc = _libc()
-    if libc is not None:
-        libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), ctypes.c_int(_MADV_DONTNEED))
-
-
-_LIBC: list = []
-
-
-def _libc():
-    if not _LIBC:
-        lib = None
-        if sys.platform.startswith("linux"):
-            try:
-                lib = ctypes.CDLL(None, use_errno=True)
-                lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            except (OSError, AttributeError):
-                lib = None
-        _LIBC.append(lib)
-    return _LIBC[0]
+    if _libc() is not None:
+        _libc().madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), ctypes.c_int(_MADV_DONTNEED))
 
 
 # ----------------------------------------------------------------------------------------------------------------

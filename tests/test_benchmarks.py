@@ -23,3 +23,12 @@ def test_sampler_overhead_counts_unet_calls():
     out = _run("benchmarks/sampler_overhead.py", "--frames", "13", "--window", "5", "--steps", "2", "--repeats", "1",
                "--size", "4")
     assert "UNet calls           6 (expected steps x windows = 6)" in out and "overhead ratio" in out
+
+
+def test_load_memory_measures_sonic_loading_against_the_libraries_own_readers(tmp_path):
+    out = _run("benchmarks/load_memory.py", "--scale", "0.02", "--generic", "--format", "safetensors",
+               "--targets", "bf16", "--tmpdir", str(tmp_path))
+    rows = {cells[0]: cells for cells in map(str.split, out.splitlines()) if cells[1:2] == ["fp16->bf16"]}
+    assert set(rows) == {"lean", "library", "naive"}, out
+    assert len({row[-1] for row in rows.values()}) == 1, "the three loads must give the same weights (checksum)"
+    assert "lean target (<= 1.2x model size):" in out  # at 2 % of the UNet fixed overheads decide: not asserted

@@ -126,3 +126,23 @@ def test_loader_reuses_models_for_the_same_settings(sonic_dir, tiny_models_dir, 
     assert first.args[1] is not None and first.args[2] is not None
     other = loaders.SonicLoader.execute(**{**args, "rife": "none"})
     assert other.args[0] is not first.args[0] and other.args[0].rife is None
+
+
+def test_svd_combo_lists_the_official_names_and_never_picks_another_checkpoint(tmp_path, monkeypatch):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "sd15.safetensors").write_bytes(b"x")
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "checkpoints", ([str(checkpoints)], {".safetensors"}))
+    folder_paths.filename_list_cache.clear()
+    assert model_files.svd_choices() == (
+        ["none", "sd15.safetensors", "svd_xt_1_1.safetensors", "svd_xt.safetensors"], "svd_xt_1_1.safetensors")
+    assert model_files.svd_path("svd_xt_1_1.safetensors") is None  # not sd15: no arbitrary stand-in
+    with pytest.raises(FileNotFoundError, match=f"Put svd_xt_1_1.safetensors .* in {checkpoints}: run "):
+        model_files.resolve_svd("svd_xt.safetensors")
+
+    (checkpoints / "svd_xt.safetensors").write_bytes(b"x")  # the 1.0 file serves a workflow naming 1.1, and back
+    folder_paths.filename_list_cache.clear()
+    assert model_files.svd_choices()[1] == "svd_xt.safetensors"
+    assert model_files.resolve_svd("svd_xt_1_1.safetensors") == checkpoints / "svd_xt.safetensors"
+    assert model_files.svd_path("sd15.safetensors") == checkpoints / "sd15.safetensors"
+    assert model_files.svd_path("other.safetensors") is None

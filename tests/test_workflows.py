@@ -9,7 +9,7 @@ from fractions import Fraction
 import av
 import pytest
 
-from comfy_harness import load_runtime, run_prompt, use_models_dir
+from comfy_harness import PromptFailed, load_runtime, run_prompt, use_models_dir
 from comfy_server import write_short_wav
 from conftest import REPO
 
@@ -45,18 +45,78 @@ def _duration(stream) -> float:
     return float(stream.duration * stream.time_base) if stream.duration else float(stream.frames / stream.average_rate)
 
 
-@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
-def test_shipped_workflow_executes_and_writes_a_synced_video(workflow, tiny_models_dir, tmp_path):
+def _inputs(tmp_path):
     inputs = tmp_path / "input"
     inputs.mkdir()
     shutil.copy(ASSETS / "sonic_portrait.png", inputs / "sonic_portrait.png")
     write_short_wav(ASSETS / "sonic_voice.wav", inputs / "sonic_voice.wav", 1.37)  # 17 frames keep CPU runs short
-    use_models_dir(tiny_models_dir, tmp_path / "output", inputs)
+    return inputs
+
+
+def _models_as_downloaded(tiny_models_dir, tmp_path, svd_name):
+    """The random set laid out as `tools/models.py download` leaves it: the SVD file under one official name."""
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "sonic").symlink_to(tiny_models_dir / "sonic")
+    if svd_name:
+        (models / "checkpoints" / svd_name).symlink_to(tiny_models_dir / "checkpoints" / "svd_xt_random.safetensors")
+    return models
+
+
+def _only_these_folders(monkeypatch, models):
+    """ComfyUI sees just this models folder (earlier tests registered others in the same process)."""
+    import folder_paths
+
+    for kind in ("checkpoints", "sonic"):
+        paths, extensions = folder_paths.folder_names_and_paths[kind]
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, kind, ([str(models / kind)], extensions))
+    folder_paths.filename_list_cache.clear()
+
+
+def test_shipped_workflows_name_the_svd_file_the_download_fetches():
+    from tools.models import CATALOG
+
+    fetched = {dest for entry in CATALOG if entry.slot == "svd_checkpoint" for _, dest in entry.downloads}
+    for workflow in WORKFLOWS:
+        named = {n["inputs"]["svd_checkpoint"] for n in json.loads(workflow.read_text()).values()
+                 if n["class_type"] == "SonicLoader"}
+        assert named == fetched == {"svd_xt_1_1.safetensors"}, workflow.name
+
+
+def test_a_missing_svd_checkpoint_validates_and_the_loader_names_the_fix(tiny_models_dir, tmp_path, monkeypatch):
+    inputs = _inputs(tmp_path)
+    models = _models_as_downloaded(tiny_models_dir, tmp_path, None)
+    use_models_dir(models, tmp_path / "output", inputs)
+    _only_these_folders(monkeypatch, models)
+    prompt = json.loads((REPO / "workflows" / "api" / "sonic_basic.json").read_text())
+    prompt["1"]["inputs"]["face_detector"] = "none"  # the random set has none; the SVD file is what is missing
+    with pytest.raises(PromptFailed) as failed:
+        run_prompt(prompt)
+    error = failed.value.args[0]
+    assert isinstance(error, dict), error  # not "invalid prompt": validation passed, the loader itself refused
+    assert error["node_type"] == "SonicLoader"
+    assert error["exception_message"].strip() == (
+        f"SVD-xt checkpoint 'svd_xt_1_1.safetensors' not found. Put svd_xt_1_1.safetensors (or svd_xt.safetensors) "
+        f"in {models / 'checkpoints'}: run `python tools/models.py download --token hf_...` in the Sonic node folder "
+        "(the repository is gated: accept the licence at "
+        "https://huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt-1-1 first), or connect vae and "
+        "clip_vision and choose 'none'.")
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
+def test_shipped_workflow_executes_and_writes_a_synced_video(workflow, tiny_models_dir, tmp_path, monkeypatch):
+    inputs = _inputs(tmp_path)
+    # Only the file the download fetches, under the name it gives it: the workflows must run unchanged on it, and
+    # the 1.0 name (svd_xt.safetensors) serves them too.
+    svd_name = "svd_xt_1_1.safetensors" if workflow != WORKFLOWS[0] else "svd_xt.safetensors"
+    models = _models_as_downloaded(tiny_models_dir, tmp_path, svd_name)
+    use_models_dir(models, tmp_path / "output", inputs)
+    _only_these_folders(monkeypatch, models)
     prompt = json.loads(workflow.read_text())
     for node in prompt.values():
         if node["class_type"] == "SonicLoader":
             # the random set has no face detector: the whole picture is animated, at a CPU-friendly size
-            node["inputs"].update(svd_checkpoint="svd_xt_random.safetensors", face_detector="none")
+            node["inputs"].update(face_detector="none")
         if node["class_type"] == "SonicReferenceImage":
             node["inputs"].update(no_face="whole image", resolution=64)
         if node["class_type"] in ("SonicSampler", "BasicScheduler"):

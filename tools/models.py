@@ -63,28 +63,15 @@ def resolve_models_dir(arg: str | None, must_exist: bool = True) -> Path:
     return models.resolve()
 
 
-def _command(models: Path, *extra: str) -> str:
-    return " ".join(["python tools/models.py", "download", "--models-dir", _quote(str(models)), *extra])
-
-
-def _quote(text: str) -> str:
-    return f'"{text}"' if any(c in text for c in " ()&;'") else text
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# check
-# ----------------------------------------------------------------------------------------------------------------
+def _command(models: Path) -> str:
+    quoted = f'"{models}"' if any(c in str(models) for c in " ()&;'") else str(models)
+    return f"python tools/models.py download --models-dir {quoted}"
 
 
 def run_check(models: Path, out: Callable[[str], None] = print) -> int:
     reports = check_models_dir(models)
     out(format_report(reports, base=models, download_command=_command(models)))
     return EXIT_OK if all_required_found(reports) else EXIT_PROBLEM
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# download
-# ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -115,17 +102,8 @@ def plan_downloads(reports: Iterable[FileReport], only: Iterable[str] | None = N
     return plan
 
 
-def hub_endpoint(endpoint: str | None = None) -> str:
-    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def unreachable_reason(endpoint: str, timeout: float) -> str | None:
-    """None when the hub answers at all (any HTTP status); else why not. Honours HTTP(S)_PROXY like the hub client."""
+def unreachable(endpoint: str, timeout: float) -> str | None:
+    """None when the hub answers at all (any HTTP status); else what to do. Honours HTTP(S)_PROXY like the hub."""
     request = urllib.request.Request(endpoint + "/", method="HEAD", headers={"User-Agent": "sonic-models-check"})
     try:
         with urllib.request.urlopen(request, timeout=timeout):
@@ -134,25 +112,9 @@ def unreachable_reason(endpoint: str, timeout: float) -> str | None:
         return None  # it answered
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        return str(reason) or type(reason).__name__
-
-
-def _unreachable_message(endpoint: str, reason: str) -> str:
-    return (f"Cannot reach the Hugging Face hub at {endpoint} ({reason}). Check the internet connection or proxy "
-            "(HTTPS_PROXY), or use a mirror with --endpoint / HF_ENDPOINT (e.g. https://hf-mirror.com), then run "
-            "the command again: files already fetched are kept.")
-
-
-def _names(exc: BaseException) -> set[str]:
-    return {c.__name__ for c in type(exc).__mro__}
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen = []
-    while exc is not None and exc not in seen:
-        seen.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return seen
+    return (f"Cannot reach the Hugging Face hub at {endpoint} ({str(reason) or type(reason).__name__}). Check the "
+            "internet connection or proxy (HTTPS_PROXY), or use a mirror with --endpoint / HF_ENDPOINT (e.g. "
+            "https://hf-mirror.com), then run the command again: files already fetched are kept.")
 
 
 def explain_error(exc: BaseException, item: Download, endpoint: str) -> str:
@@ -160,7 +122,10 @@ def explain_error(exc: BaseException, item: Download, endpoint: str) -> str:
     entry = item.report.entry
     head = f"{item.repo_file} from {item.repo} failed"
     status = getattr(getattr(exc, "response", None), "status_code", None)
-    names = set().union(*(_names(e) for e in _chain(exc)))
+    names, chain = set(), [exc]  # class names (and bases) of the exception and every cause behind it
+    while chain[-1] is not None and chain[-1] not in chain[:-1]:
+        names |= {c.__name__ for c in type(chain[-1]).__mro__}
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
     if "GatedRepoError" in names or (entry.gated and (status in (401, 403) or "RepositoryNotFoundError" in names)):
         return (f"{head}: the repository is gated. Log in at {entry.url}, accept the licence, create a read token at "
                 "https://huggingface.co/settings/tokens and pass --token hf_... (or set HF_TOKEN).")
@@ -178,17 +143,14 @@ def explain_error(exc: BaseException, item: Download, endpoint: str) -> str:
     return f"{head}: {text}"
 
 
-def staging_dir(models: Path, repo: str) -> Path:
-    return models / STAGING / repo.replace("/", "--")
-
-
 def fetch(item: Download, models: Path, token: str | None, endpoint: str, timeout: float,
           hf_hub_download: Callable | None = None) -> Path:
     """Download one repo file via huggingface_hub (its own progress bar and retries), then move it into place."""
     if hf_hub_download is None:
         from huggingface_hub import hf_hub_download
-    fetched = Path(hf_hub_download(item.repo, item.repo_file, local_dir=staging_dir(models, item.repo),
-                                   token=token, endpoint=endpoint, etag_timeout=timeout))
+    staging = models / STAGING / item.repo.replace("/", "--")
+    fetched = Path(hf_hub_download(item.repo, item.repo_file, local_dir=staging, token=token, endpoint=endpoint,
+                                   etag_timeout=timeout))
     item.dest.parent.mkdir(parents=True, exist_ok=True)
     if item.dest.exists() and not item.report.replace:
         raise FileExistsError(f"{item.dest} appeared meanwhile; left as it is")
@@ -204,7 +166,7 @@ def download_missing(models: Path, token: str | None = None, endpoint: str | Non
                      out: Callable[[str], None] = print) -> int:
     """Fetch what the check says is missing; exit code 0 when every planned file arrived and checks out."""
     models.mkdir(parents=True, exist_ok=True)
-    endpoint = hub_endpoint(endpoint)
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     plan = plan_downloads(check_models_dir(models), only, required_only)
     if not plan:
         out("Nothing to download: no missing or broken files" + (" among those selected." if only else "."))
@@ -218,7 +180,8 @@ def download_missing(models: Path, token: str | None = None, endpoint: str | Non
             "unless `hf auth login` saved a token already.")
     if dry_run:
         return EXIT_OK
-    if _offline():
+    if any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+           for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
         out("HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it (and TRANSFORMERS_OFFLINE) and run the "
             "command again.")
         return EXIT_PROBLEM
@@ -228,9 +191,9 @@ def download_missing(models: Path, token: str | None = None, endpoint: str | Non
         out("huggingface_hub is not installed: pip install huggingface_hub (in ComfyUI's Python), then run the "
             "command again.")
         return EXIT_PROBLEM
-    reason = unreachable_reason(endpoint, timeout)
-    if reason is not None:
-        out(_unreachable_message(endpoint, reason))
+    problem = unreachable(endpoint, timeout)
+    if problem is not None:
+        out(problem)
         return EXIT_PROBLEM
 
     failures = []
@@ -259,11 +222,6 @@ def download_missing(models: Path, token: str | None = None, endpoint: str | Non
         shutil.rmtree(models / STAGING, ignore_errors=True)
         return EXIT_OK
     return EXIT_PROBLEM
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# command line
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:

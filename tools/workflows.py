@@ -39,7 +39,7 @@ class Node:
 
 def _sonic_models(image: str, audio: str) -> list[Node]:
     return [
-        Node(1, "SonicLoader", {"svd_checkpoint": "svd_xt.safetensors", "unet": "unet.pth",
+        Node(1, "SonicLoader", {"svd_checkpoint": "svd_xt_1_1.safetensors", "unet": "unet.pth",
                                 "audio2token": "audio2token.pth", "audio2bucket": "audio2bucket.pth",
                                 "whisper": "whisper-tiny", "face_detector": "yoloface_v5m.pt",
                                 "rife": "RIFE/flownet.pkl", "dtype": "auto", "low_vram": "auto"}, pos=(40, 80)),
