@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 STAND_IN = torch.device("cuda", 0)
+_REAL_GENERATOR = torch.Generator
 CPU = torch.device("cpu")
 
 # ATen ops computed on the stand-in, by name (e.g. 'convolution'): tests read it to show the work ran there.
@@ -256,15 +257,41 @@ class StandInMode(TorchFunctionMode):
             if is_stand_in(device):
                 return _move(args[0], dtype, bool(kwargs.get("copy", False)), memory_format)
             return func(*args, **kwargs)
-        if is_stand_in(kwargs.get("device")):
-            generator = kwargs.get("generator")
-            if generator is not None and generator.device.type == "cpu":
-                raise RuntimeError(f"Expected a '{STAND_IN.type}' device type for generator but found 'cpu' "
+        generator = kwargs.get("generator")
+        if generator is not None and "device" in kwargs:
+            wanted = "cuda" if is_stand_in(kwargs["device"]) else torch.device(kwargs["device"] or "cpu").type
+            found = "cuda" if isinstance(generator, StandInGenerator) else generator.device.type
+            if wanted != found:
+                raise RuntimeError(f"Expected a '{wanted}' device type for generator but found '{found}' "
                                    f"(stand-in accelerator, {getattr(func, '__name__', func)})")
+        if is_stand_in(kwargs.get("device")):
             out = func(*args, **{**kwargs, "device": CPU})
             return tree_map(lambda t: StandInTensor(t) if isinstance(t, torch.Tensor)
                             and not isinstance(t, StandInTensor) else t, out)
         return func(*args, **kwargs)
+
+
+class StandInGenerator(_REAL_GENERATOR):
+    """A generator for the stand-in device: a CPU generator (the numbers are made on the CPU) that says cuda."""
+
+    @property
+    def device(self) -> torch.device:
+        return STAND_IN
+
+
+class _GeneratorFor(type):
+    """`torch.Generator` inside `stand_in_device()`: torch.Generator(device='cuda') would start the CUDA runtime,
+    so it gives a StandInGenerator; any other device gets torch's own, and isinstance checks keep working."""
+
+    def __call__(cls, device="cpu"):
+        return StandInGenerator() if is_stand_in(device) else _REAL_GENERATOR(device)
+
+    def __instancecheck__(cls, obj) -> bool:
+        return isinstance(obj, _REAL_GENERATOR)
+
+
+class GeneratorFor(metaclass=_GeneratorFor):
+    pass
 
 
 def _move(tensor: torch.Tensor, dtype, copy: bool, memory_format=None) -> torch.Tensor:
@@ -289,8 +316,10 @@ def stand_in_device() -> Iterator[torch.device]:
     which cannot turn a CPU tensor into a StandInTensor."""
     overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
     torch.__future__.set_overwrite_module_params_on_conversion(True)
+    torch.Generator = GeneratorFor
     try:
         with StandInMode():
             yield STAND_IN
     finally:
+        torch.Generator = _REAL_GENERATOR
         torch.__future__.set_overwrite_module_params_on_conversion(overwrite)

@@ -97,9 +97,16 @@ def test_numpy_of_a_device_tensor_is_refused_with_cudas_message(device):
     assert moved.cpu().numpy().shape == (2,)
 
 
-def test_a_cpu_generator_cannot_make_device_noise(device):
+def test_generators_belong_to_one_device(device):
     with pytest.raises(RuntimeError, match="Expected a 'cuda' device type for generator but found 'cpu'"):
         torch.randn(3, generator=torch.Generator().manual_seed(0), device=device)
+    on_device = torch.Generator(device=device)
+    assert on_device.device == STAND_IN and isinstance(on_device, torch.Generator)
+    on_device.manual_seed(5)
+    noise = torch.randn(3, generator=on_device, device=device)
+    assert noise.device == STAND_IN and torch.equal(noise.cpu(), torch.randn(3, generator=torch.Generator().manual_seed(5)))
+    with pytest.raises(RuntimeError, match="Expected a 'cpu' device type for generator but found 'cuda'"):
+        torch.randn(3, generator=on_device, device="cpu")
 
 
 def test_modules_move_there_and_back_and_compute_as_on_the_cpu(device):
