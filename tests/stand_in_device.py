@@ -257,6 +257,8 @@ class StandInMode(TorchFunctionMode):
             if is_stand_in(device):
                 return _move(args[0], dtype, bool(kwargs.get("copy", False)), memory_format)
             return func(*args, **kwargs)
+        if func in _FROM_DATA and args and isinstance(args[0], StandInTensor):
+            return _from_device_data(func, args, kwargs)
         generator = kwargs.get("generator")
         if generator is not None and "device" in kwargs:
             wanted = "cuda" if is_stand_in(kwargs["device"]) else torch.device(kwargs["device"] or "cpu").type
@@ -269,6 +271,17 @@ class StandInMode(TorchFunctionMode):
             return tree_map(lambda t: StandInTensor(t) if isinstance(t, torch.Tensor)
                             and not isinstance(t, StandInTensor) else t, out)
         return func(*args, **kwargs)
+
+
+# torch.tensor(t) / torch.as_tensor(t) of a device tensor: their C++ starts the CUDA runtime for a cuda source.
+_FROM_DATA = {torch.tensor, torch.as_tensor, torch.asarray}
+
+
+def _from_device_data(func, args: tuple, kwargs: dict) -> torch.Tensor:
+    target = kwargs.get("device")
+    on_device = target is None or is_stand_in(target)
+    out = func(args[0].host, *args[1:], **{**kwargs, "device": CPU})
+    return StandInTensor(out) if on_device else out
 
 
 class StandInGenerator(_REAL_GENERATOR):

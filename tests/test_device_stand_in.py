@@ -87,6 +87,15 @@ def test_index_select_wants_its_index_on_the_device(device):
     assert moved.index_select(0, torch.tensor([1], device=device)).device == STAND_IN
 
 
+def test_tensors_made_from_device_tensors_stay_there_unless_told(device):
+    moved = _numbers(12, 3).to(device)
+    with pytest.warns(UserWarning, match="copy construct"):  # torch's own advice, as on CUDA
+        assert torch.tensor(moved[0]).device == STAND_IN
+    assert torch.as_tensor(moved).device == STAND_IN
+    assert torch.as_tensor(moved, device="cpu").device.type == "cpu"
+    assert torch.equal(torch.as_tensor(moved, dtype=torch.float64).cpu(), moved.cpu().double())
+
+
 def test_numpy_of_a_device_tensor_is_refused_with_cudas_message(device):
     moved = _numbers(8, 2).to(device)
     message = "can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu()"
