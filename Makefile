@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test setup parity bench
+.PHONY: demo test test-device setup parity bench
 
 setup:
 	bash tools/setup_env.sh
@@ -12,6 +12,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# Only the tests on the stand-in accelerator (tests/stand_in_device.py): same as `make test PYTEST_ARGS='-m device'`.
+test-device: setup
+	$(PY) -m pytest -q tests -m device $(PYTEST_ARGS)
 
 parity: setup
 	$(PY) tools/parity.py ../shared/reference/golden/*.json ../shared/reference/manifest/*.json

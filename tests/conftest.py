@@ -47,3 +47,14 @@ def tiny_models_dir(tmp_path_factory) -> Path:
     from tools.tiny_models import write_all
 
     return write_all(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def stand_in_gpu():
+    """ComfyUI with a stand-in accelerator as its torch device (tests/stand_in_comfy.py); for tests marked `device`."""
+    from stand_in_comfy import comfy_on_stand_in
+    from stand_in_device import device_ops
+
+    device_ops.clear()
+    with comfy_on_stand_in() as device:
+        yield device

@@ -1,0 +1,338 @@
+"""A stand-in accelerator for the CPU suite: tensors moved to it report `cuda:0`, compute on the CPU, and are
+refused where CUDA refuses them, so device mistakes fail here as they would on a user's GPU.
+
+How: `StandInTensor` is a wrapper subclass (it holds a CPU tensor and reports the stand-in device); its
+`__torch_dispatch__` checks the devices of every ATen call before running it on the held CPU tensors. A
+`TorchFunctionMode` turns `.to(device)`, `.cuda()` and factory calls with `device=` the stand-in into
+`StandInTensor`s, so `Module.to(device)` (ComfyUI's ModelPatcher) and `torch.zeros(..., device=device)` work.
+
+What it refuses, with CUDA's wording:
+- non-scalar tensors of two devices in one operation (0-dim CPU tensors beside device tensors are allowed);
+- indexing a CPU tensor with device indices (CPU indices into a device tensor stay allowed);
+- `.numpy()` (and numpy's `__array__`) of a device tensor;
+- a CPU generator for random numbers made on the device.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+STAND_IN = torch.device("cuda", 0)
+_REAL_GENERATOR = torch.Generator
+CPU = torch.device("cpu")
+
+# ATen ops computed on the stand-in, by name (e.g. 'convolution'): tests read it to show the work ran there.
+device_ops: Counter = Counter()
+
+# Ops that move data between devices: their point is to take tensors of two devices.
+_CROSS_DEVICE = {torch.ops.aten.copy_.default, torch.ops.aten._to_copy.default, torch.ops.aten._copy_from.default,
+                 torch.ops.aten._copy_from_and_resize.default, torch.ops.aten.copy.default}
+# Advanced indexing: CUDA accepts CPU indices into a device tensor (it copies them over).
+_INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default,
+             torch.ops.aten._index_put_impl_.default, torch.ops.aten._unsafe_index.Tensor,
+             torch.ops.aten._unsafe_index_put.default}
+# Host conversions, which CUDA performs by copying to the CPU (they would otherwise reach the CUDA runtime).
+_HOST_READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__, torch.Tensor.__int__,
+               torch.Tensor.__bool__, torch.Tensor.__index__, torch.Tensor.__complex__, torch.Tensor.data_ptr}
+_NUMPY = {torch.Tensor.numpy, torch.Tensor.__array__}
+# No autograd on the stand-in: torch's autograd asks the CUDA runtime for streams of cuda tensors, which a machine
+# without a GPU cannot answer (the process aborts). The pack only runs inference, so parameters there never need it.
+_GRAD_SWITCHES = {torch.Tensor.requires_grad_, torch.Tensor.requires_grad.__set__}
+
+
+def is_stand_in(device: Any) -> bool:
+    """True for the stand-in device however it is spelled ('cuda', 'cuda:0', torch.device, 0)."""
+    if device is None or isinstance(device, bool):
+        return False
+    try:
+        device = torch.device(device)
+    except (TypeError, RuntimeError):
+        return False
+    return device.type == STAND_IN.type and device.index in (None, STAND_IN.index)
+
+
+def same_device_error(op: str, detail: str) -> RuntimeError:
+    return RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, {STAND_IN} "
+                        f"and cpu! (stand-in accelerator, {op}: {detail})")
+
+
+class StandInTensor(torch.Tensor):
+    """A tensor on the stand-in accelerator; `host` is the CPU tensor that holds its values."""
+
+    host: torch.Tensor
+
+    @staticmethod
+    def __new__(cls, host: torch.Tensor) -> "StandInTensor":
+        wrapper = torch.Tensor._make_wrapper_subclass(
+            cls, host.size(), strides=host.stride(), storage_offset=host.storage_offset(), dtype=host.dtype,
+            layout=host.layout, device=STAND_IN, requires_grad=False)
+        wrapper.host = host
+        return wrapper
+
+    def __repr__(self, *, tensor_contents=None) -> str:
+        return f"StandInTensor({self.host!r}, device='{STAND_IN}')"
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _NUMPY:
+            raise TypeError(f"can't convert {STAND_IN} device type tensor to numpy. Use Tensor.cpu() to copy the "
+                            "tensor to host memory first.")
+        if func in _HOST_READS:
+            return func(*tree_map(_host_of, args), **tree_map(_host_of, kwargs))
+        if func is torch.Tensor.__repr__:
+            return args[0].__repr__()
+        if func is torch.Tensor.__getitem__:
+            return _getitem(*args)
+        if func is torch.Tensor.__setitem__:
+            return _setitem(*args)
+        if func in _GRAD_SWITCHES:
+            return args[0] if func is torch.Tensor.requires_grad_ else None
+        if func in _GUARDED:
+            return _on_host(func, args, kwargs)
+        try:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs)
+        except torch.AcceleratorError:  # a C++ binding that sets a CUDA device guard first (e.g. contiguous)
+            _GUARDED.add(func)
+            return _on_host(func, args, kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._has_compatible_shallow_copy_type.default:  # Module._apply: swap data in place?
+            return isinstance(args[0], StandInTensor) == isinstance(args[1], StandInTensor)
+        check_devices(func, args, kwargs)
+        target, args, kwargs = _device_argument(func, args, kwargs)
+        on_device = is_stand_in(target) if target is not None else any(
+            isinstance(t, StandInTensor) for t in tree_flatten((args, kwargs))[0])
+        if on_device:
+            device_ops[func.overloadpacket.__name__] += 1
+        return _run_unwrapped(func, args, kwargs, on_device)
+
+
+def _device_argument(func, args: tuple, kwargs: dict):
+    """The device an ATen op is told to produce on (its `device` argument, by keyword or position), and the
+    arguments with the stand-in replaced by the CPU, where the work is done."""
+    if "device" in kwargs:
+        target = kwargs["device"]
+        return target, args, ({**kwargs, "device": CPU} if is_stand_in(target) else kwargs)
+    names = [a.name for a in func._schema.arguments]
+    if "device" in names and names.index("device") < len(args):
+        i = names.index("device")
+        target = args[i]
+        return target, ((*args[:i], CPU, *args[i + 1:]) if is_stand_in(target) else args), kwargs
+    return None, args, kwargs
+
+
+# Tensor methods whose C++ binding sets a CUDA device guard before dispatching (contiguous, copy_, new_*, ...),
+# found at their first call: they run here on the held CPU tensors instead.
+_GUARDED: set = set()
+
+
+def _on_host(func, args: tuple, kwargs: dict):
+    """Run a Tensor method on the held CPU tensors; tensors it returns are on the device it was asked for."""
+    if func is not torch.Tensor.copy_:  # copy_ moves data between devices, as on CUDA
+        check_devices(getattr(func, "__name__", str(func)), args, kwargs)
+    target = kwargs.get("device")
+    if func is torch.Tensor.to:
+        target = _target_of_to(args, kwargs)[0]
+    elif func is torch.Tensor.cpu:
+        target = CPU
+    if target is not None:
+        on_device = is_stand_in(target)
+        kwargs = {**kwargs, "device": CPU} if on_device and "device" in kwargs else kwargs
+    else:
+        on_device = any(isinstance(t, StandInTensor) for t in tree_flatten((args, kwargs))[0])
+    return _run_unwrapped(func, args, kwargs, on_device)
+
+
+def _run_unwrapped(func, args: tuple, kwargs: dict, on_device: bool):
+    inputs = {}  # host tensor id → its wrapper: an op that hands back its input (x.to(x.device)) gives the wrapper
+
+    def unwrap(value):
+        if isinstance(value, StandInTensor):
+            inputs[id(value.host)] = value
+            return value.host
+        return value
+
+    out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs))
+    if _writes_first_argument(func):
+        return args[0]  # in-place (x.add_(y), dst.copy_(src)): the caller's own tensor, on its own device
+
+    def wrap(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        if id(value) in inputs:
+            return inputs[id(value)] if on_device else value
+        return StandInTensor(value) if on_device and value.device.type == "cpu" else value
+
+    return tree_map(wrap, out)
+
+
+def _writes_first_argument(func) -> bool:
+    schema = getattr(func, "_schema", None)
+    if schema is None:  # a Tensor method (the guarded ones): in-place by torch's naming rule
+        return getattr(func, "__name__", "").endswith("_") and not getattr(func, "__name__", "").startswith("__")
+    first = schema.arguments[0] if schema.arguments else None
+    return bool(first is not None and first.alias_info is not None and first.alias_info.is_write
+                and not schema.arguments[0].kwarg_only)
+
+
+def _host_of(value):
+    return value.host if isinstance(value, StandInTensor) else value
+
+
+def _index_tensors(index) -> list[torch.Tensor]:
+    return [i for i in tree_flatten(index)[0] if isinstance(i, torch.Tensor)]
+
+
+def _check_index(tensor: torch.Tensor, index) -> None:
+    if not isinstance(tensor, StandInTensor) and any(isinstance(i, StandInTensor) for i in _index_tensors(index)):
+        raise RuntimeError("indices should be either on cpu or on the same device as the indexed tensor (cpu) "
+                           f"(stand-in accelerator, indexing {_describe(tensor)} with indices on {STAND_IN})")
+
+
+# Python indexing is handled here rather than in ATen: torch's C++ indexing sets a CUDA device guard first, which
+# needs the CUDA runtime. The rules are CUDA's: device or CPU indices into a device tensor, CPU ones into a CPU one.
+def _getitem(tensor: torch.Tensor, index):
+    _check_index(tensor, index)
+    out = _host_of(tensor)[tree_map(_host_of, index)]
+    return StandInTensor(out) if isinstance(tensor, StandInTensor) else out
+
+
+def _setitem(tensor: torch.Tensor, index, value) -> None:
+    _check_index(tensor, index)  # values of either device are copied over, as CUDA does
+    _host_of(tensor)[tree_map(_host_of, index)] = _host_of(value)
+
+
+def _describe(t: torch.Tensor) -> str:
+    where = STAND_IN if isinstance(t, StandInTensor) else t.device
+    return f"{tuple(t.shape)} on {where}"
+
+
+def check_devices(func, args: tuple, kwargs: dict) -> None:
+    """Raise as CUDA would when one ATen call (or a Tensor method, by name) mixes the stand-in with CPU tensors."""
+    if func in _CROSS_DEVICE:
+        return
+    name = func if isinstance(func, str) else getattr(func, "__name__", str(func))
+    if func in _INDEXING:
+        indexed, indices = args[0], [i for i in args[1] if isinstance(i, torch.Tensor)]
+        if not isinstance(indexed, StandInTensor):
+            if any(isinstance(i, StandInTensor) for i in indices):
+                raise RuntimeError("indices should be either on cpu or on the same device as the indexed tensor "
+                                   f"(cpu) (stand-in accelerator, {name}: indexed {_describe(indexed)}, indices on "
+                                   f"{STAND_IN})")
+        rest = [a for a in tree_flatten((args[2:], kwargs))[0] if isinstance(a, torch.Tensor)]
+        tensors = [indexed, *rest]  # CPU indices into a device tensor are fine, as on CUDA
+    else:
+        tensors = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+    device = [t for t in tensors if isinstance(t, StandInTensor)]
+    host = [t for t in tensors if not isinstance(t, StandInTensor) and t.device.type == "cpu" and t.dim() > 0]
+    if device and host:
+        raise same_device_error(name, f"{_describe(device[0])} beside {_describe(host[0])}")
+
+
+def _target_of_to(args: tuple, kwargs: dict):
+    """(device, dtype, non_blocking, memory_format) that a Tensor.to call asks for."""
+    positional = [a for a in args[1:] if not isinstance(a, bool)]  # to(device, dtype, non_blocking, copy)
+    options = {k: v for k, v in kwargs.items() if k in ("device", "dtype", "memory_format")}
+    return torch._C._nn._parse_to(*positional, **options)
+
+
+class StandInMode(TorchFunctionMode):
+    """Creates stand-in tensors wherever torch is asked for the stand-in device."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cuda:
+            return _move(args[0], None, bool(kwargs.get("non_blocking", False)))
+        if func is torch.Tensor.to:
+            device, dtype, _, memory_format = _target_of_to(args, kwargs)
+            if is_stand_in(device):
+                return _move(args[0], dtype, bool(kwargs.get("copy", False)), memory_format)
+            return func(*args, **kwargs)
+        if func in _FROM_DATA and args and isinstance(args[0], StandInTensor):
+            return _from_device_data(func, args, kwargs)
+        generator = kwargs.get("generator")
+        if generator is not None and "device" in kwargs:
+            wanted = "cuda" if is_stand_in(kwargs["device"]) else torch.device(kwargs["device"] or "cpu").type
+            found = "cuda" if isinstance(generator, StandInGenerator) else generator.device.type
+            if wanted != found:
+                raise RuntimeError(f"Expected a '{wanted}' device type for generator but found '{found}' "
+                                   f"(stand-in accelerator, {getattr(func, '__name__', func)})")
+        if is_stand_in(kwargs.get("device")):
+            out = func(*args, **{**kwargs, "device": CPU})
+            return tree_map(lambda t: StandInTensor(t) if isinstance(t, torch.Tensor)
+                            and not isinstance(t, StandInTensor) else t, out)
+        return func(*args, **kwargs)
+
+
+# torch.tensor(t) / torch.as_tensor(t) of a device tensor: their C++ starts the CUDA runtime for a cuda source.
+_FROM_DATA = {torch.tensor, torch.as_tensor, torch.asarray}
+
+
+def _from_device_data(func, args: tuple, kwargs: dict) -> torch.Tensor:
+    target = kwargs.get("device")
+    on_device = target is None or is_stand_in(target)
+    out = func(args[0].host, *args[1:], **{**kwargs, "device": CPU})
+    return StandInTensor(out) if on_device else out
+
+
+class StandInGenerator(_REAL_GENERATOR):
+    """A generator for the stand-in device: a CPU generator (the numbers are made on the CPU) that says cuda."""
+
+    @property
+    def device(self) -> torch.device:
+        return STAND_IN
+
+
+class _GeneratorFor(type):
+    """`torch.Generator` inside `stand_in_device()`: torch.Generator(device='cuda') would start the CUDA runtime,
+    so it gives a StandInGenerator; any other device gets torch's own, and isinstance checks keep working."""
+
+    def __call__(cls, device="cpu"):
+        return StandInGenerator() if is_stand_in(device) else _REAL_GENERATOR(device)
+
+    def __instancecheck__(cls, obj) -> bool:
+        return isinstance(obj, _REAL_GENERATOR)
+
+
+class GeneratorFor(metaclass=_GeneratorFor):
+    pass
+
+
+def _move(tensor: torch.Tensor, dtype, copy: bool, memory_format=None) -> torch.Tensor:
+    if isinstance(tensor, StandInTensor):
+        if (dtype is None or dtype == tensor.dtype) and not copy:
+            return tensor
+        return StandInTensor(tensor.host.to(dtype=dtype or tensor.dtype, copy=True))
+    options = {"memory_format": memory_format} if memory_format is not None else {}
+    return StandInTensor(tensor.to(dtype=dtype or tensor.dtype, copy=True, **options))
+
+
+def to_stand_in(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of a CPU tensor on the stand-in device (what `tensor.to('cuda')` gives inside `stand_in_device()`)."""
+    return _move(tensor, None, True)
+
+
+@contextmanager
+def stand_in_device() -> Iterator[torch.device]:
+    """Within the block, torch answers the stand-in device (cuda:0) with StandInTensors.
+
+    Module.to() must replace a moved parameter by a new one: by default torch swaps the parameter's data in place,
+    which cannot turn a CPU tensor into a StandInTensor."""
+    overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    torch.Generator = GeneratorFor
+    try:
+        with StandInMode():
+            yield STAND_IN
+    finally:
+        torch.Generator = _REAL_GENERATOR
+        torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
