@@ -23,11 +23,8 @@ CARD_BYTES = 24 * 1024 ** 3
 
 
 def _forget_models() -> None:
-    """Unload core's loaded models and empty the caches that hold models or node outputs built before."""
+    """Unload core's loaded models and empty ComfyUI's node-output cache, which holds models built before."""
     mm.unload_all_models()
-    for name, module in list(sys.modules.items()):
-        if name.endswith(".nodes.loaders") and isinstance(getattr(module, "_cache", None), dict):
-            module._cache.clear()  # the pack's loader keeps its last models
     harness = sys.modules.get("comfy_harness")
     executor = getattr(harness, "_state", {}).get("executor") if harness else None
     if executor is not None:
