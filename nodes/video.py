@@ -97,9 +97,8 @@ def interpolate_images(model: torch.nn.Module, images: torch.Tensor, batch_size:
     count = max(2 * images.shape[0] - 1, 0)
     out = torch.empty((count, *images.shape[1:]), dtype=torch.float32, device=mm.intermediate_device())
     bar = comfy.utils.ProgressBar(max(count, 1), node_id=node_id)
-    frame_hw = tuple(images.shape[1:3])
-    with rife_on_device(model, frame_hw, batch_size):
-        for i, frame in enumerate(interpolated(images, model, batch_size, frame_hw)):
+    with rife_on_device(model, tuple(images.shape[1:3]), batch_size):
+        for i, frame in enumerate(interpolated(images, model, batch_size)):
             out[i] = frame
             if i % (2 * batch_size) == 0 or i == count - 1:
                 bar.update_absolute(i + 1, count)

@@ -83,11 +83,20 @@ def decoded_chunks(latents: torch.Tensor, chunk_size: int, decode: Callable[[tor
         yield frames
 
 
-def interpolated(frames: Union[torch.Tensor, Iterable[Frames]], rife: torch.nn.Module, batch_size: int,
-                 frame_hw: tuple[int, int]) -> Iterator[Frames]:
-    """RIFE ×2 over frames or chunks of frames (iter_interpolated), its out-of-memory errors explained."""
-    with explained(lambda _: rife_out_of_memory(frame_hw[1], frame_hw[0], batch_size)):
-        yield from iter_interpolated(frames, rife, batch_size)
+def interpolated(frames: Union[torch.Tensor, Iterable[Frames]], rife: torch.nn.Module,
+                 batch_size: int) -> Iterator[Frames]:
+    """RIFE ×2 over an (N,H,W,3) tensor or chunks of frames (iter_interpolated), its out-of-memory errors explained
+    with the frame size it was working on."""
+    size: list[tuple[int, int]] = []
+
+    def watched() -> Iterator[Frames]:
+        for chunk in [frames] if isinstance(frames, torch.Tensor) else frames:
+            if not size:
+                size.append((chunk.shape[-2], chunk.shape[-3]))
+            yield chunk
+
+    with explained(lambda _: rife_out_of_memory(*(size[0] if size else (0, 0)), batch_size)):
+        yield from iter_interpolated(watched(), rife, batch_size)
 
 
 def _groups(frames: Iterator[Frames], size: int) -> Iterator[Frames]:
@@ -115,23 +124,6 @@ def _single_frames(chunks: Iterable[Frames]) -> Iterator[torch.Tensor]:
         yield from chunk
 
 
-def stream_frames(chunks: Iterable[Frames], rife: Optional[torch.nn.Module] = None, batch_size: int = 8,
-                  paste: Optional[PasteInto] = None, hold_last: bool = False,
-                  group_size: int = 16, frame_hw: tuple[int, int] = (0, 0)) -> Iterator[Frames]:
-    """Chunks of frames (n,H,W,3) → batches ready to encode, lazily.
-
-    With `rife`, frames become [f0, m01, f1, ..., f_{N-1}] exactly as `interpolate_x2` on the whole clip: the last
-    frame of a chunk waits for the first of the next, so chunk borders are interpolated too. `hold_last` repeats
-    the final frame once. `paste` maps each batch (e.g. into the original picture). At most about one decode chunk,
-    one RIFE batch and one output group are alive at a time.
-    """
-    frames = interpolated(chunks, rife, batch_size, frame_hw) if rife is not None else _single_frames(chunks)
-    if hold_last:
-        frames = _hold_last(frames)
-    for group in _groups(frames, group_size):
-        yield paste(group) if paste is not None else group
-
-
 @dataclass
 class PasteInto:
     """Paste-back of generated frames into the original picture (paste_back.paste_back), out of memory explained."""
@@ -144,6 +136,23 @@ class PasteInto:
         height, width = self.original.shape[1:3]
         with explained(lambda _: paste_out_of_memory(frames.shape[0], width, height)):
             return paste_back(frames, self.original, self.crop_box, self.feather)
+
+
+def stream_frames(chunks: Iterable[Frames], rife: Optional[torch.nn.Module] = None, batch_size: int = 8,
+                  paste: Optional[PasteInto] = None, hold_last: bool = False,
+                  group_size: int = 16) -> Iterator[Frames]:
+    """Chunks of frames (n,H,W,3) → batches ready to encode, lazily.
+
+    With `rife`, frames become [f0, m01, f1, ..., f_{N-1}] exactly as `interpolate_x2` on the whole clip: the last
+    frame of a chunk waits for the first of the next, so chunk borders are interpolated too. `hold_last` repeats
+    the final frame once. `paste` maps each batch (e.g. into the original picture). At most about one decode chunk,
+    one RIFE batch and one output group are alive at a time.
+    """
+    frames = interpolated(chunks, rife, batch_size) if rife is not None else _single_frames(chunks)
+    if hold_last:
+        frames = _hold_last(frames)
+    for group in _groups(frames, group_size):
+        yield paste(group) if paste is not None else group
 
 
 @dataclass
@@ -163,9 +172,7 @@ def write_video(latents: torch.Tensor, decode: Callable[[torch.Tensor], Frames],
     last frame is held one extra frame, so each of the N generated frames lasts two output frames and the video is
     exactly as long as N frames at half `fps`, like the trimmed audio."""
     chunks = decoded_chunks(latents, chunk_size, decode, on_chunk)
-    frame_hw = (latents.shape[-2] * 8, latents.shape[-1] * 8)
-    batches = stream_frames(chunks, rife, chunk_size, paste, hold_last=rife is not None, group_size=2 * chunk_size,
-                            frame_hw=frame_hw)
+    batches = stream_frames(chunks, rife, chunk_size, paste, hold_last=rife is not None, group_size=2 * chunk_size)
     try:
         first = next(batches, None)
         if first is None:
