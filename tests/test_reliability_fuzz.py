@@ -68,7 +68,8 @@ def test_fuzz_audio_encode(sonic_models, audio):
             "loud noise": 1e4 * torch.randn(batch, channels, samples, generator=g)}[audio["signal"]]
     seconds = samples / rate
     try:
-        output = SonicAudioEncode.execute(sonic_model=sonic_models, audio={"waveform": wave, "sample_rate": rate})
+        node = SonicAudioEncode.PREPARE_CLASS_CLONE({"UNIQUE_ID": "3"})  # as ComfyUI runs it: with its node id
+        output = node.execute(sonic_model=sonic_models, audio={"waveform": wave, "sample_rate": rate})
     except ValueError as error:
         message = str(error)
         if batch > 1:
