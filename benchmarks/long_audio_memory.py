@@ -6,8 +6,9 @@
     ... --baseline 60   # also time the hold-everything path (SonicDecode → SonicInterpolate → PasteBack →
                         # core's CreateVideo/SaveVideo writer) for lengths up to 60 s, for contrast
 
-Each length runs in a fresh subprocess through the pack's real save function (`save_sonic_video`: chunked decode,
-RIFE ×2 across chunk borders, paste-back, H.264 + AAC). The decoder is a stand-in (a fixed ×8 transposed conv: the
+Each length runs in a fresh subprocess through the pack's real save function (`save_sonic_video`, the node's adapter
+around sonic_model.video_pipeline.write_video: chunked decode, RIFE ×2 across chunk borders, paste-back, H.264 +
+AAC). The decoder is a stand-in (a fixed ×8 transposed conv: the
 SVD VAE is too slow on a CPU for 7500 frames); RIFE is the real full-size IFNet with random weights. Measured: the
 child's RSS once models and inputs exist (base), the peak RSS during the write (VmHWM, reset right before it), and
 peak VRAM when CUDA is used. Target: peak grows < 10 % from 60 s to 600 s.

@@ -1,65 +1,44 @@
 """Sonic Encode Audio: any AUDIO → per-frame Whisper tokens, the frame count, and the audio trimmed to the video."""
 from __future__ import annotations
 
-import torch
-
 import comfy.model_management as mm
+import comfy.utils
 from comfy_api.latest import io
 
-from ..sonic_model.audio_resample import to_16k_mono
-from ..sonic_model.whisper_features import SAMPLE_RATE, audio_length_units, frame_windows, num_frames_for, \
-    TOKENS_PER_UNIT
-from ..sonic_model.audio_adapters import null_audio_tokens
+from ..sonic_model.audio_clip import stereo_clip
+from ..sonic_model.whisper_features import encode_audio
 from .sonic_types import GENERATION_FPS, SonicAudio, SonicAudioEmbeds, SonicModel, SonicModels
-
-FRAME_BATCH = 256  # frames per audio2token call: bounded memory for minutes of audio
-
-
-def check_audio(audio: dict) -> tuple[torch.Tensor, int]:
-    """The AUDIO dict's waveform and rate, or a message that says what to connect."""
-    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise ValueError("Sonic Encode Audio needs an AUDIO input (e.g. from Load Audio).")
-    waveform = audio["waveform"]
-    if waveform.ndim == 3 and waveform.shape[0] > 1:
-        raise ValueError(f"The AUDIO input holds a batch of {waveform.shape[0]} clips; Sonic animates one clip. "
-                         "Pick one clip (e.g. split the batch) before this node.")
-    return waveform, int(audio["sample_rate"])
 
 
 def trimmed_audio(audio: dict, num_frames: int, fps: float = GENERATION_FPS) -> dict:
-    """The input audio cut to exactly num_frames / fps seconds at its own rate (so the video file stays in sync)."""
-    waveform, rate = audio["waveform"], int(audio["sample_rate"])
+    """The input audio cut to exactly num_frames / fps seconds at its own rate (so the video file stays in sync),
+    surround downmixed to stereo (what video files and core's audio nodes take)."""
+    waveform, rate = stereo_clip(audio["waveform"], audio["sample_rate"])
     samples = round(num_frames * rate / fps)
-    waveform = waveform if waveform.ndim == 3 else waveform.reshape(1, -1, waveform.shape[-1])
-    return {"waveform": waveform[..., :samples].contiguous(), "sample_rate": rate}
+    return {"waveform": waveform[None, :, :samples].contiguous(), "sample_rate": rate}
 
 
-@torch.no_grad()
-def encode_sonic_audio(models: SonicModels, audio: dict) -> tuple[SonicAudioEmbeds, dict]:
-    waveform, rate = check_audio(audio)
-    wave = to_16k_mono(waveform, rate)
-    units = audio_length_units(wave.shape[0])
-    n = num_frames_for(units)
-    if n < 1:
-        seconds = wave.shape[0] / SAMPLE_RATE
-        raise ValueError(f"The audio is {seconds * 1000:.0f} ms long, shorter than one video frame (80 ms): "
-                         "connect at least 0.08 s of audio.")
+def encode_sonic_audio(models: SonicModels, audio: dict, node_id: str | None = None) -> tuple[SonicAudioEmbeds, dict]:
+    """The library's encode_audio on ComfyUI's devices, with a progress bar and Cancel between its steps."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise ValueError("Sonic Encode Audio needs an AUDIO input (e.g. from Load Audio).")
+    bar = comfy.utils.ProgressBar(1, node_id=node_id)
+
+    def on_progress(done: int, total: int) -> None:
+        bar.update_absolute(done, total)
+        mm.throw_exception_if_processing_interrupted()  # Cancel between Whisper chunks and token batches
+
     device = mm.get_torch_device()
     whisper, a2t = models.whisper, models.audio2token
     whisper.encoder.to(device)
     a2t.to(device)
     try:
-        hidden = whisper.hidden_states(wave, max_tokens=units * TOKENS_PER_UNIT)
-        token_windows, bucket_windows = frame_windows(hidden, units)
-        tokens = torch.cat([a2t(token_windows[None, s:s + FRAME_BATCH])[0].to(mm.intermediate_device())
-                            for s in range(0, n, FRAME_BATCH)])
-        null = null_audio_tokens(a2t).to(mm.intermediate_device())
-        bucket_windows = bucket_windows.to(mm.intermediate_device())
+        embeds = encode_audio(whisper, audio["waveform"], audio["sample_rate"], a2t,
+                              output_device=mm.intermediate_device(), on_progress=on_progress)
     finally:
         whisper.encoder.to("cpu")
         a2t.to("cpu")
-    embeds = SonicAudioEmbeds(tokens=tokens, null_tokens=null, bucket_windows=bucket_windows, num_frames=n)
-    return embeds, trimmed_audio(audio, n)
+    return embeds, trimmed_audio(audio, embeds.num_frames)
 
 
 class SonicAudioEncode(io.ComfyNode):
@@ -76,10 +55,13 @@ class SonicAudioEncode(io.ComfyNode):
                 io.Audio.Input("audio", tooltip="The voice or song (e.g. from Load Audio). Any length: long audio "
                                                 "is the point of Sonic, nothing is cut."),
             ],
+            hidden=[io.Hidden.unique_id],
             outputs=[
                 SonicAudio.Output(display_name="sonic_audio", tooltip="Per-frame audio tokens for the sampler."),
                 io.Audio.Output(display_name="audio", tooltip="The audio trimmed to exactly the frames generated "
-                                                              "(frames / 12.5 s): mux this one into the video."),
+                                                              "(frames / 12.5 s), at its own sample rate; 5.1 and "
+                                                              "other surround sound downmixed to stereo (ITU-R "
+                                                              "BS.775). Mux this one into the video."),
                 io.Int.Output(display_name="num_frames", tooltip="Frames Sonic will generate (12.5 per second)."),
                 io.Float.Output(display_name="fps", tooltip="Generation frame rate: 12.5 (25 after RIFE ×2)."),
             ],
@@ -87,7 +69,7 @@ class SonicAudioEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, sonic_model, audio) -> io.NodeOutput:
-        embeds, trimmed = encode_sonic_audio(sonic_model, audio)
+        embeds, trimmed = encode_sonic_audio(sonic_model, audio, node_id=cls.hidden.unique_id)
         seconds = embeds.num_frames / embeds.fps
         return io.NodeOutput(embeds, trimmed, embeds.num_frames, embeds.fps,
                              ui={"sonic_audio": [{"frames": embeds.num_frames, "seconds": round(seconds, 2)}]})

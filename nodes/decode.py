@@ -16,7 +16,7 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
-from ..sonic_model.chunked_decode import chunk_bounds, iter_decoded_chunks
+from ..sonic_model.video_pipeline import decoded_chunks
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,9 @@ def decode_chunk(vae: Any, latents: torch.Tensor) -> torch.Tensor:
                 return vae.process_output(pixels.to(output_device).float()).movedim(1, -1)
         except torch.OutOfMemoryError:  # not core's OOM_EXCEPTION, which may be plain Exception
             if attempt == 2:
-                break
+                raise  # video_pipeline.decoded_chunks explains it
             log.warning("Sonic decode: out of memory on a %d-frame chunk; emptying the cache and retrying once.", n)
             mm.soft_empty_cache()  # the retry's load_models_gpu evicts other models to make `memory` free
-    h, w = latents.shape[-2:]
-    raise torch.OutOfMemoryError(
-        f"Sonic decode ran out of memory on a chunk of {n} frames at {w * 8}×{h * 8}. The temporal decoder must see "
-        "the whole chunk, so it is not tiled: lower decode_chunk_size (fewer frames mixed together; pixels change "
-        "slightly) or the resolution, or close other models. Sampling is cached, so a re-run only redoes the decode.")
 
 
 def check_latents(latent: dict) -> torch.Tensor:
@@ -76,19 +71,22 @@ def _preview(frame: torch.Tensor, max_side: int = 256) -> Image.Image:
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
 
 
-def iter_decode(vae: Any, samples: torch.Tensor, chunk_size: int = DEFAULT_CHUNK, node_id: Optional[str] = None,
-                on_chunk: Optional[Callable[[int, int], None]] = None) -> Iterator[torch.Tensor]:
-    """Yields decoded chunks (n,H,W,3) of Sonic latents (N,4,h,w), scaled latent space; a ProgressBar step, a
-    preview and a Cancel check per chunk. `on_chunk(done, total)` is called after each chunk (tests, benchmarks)."""
-    total = len(chunk_bounds(samples.shape[0], chunk_size))
-    bar = comfy.utils.ProgressBar(total, node_id=node_id)
-    for index, (_, frames) in enumerate(iter_decoded_chunks(samples, chunk_size, lambda lat: decode_chunk(vae, lat)),
-                                        start=1):
-        bar.update_absolute(index, total, preview=("JPEG", _preview(frames[-1]), 256))
-        if on_chunk is not None:
-            on_chunk(index, total)
+def chunk_progress(node_id: Optional[str]) -> Callable[[int, int, torch.Tensor], None]:
+    """After each decoded chunk: a ProgressBar step with a preview of its last frame, then a Cancel check."""
+    bar = comfy.utils.ProgressBar(1, node_id=node_id)
+
+    def on_chunk(done: int, total: int, frames: torch.Tensor) -> None:
+        bar.update_absolute(done, total, preview=("JPEG", _preview(frames[-1]), 256))
         mm.throw_exception_if_processing_interrupted()  # Cancel between chunks (also without a server hook)
-        yield frames
+
+    return on_chunk
+
+
+def iter_decode(vae: Any, samples: torch.Tensor, chunk_size: int = DEFAULT_CHUNK,
+                node_id: Optional[str] = None) -> Iterator[torch.Tensor]:
+    """Yields decoded chunks (n,H,W,3) of Sonic latents (N,4,h,w) with core's VAE; progress, preview and Cancel
+    per chunk."""
+    return decoded_chunks(samples, chunk_size, lambda latents: decode_chunk(vae, latents), chunk_progress(node_id))
 
 
 def decode_latents(vae: Any, samples: torch.Tensor, chunk_size: int = DEFAULT_CHUNK,

@@ -10,7 +10,7 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..sonic_model.face_detect import FaceBox
+from ..sonic_model.face_detect import FaceBox, faces_by_size, select_face
 from ..sonic_model.reference_image import CLIP_SIZE, NO_FACE_WHOLE, check_image_size, clip_pixels_224, \
     prepare_reference
 from .sonic_types import SonicImage, SonicImageEmbeds, SonicModel, SonicModels
@@ -61,6 +61,11 @@ def detect_faces(models: SonicModels, rgb: np.ndarray, no_face: str) -> list[Fac
     return detector.detect(rgb)
 
 
+def size_rank(faces: list[FaceBox], face_index: int) -> int:
+    """Where the animated face stands by size (0 = the largest), for the readout."""
+    return faces_by_size(faces).index(select_face(faces, face_index))
+
+
 @torch.no_grad()
 def prepare_sonic_image(models: SonicModels, vae, clip_vision, image: torch.Tensor, resolution: int = 512,
                         crop: bool = False, expand_ratio: float = 0.5, no_face: str = "error",
@@ -72,7 +77,7 @@ def prepare_sonic_image(models: SonicModels, vae, clip_vision, image: torch.Tens
     detector = models.face_detector
     prepared = prepare_reference(rgb, faces, crop=crop, expand_ratio=expand_ratio, short_side=int(resolution),
                                  no_face=no_face, user_mask=first_mask(mask),
-                                 face_index=None if face_index < 0 else face_index,
+                                 face_index=face_index,
                                  redetect=detector.detect if detector is not None else None)
     if faces:
         logging.info("Sonic Reference Image: %d face(s) found; animating the face at %s.", len(faces),
@@ -89,7 +94,7 @@ def prepare_sonic_image(models: SonicModels, vae, clip_vision, image: torch.Tens
     original = torch.from_numpy(rgb.astype(np.float32) / 255)[None]
     report = {"batch": int(image.shape[0]) if image.ndim == 4 else 1,
               "faces": None if faces is None else len(faces),
-              "face": (max(face_index, 0) if prepared.face is not None and faces else None),
+              "face": size_rank(faces, face_index) if prepared.face is not None and faces else None,
               "size": [int(prepared.image.shape[2]), int(prepared.image.shape[1])],
               "crop": prepared.crop_box is not None}
     return SonicImageEmbeds(concat_latent=latent.float().to(device),
@@ -130,8 +135,9 @@ class SonicReferenceImage(io.ComfyNode):
                                        "message, or animate the whole picture (the mask input, if connected, marks "
                                        "where the face is)."),
                 io.Int.Input("face_index", default=-1, min=-1, max=99,
-                             tooltip="Which face when there are several: -1 or 0 = the largest, 1 = the next "
-                                     "largest, and so on."),
+                             tooltip="Which face when there are several: -1 = the largest; 0, 1, 2 … = the "
+                                     "first, second, third … face in the detector's order (most confident "
+                                     "first). The readout says which face by size was animated."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional face mask, same size as the image: where the audio drives the "
                                       "face. Replaces the detected face box; needed to point at the face when no "

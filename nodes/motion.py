@@ -7,13 +7,12 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..sonic_model.audio_adapters import postprocess_buckets
-from .sonic_types import SonicAudio, SonicAudioEmbeds, SonicImage, SonicImageEmbeds, SonicModel, SonicModels, \
-    SonicMotion, SonicMotionBuckets
+from ..sonic_model.whisper_features import predict_buckets
+from .sonic_types import SonicAudio, SonicImage, SonicModel, SonicMotion, SonicMotionBuckets
 
 PRESETS = {"mild (0.5)": 0.5, "moderate (1.0)": 1.0, "intense (2.0)": 2.0}
 CUSTOM = "custom"
 AUTO = -1  # slider value meaning "keep the prediction"
-FRAME_BATCH = 256
 
 
 def dynamic_scale(preset: str, beta: float) -> float:
@@ -22,18 +21,6 @@ def dynamic_scale(preset: str, beta: float) -> float:
     if preset not in PRESETS:
         raise ValueError(f"Unknown motion preset '{preset}': pick one of {', '.join([*PRESETS, CUSTOM])}.")
     return PRESETS[preset]
-
-
-@torch.no_grad()
-def predict_buckets(models: SonicModels, audio: SonicAudioEmbeds, image: SonicImageEmbeds) -> torch.Tensor:
-    """Raw audio2bucket outputs (N, 2), frames in batches."""
-    model = models.audio2bucket
-    param = next(model.parameters())
-    clip = image.image_embeds.to(param.device, param.dtype).reshape(1, -1)
-    windows = audio.bucket_windows
-    raw = [model(windows[None, s:s + FRAME_BATCH].to(param.device, param.dtype), clip)[0].reshape(-1, 2).cpu()
-           for s in range(0, windows.shape[0], FRAME_BATCH)]
-    return torch.cat(raw).float()
 
 
 def motion_buckets(raw: torch.Tensor, scale: float, head_motion: int, expression: int) -> SonicMotionBuckets:
@@ -82,7 +69,7 @@ class SonicMotionBucketsNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, sonic_model, audio, image, motion_preset, beta, head_motion, expression) -> io.NodeOutput:
-        raw = predict_buckets(sonic_model, audio, image)
+        raw = predict_buckets(sonic_model.audio2bucket, audio, image.image_embeds).float().cpu()
         motion = motion_buckets(raw, dynamic_scale(motion_preset, beta), head_motion, expression)
         summary = SonicMotionBuckets(motion.predicted, motion.predicted).summary()
         return io.NodeOutput(motion, ui={"sonic_motion": [summary]})

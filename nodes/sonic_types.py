@@ -11,12 +11,14 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
+from ..sonic_model.whisper_features import FRAMES_PER_SECOND, AudioFeatures
+
 SonicModel = io.Custom("SONIC_MODEL")
 SonicAudio = io.Custom("SONIC_AUDIO")
 SonicImage = io.Custom("SONIC_IMAGE")
 SonicMotion = io.Custom("SONIC_MOTION")
 
-GENERATION_FPS = 12.5  # Sonic generates at 12.5 fps (80 ms per frame); RIFE doubles it to 25
+GENERATION_FPS = FRAMES_PER_SECOND  # Sonic generates at 12.5 fps (80 ms per frame); RIFE doubles it to 25
 
 
 @dataclass
@@ -32,15 +34,8 @@ class SonicModels:
     low_vram: bool = False
 
 
-@dataclass
-class SonicAudioEmbeds:
-    """Per-frame audio conditioning for N frames at 12.5 fps."""
-
-    tokens: torch.Tensor          # (N, T, D) audio2token output per frame
-    null_tokens: torch.Tensor     # (T, D) audio2token of a zero window (the guidance rows without audio)
-    bucket_windows: torch.Tensor  # (N, 50, 1, C) last Whisper layer windows for the motion-bucket predictor
-    num_frames: int
-    fps: float = GENERATION_FPS
+# Per-frame audio conditioning: the library's own type travels through the SONIC_AUDIO socket.
+SonicAudioEmbeds = AudioFeatures
 
 
 @dataclass

@@ -1,15 +1,14 @@
 """Frames → video: RIFE ×2, paste-back into the original picture, and the streaming "Decode + Save Video" node.
 
-The save node never holds the clip: each decode chunk goes through RIFE, paste-back and the H.264 encoder and is
-freed, so minutes of audio finish at the memory of a few chunks (spec §11.5, users' "OOM at 100 %").
+The pipeline itself (stages, their messages, the streaming write) is sonic_model.video_pipeline; this file brings
+ComfyUI's devices, VAE, progress bar, Cancel and output folder to it.
 """
 from __future__ import annotations
 
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -19,10 +18,8 @@ import folder_paths
 from comfy.cli_args import args
 from comfy_api.latest import io, ui
 
-from ..sonic_model.paste_back import paste_back
-from ..sonic_model.rife import iter_interpolated
-from ..sonic_model.video_writer import StreamingMp4Writer
-from .decode import DEFAULT_CHUNK, check_latents, iter_decode
+from ..sonic_model.video_pipeline import PasteInto, WrittenVideo, interpolated, write_video
+from .decode import DEFAULT_CHUNK, chunk_progress, check_latents, decode_chunk
 from .sonic_types import GENERATION_FPS, SonicImage, SonicImageEmbeds, SonicModel
 
 log = logging.getLogger(__name__)
@@ -42,137 +39,54 @@ def rife_model(sonic_model: Any) -> torch.nn.Module:
 
 
 @contextmanager
-def rife_on_device(model: torch.nn.Module, frame_hw: tuple[int, int], batch_size: int) -> Iterator[torch.device]:
+def rife_on_device(model: Optional[torch.nn.Module], frame_hw: tuple[int, int], batch_size: int) -> Iterator[None]:
     """RIFE on ComfyUI's compute device for the duration, then back to the offload device (it is not a
-    ModelPatcher, so nothing else would move it)."""
+    ModelPatcher, so nothing else would move it). Errors pass through: each stage explains its own."""
+    if model is None:
+        yield
+        return
     device = mm.get_torch_device()
     h, w = frame_hw
     if device.type != "cpu":
         mm.free_memory(batch_size * h * w * 3 * 4 * 64, device)  # ~64 frame-sized fp32 buffers per pair
     try:
         model.to(device)
-        yield device
-    except torch.OutOfMemoryError as error:  # torch's type: ComfyUI unloads its models when it sees it
+        yield
+    except torch.OutOfMemoryError:
         model.to(mm.unet_offload_device())
         mm.soft_empty_cache(True)
-        raise torch.OutOfMemoryError(
-            f"RIFE ran out of memory interpolating {w}×{h} frames {batch_size} pairs at a time. Lower batch_size "
-            "(Sonic Interpolate) or decode_chunk_size (Sonic Save Video), lower the Reference Image resolution, "
-            f"or turn interpolation off. ({error})") from None
+        raise
     finally:
         model.to(mm.unet_offload_device())
 
 
-def _frames(chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-    for chunk in chunks:
-        yield from chunk
-
-
-def _groups(frames: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
-    group: list[torch.Tensor] = []
-    for frame in frames:
-        group.append(frame)
-        if len(group) == size:
-            yield torch.stack(group)
-            group = []
-    if group:
-        yield torch.stack(group)
-
-
-def _hold_last(frames: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-    last = None
-    for frame in frames:
-        last = frame
-        yield frame
-    if last is not None:
-        yield last
-
-
-def stream_frames(chunks: Iterable[torch.Tensor], rife: Optional[torch.nn.Module] = None, batch_size: int = 8,
-                  paste: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, hold_last: bool = False,
-                  group_size: int = 16) -> Iterator[torch.Tensor]:
-    """Chunks of frames (n,H,W,3) → batches ready to encode, lazily.
-
-    With `rife`, frames become [f0, m01, f1, ..., f_{N-1}] exactly as `interpolate_x2` on the whole clip: the last
-    frame of a chunk waits for the first of the next, so chunk borders are interpolated too. `hold_last` repeats
-    the final frame once. `paste` maps each batch (e.g. into the original picture). At most about one decode chunk,
-    one RIFE batch and one output group are alive at a time.
-    """
-    frames = iter_interpolated(chunks, rife, batch_size) if rife is not None else _frames(chunks)
-    if hold_last:
-        frames = _hold_last(frames)
-    for group in _groups(frames, group_size):
-        yield paste(group) if paste is not None else group
-
-
-def paste_function(image: Optional[SonicImageEmbeds], feather: int) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+def paste_function(image: Optional[SonicImageEmbeds], feather: int) -> Optional[PasteInto]:
     """Paste-back into the original picture, or None when the reference was not cropped."""
     if image is None or image.crop_box is None or image.original is None:
         return None
-    return lambda frames: paste_back(frames, image.original, image.crop_box, feather)
-
-
-def _audio_pair(audio: Optional[dict]) -> Optional[tuple[torch.Tensor, int]]:
-    if audio is None:
-        return None
-    waveform = audio["waveform"]
-    if waveform.dim() == 3:
-        if waveform.shape[0] != 1:
-            raise ValueError(f"The AUDIO input holds a batch of {waveform.shape[0]} clips; connect one clip.")
-        waveform = waveform[0]
-    return waveform, int(audio["sample_rate"])
-
-
-@dataclass
-class SavedVideo:
-    path: str
-    filename: str
-    subfolder: str
-    frames: int
-    fps: float
+    return PasteInto(image.original, image.crop_box, feather)
 
 
 def save_sonic_video(vae: Any, samples: torch.Tensor, *, rife: Optional[torch.nn.Module] = None,
                      image: Optional[SonicImageEmbeds] = None, audio: Optional[dict] = None, feather: int = 16,
                      chunk_size: int = DEFAULT_CHUNK, filename_prefix: str = "sonic/Sonic", crf: int = 18,
                      metadata: Optional[dict] = None, node_id: Optional[str] = None,
-                     output_dir: Optional[str] = None) -> SavedVideo:
-    """Decode → (RIFE ×2) → (paste-back) → mp4, chunk by chunk. Nothing is left on disk if anything fails or
-    the run is cancelled. With RIFE the last frame is held one extra 25 fps frame, so each of the N generated
-    frames lasts 80 ms and the video is exactly N/12.5 s long, like the trimmed audio."""
+                     output_dir: Optional[str] = None) -> WrittenVideo:
+    """video_pipeline.write_video with core's VAE, progress bar, Cancel and file numbering."""
     output_dir = output_dir or folder_paths.get_output_directory()
-    fps = INTERPOLATED_FPS if rife is not None else GENERATION_FPS
-    with _maybe_rife(rife, samples, chunk_size):
-        chunks = iter_decode(vae, samples, chunk_size, node_id=node_id)
-        batches = stream_frames(chunks, rife, chunk_size, paste_function(image, feather), hold_last=rife is not None,
-                                group_size=2 * chunk_size)
-        try:
-            first = next(batches, None)
-            if first is None:
-                raise ValueError("The latent decoded to no frames.")
-            height, width = first.shape[1:3]
-            folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir,
-                                                                                   width, height)
-            file = f"{name}_{counter:05}_.mp4"
-            path = os.path.join(folder, file)
-            with StreamingMp4Writer(path, width, height, fps, _audio_pair(audio), crf=crf,
-                                    metadata=metadata) as writer:
-                writer.write_frames(first)
-                del first
-                for batch in batches:
-                    writer.write_frames(batch)
-        finally:
-            batches.close()  # stop the decode generator now, not at garbage collection
-    return SavedVideo(path, file, subfolder, writer.frames_written, fps)
 
+    def path_for(width: int, height: int) -> str:
+        folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, width, height)
+        return os.path.join(folder, f"{name}_{counter:05}_.mp4")
 
-@contextmanager
-def _maybe_rife(rife: Optional[torch.nn.Module], samples: torch.Tensor, chunk_size: int) -> Iterator[None]:
-    if rife is None:
-        yield
-        return
-    with rife_on_device(rife, (samples.shape[-2] * 8, samples.shape[-1] * 8), chunk_size):
-        yield
+    frame_hw = (samples.shape[-2] * 8, samples.shape[-1] * 8)
+    with rife_on_device(rife, frame_hw, chunk_size):
+        written = write_video(samples, lambda latents: decode_chunk(vae, latents), path_for,
+                              fps=INTERPOLATED_FPS if rife is not None else GENERATION_FPS, chunk_size=chunk_size,
+                              rife=rife, paste=paste_function(image, feather),
+                              audio=None if audio is None else (audio["waveform"], audio["sample_rate"]), crf=crf,
+                              metadata=metadata, on_chunk=chunk_progress(node_id))
+    return written
 
 
 def interpolate_images(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 8,
@@ -184,7 +98,7 @@ def interpolate_images(model: torch.nn.Module, images: torch.Tensor, batch_size:
     out = torch.empty((count, *images.shape[1:]), dtype=torch.float32, device=mm.intermediate_device())
     bar = comfy.utils.ProgressBar(max(count, 1), node_id=node_id)
     with rife_on_device(model, tuple(images.shape[1:3]), batch_size):
-        for i, frame in enumerate(iter_interpolated(images, model, batch_size)):
+        for i, frame in enumerate(interpolated(images, model, batch_size)):
             out[i] = frame
             if i % (2 * batch_size) == 0 or i == count - 1:
                 bar.update_absolute(i + 1, count)
@@ -282,7 +196,8 @@ class SonicSaveVideo(io.ComfyNode):
                                  tooltip="From 'Sonic Reference Image': needed to paste a cropped face back into the "
                                          "original picture."),
                 io.Audio.Input("audio", optional=True,
-                               tooltip="The audio to mux in: the trimmed audio from 'Sonic Encode Audio'."),
+                               tooltip="The audio to mux in: the trimmed audio from 'Sonic Encode Audio'. More than "
+                                       "two channels (5.1, 7.1) are downmixed to stereo (ITU-R BS.775)."),
                 io.Boolean.Input("interpolate", default=True,
                                  tooltip="RIFE ×2: 12.5 → 25 fps (official). Needs sonic_model with RIFE loaded."),
                 io.Boolean.Input("paste_back", default=True,
@@ -312,9 +227,10 @@ class SonicSaveVideo(io.ComfyNode):
                                  feather=feather, chunk_size=decode_chunk_size, filename_prefix=filename_prefix,
                                  crf=crf, metadata=_metadata(cls.hidden), node_id=cls.hidden.unique_id)
         log.info("Sonic: saved %s (%d frames at %g fps)", saved.path, saved.frames, saved.fps)
-        return io.NodeOutput(saved.path,
-                             ui=ui.PreviewVideo([ui.SavedResult(saved.filename, saved.subfolder,
-                                                                io.FolderType.output)]))
+        folder, filename = os.path.split(saved.path)
+        subfolder = os.path.relpath(folder, folder_paths.get_output_directory())
+        return io.NodeOutput(saved.path, ui=ui.PreviewVideo([ui.SavedResult(
+            filename, "" if subfolder == "." else subfolder, io.FolderType.output)]))
 
 
 def _metadata(hidden: Any) -> Optional[dict]:

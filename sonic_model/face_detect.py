@@ -121,18 +121,23 @@ def decode_predictions(pred: torch.Tensor, input_hw: tuple[int, int], original_h
     return faces
 
 
+def faces_by_size(faces: list[FaceBox]) -> list[FaceBox]:
+    """Largest box area first; stable, so equal areas keep the detector's order (the better score first)."""
+    return sorted(faces, key=lambda f: -f.area)
+
+
 def select_face(faces: list[FaceBox], index: int | None = None) -> FaceBox | None:
-    """The largest face by box area (the official code meant this but never updates its running maximum), or with
-    `index` ≥ 0 the face at that place in the largest-first order. None when there is no face."""
+    """With `index` None or −1 the largest face by box area (the official code meant this but never updates its
+    running maximum); with `index` ≥ 0 the face at that place in the detector's order (most confident first).
+    None when there is no face."""
     if not faces:
         return None
-    by_area = sorted(faces, key=lambda f: -f.area)  # stable: equal areas keep the better score first
     if index is None or index < 0:
-        return by_area[0]
-    if index >= len(by_area):
-        raise ValueError(f"face_index is {index} but only {len(by_area)} face(s) were found "
-                         f"(0 or -1 = the largest, 1 = the next largest, …).")
-    return by_area[index]
+        return faces_by_size(faces)[0]
+    if index >= len(faces):
+        raise ValueError(f"face_index is {index} but only {len(faces)} face(s) were found "
+                         f"(-1 = the largest, 0 = the detector's first, 1 = its second, …).")
+    return faces[index]
 
 
 def is_torchscript_archive(path: str | Path) -> bool:

@@ -16,6 +16,8 @@ from typing import Optional, Union
 
 import torch
 
+from .audio_clip import stereo_clip
+
 log = logging.getLogger(__name__)
 
 Audio = tuple[torch.Tensor, int]  # waveform (C, T) float in [-1, 1], sample rate
@@ -49,8 +51,8 @@ class StreamingMp4Writer:
     """Context manager: `write_frames` encodes at once; the audio is interleaved and sized to the frames at exit.
 
     width/height must be even for yuv420p: an odd side is cropped by one pixel at the right/bottom (as the official
-    `keep_resolution` rounds down to even). The audio waveform (C, T) with C = 1 or 2 is cut or zero-padded so that
-    it lasts exactly frames/fps seconds. `metadata` (e.g. ComfyUI's prompt and workflow) is stored as JSON tags.
+    `keep_resolution` rounds down to even). The audio waveform (C, T) is downmixed to stereo when it has more
+    channels, and cut or zero-padded so that it lasts exactly frames/fps seconds. `metadata` (e.g. ComfyUI's prompt and workflow) is stored as JSON tags.
     """
 
     def __init__(self, path: Union[str, Path], width: int, height: int, fps: Union[Fraction, float],
@@ -192,20 +194,9 @@ class StreamingMp4Writer:
 
 
 def _check_audio(audio: Optional[Audio]) -> Optional[Audio]:
-    """(waveform (C,T) or (1,C,T), rate) → float32 CPU (C,T) with C in {1, 2}; None stays None."""
+    """(waveform, rate) in any layout audio_clip takes → float32 CPU (C,T) with C in {1, 2}, surround downmixed to
+    stereo (ITU-R BS.775); None stays None."""
     if audio is None:
         return None
-    waveform, rate = audio
-    if waveform.dim() == 3:
-        if waveform.shape[0] != 1:
-            raise ValueError(f"the audio holds a batch of {waveform.shape[0]} clips; one clip can be muxed")
-        waveform = waveform[0]
-    if waveform.dim() == 1:
-        waveform = waveform.unsqueeze(0)
-    if waveform.dim() != 2 or waveform.shape[0] not in (1, 2):
-        raise ValueError(f"audio must be mono or stereo (C,T) with C = 1 or 2, got {tuple(waveform.shape)}; "
-                         "downmix it first")
-    rate = int(rate)
-    if rate <= 0:
-        raise ValueError(f"audio sample rate must be positive, got {rate}")
-    return waveform.detach().float().cpu().contiguous(), rate
+    waveform, rate = stereo_clip(*audio)
+    return waveform.detach().cpu().contiguous(), rate

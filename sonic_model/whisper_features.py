@@ -7,17 +7,21 @@ frame (12.5 fps), zero-padded sliding windows around each frame.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .audio_adapters import AudioToBuckets, AudioToTokens, null_audio_tokens, postprocess_buckets
+from .audio_adapters import AudioToBuckets, AudioToTokens, null_audio_tokens
+from .audio_resample import to_16k_mono
+
+if TYPE_CHECKING:  # transformers is imported on first use: it is slow to import at ComfyUI's start
+    from transformers import WhisperFeatureExtractor
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 SAMPLE_RATE = 16000
 SAMPLES_PER_UNIT = 640   # one 40 ms unit (25 fps); two units make one generated frame (12.5 fps)
@@ -27,6 +31,8 @@ TOKENS_PER_FRAME = TOKENS_PER_UNIT * UNITS_PER_FRAME
 OFFICIAL_MAX_UNITS = 10000  # upstream's `frame_num` cap (400 s); only applied when asked for
 TOKEN_WINDOW, TOKEN_PAD = 10, (4, 6)      # audio2token: tokens 4i-4 … 4i+5 around frame i
 BUCKET_WINDOW, BUCKET_PAD = 50, (24, 26)  # audio2bucket: tokens 4i-24 … 4i+25, last hidden state only
+FRAMES_PER_SECOND = SAMPLE_RATE / (SAMPLES_PER_UNIT * UNITS_PER_FRAME)  # 12.5
+FRAME_BATCH = 256  # frames per adapter call: bounded memory for minutes of audio
 
 
 def audio_length_units(num_samples: int, max_units: int | None = None) -> int:
@@ -42,6 +48,8 @@ def num_frames_for(num_units: int) -> int:
 
 def feature_extractor_from_dict(fields: dict) -> WhisperFeatureExtractor:
     """A WhisperFeatureExtractor from a preprocessor-config dict, keeping only constructor arguments; dither 0."""
+    from transformers import WhisperFeatureExtractor
+
     names = set(inspect.signature(WhisperFeatureExtractor.__init__).parameters) - {"self", "kwargs"}
     kwargs = {k: v for k, v in fields.items() if k in names}
     kwargs["dither"] = 0.0  # deterministic features; the official transformers had no dither
@@ -69,6 +77,8 @@ class WhisperAudioEncoder:
     def from_folder(cls, folder: str | Path, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> WhisperAudioEncoder:
         """Load a local Hugging Face Whisper folder (config.json, preprocessor_config.json, weights). No network."""
+        from transformers import WhisperFeatureExtractor, WhisperModel
+
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} is not a Whisper model folder (no config.json); "
@@ -90,6 +100,9 @@ class WhisperAudioEncoder:
     def from_config(cls, whisper_config: dict, feature_extractor: dict | None = None,
                     attn_implementation: str = "sdpa") -> WhisperAudioEncoder:
         """An encoder with freshly initialised weights from config dicts (load a state dict into `.encoder` next)."""
+        from transformers import WhisperConfig
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
         config = WhisperConfig(**whisper_config)
         config._attn_implementation = attn_implementation
         encoder = WhisperEncoder(config)
@@ -115,6 +128,11 @@ class WhisperAudioEncoder:
     @property
     def chunk_samples(self) -> int:
         return self.feature_extractor.n_samples
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        """Encoder tokens of one 30 s chunk (1500: two per 40 ms unit)."""
+        return self.chunk_samples // SAMPLES_PER_UNIT * TOKENS_PER_UNIT
 
     def log_mel_chunks(self, wave16k: Tensor) -> Iterator[Tensor]:
         """(1, n_mels, 3000) log-mel per 30 s chunk; each chunk is padded and normalised on its own, as upstream."""
@@ -143,10 +161,12 @@ class WhisperAudioEncoder:
         return torch.stack(states, dim=2)
 
     @torch.no_grad()
-    def hidden_states(self, wave16k: Tensor, max_tokens: int | None = None) -> Tensor:
+    def hidden_states(self, wave16k: Tensor, max_tokens: int | None = None,
+                      on_chunk: Callable[[int], None] | None = None) -> Tensor:
         """(1, tokens, num_states, C) for the whole waveform, chunk by chunk (1500 tokens per 30 s chunk).
 
         With `max_tokens`, stops encoding once that many tokens exist and returns exactly the first `max_tokens`.
+        `on_chunk(chunks done)` is called after each chunk.
         """
         parts: list[Tensor] = []
         count = 0
@@ -155,6 +175,8 @@ class WhisperAudioEncoder:
                 break
             parts.append(self.encode_mel(mel))
             count += parts[-1].shape[1]
+            if on_chunk is not None:
+                on_chunk(len(parts))
         if not parts:
             return torch.zeros(1, 0, self.num_states, self.channels, device=self.device, dtype=self.dtype)
         hidden = torch.cat(parts, dim=1)
@@ -193,68 +215,87 @@ def frame_windows(hidden: Tensor, num_units: int) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class AudioFeatures:
-    """Per-frame audio conditioning for N generated frames (12.5 fps)."""
+    """Per-frame audio conditioning for N generated frames (12.5 fps): what Encode Audio outputs and the sampler and
+    the bucket predictor read."""
 
-    tokens: Tensor        # (N, T, D) audio tokens of each frame
-    null_tokens: Tensor   # (T, D) "null audio" tokens for the unconditional guidance rows
-    buckets_raw: Tensor   # (N, 2) raw audio2bucket outputs: [head motion, expression]
+    tokens: Tensor          # (N, T, D) audio tokens of each frame
+    null_tokens: Tensor     # (T, D) "null audio" tokens for the unconditional guidance rows
+    bucket_windows: Tensor  # (N, 50, 1, C) last-state windows, a strided view of the short padded sequence (no copy)
     num_frames: int
-    num_units: int        # 40 ms units used (after any cap)
-    num_samples: int      # 16 kHz samples of the input
-
-    def motion_buckets(self, dynamic_scale: float = 1.0) -> Tensor:
-        """(N, 2) motion bucket ids as the UNet receives them per frame: (raw·16+16)·dynamic_scale."""
-        return postprocess_buckets(self.buckets_raw, dynamic_scale)
+    num_units: int = 0      # 40 ms units used (after any cap)
+    num_samples: int = 0    # 16 kHz samples of the input
+    fps: float = FRAMES_PER_SECOND
 
 
 def _param(model: torch.nn.Module) -> Tensor:
     return next(model.parameters())
 
 
-@torch.no_grad()
-def features_from_hidden(hidden: Tensor, num_units: int, audio2token: AudioToTokens, audio2bucket: AudioToBuckets,
-                         clip_image_embeds: Tensor, num_samples: int = 0, frame_batch: int = 256) -> AudioFeatures:
-    """Tokens and raw buckets for every frame from stacked hidden states, `frame_batch` frames per adapter call."""
-    states, channels = hidden.shape[2:] if hidden.ndim == 4 else (None, None)
-    if (states, channels) != (audio2token.blocks, audio2token.channels) or channels != audio2bucket.channels:
-        raise ValueError(f"the Whisper model gives {states} hidden states of {channels} channels, but the audio "
-                         f"adapters expect {audio2token.blocks} of {audio2token.channels}: use the whisper-tiny "
-                         "model Sonic was trained with")
-    token_windows, bucket_windows = frame_windows(hidden, num_units)
-    frames = token_windows.shape[0]
-    tok_p, bkt_p = _param(audio2token), _param(audio2bucket)
-    clip = clip_image_embeds.to(bkt_p.device, bkt_p.dtype).reshape(1, -1)
-    tokens, buckets = [], []
-    for start in range(0, frames, frame_batch):
-        stop = min(start + frame_batch, frames)
-        tokens.append(audio2token(token_windows[None, start:stop].to(tok_p.device, tok_p.dtype))[0])
-        raw = audio2bucket(bucket_windows[None, start:stop].to(bkt_p.device, bkt_p.dtype), clip)
-        buckets.append(raw[0].reshape(stop - start, -1))
-    if not tokens:
-        tokens = [torch.zeros(0, audio2token.context_tokens, audio2token.output_dim, device=tok_p.device,
-                              dtype=tok_p.dtype)]
-        buckets = [torch.zeros(0, audio2bucket.context_tokens * audio2bucket.output_dim, device=bkt_p.device,
-                               dtype=bkt_p.dtype)]
-    return AudioFeatures(tokens=torch.cat(tokens), null_tokens=null_audio_tokens(audio2token),
-                         buckets_raw=torch.cat(buckets), num_frames=frames, num_units=num_units,
-                         num_samples=num_samples)
+def _check_fits(encoder: WhisperAudioEncoder, audio2token: AudioToTokens) -> None:
+    if (encoder.num_states, encoder.channels) != (audio2token.blocks, audio2token.channels):
+        raise ValueError(f"the Whisper model gives {encoder.num_states} hidden states of {encoder.channels} channels, "
+                         f"but the audio adapters expect {audio2token.blocks} of {audio2token.channels}: use the "
+                         "whisper-tiny model Sonic was trained with")
+
+
+def too_short_message(num_samples: int) -> str:
+    return (f"The audio is {num_samples / SAMPLE_RATE * 1000:.0f} ms long, shorter than one video frame (80 ms): "
+            "connect at least 0.08 s of audio.")
 
 
 @torch.no_grad()
-def encode_audio(encoder: WhisperAudioEncoder, wave16k: Tensor, audio2token: AudioToTokens,
-                 audio2bucket: AudioToBuckets, clip_image_embeds: Tensor, max_units: int | None = None,
-                 frame_batch: int = 256) -> AudioFeatures:
-    """Mono 16 kHz waveform → per-frame tokens and raw buckets. No length cap unless `max_units` is given
-    (upstream: OFFICIAL_MAX_UNITS). Audio shorter than one frame (1280 samples) gives N = 0 without running Whisper."""
-    _check_wave(wave16k)
-    if wave16k.numel() and not bool(torch.isfinite(wave16k).all()):
-        raise ValueError("the audio contains NaN or infinite samples: re-export or re-encode the audio file")
-    num_samples = int(wave16k.shape[0])
+def encode_audio(encoder: WhisperAudioEncoder, waveform: Tensor, sample_rate: int, audio2token: AudioToTokens, *,
+                 max_units: int | None = None, frame_batch: int = FRAME_BATCH,
+                 output_device: torch.device | str | None = None,
+                 on_progress: Callable[[int, int], None] | None = None) -> AudioFeatures:
+    """Any clip (an AUDIO's waveform and rate: any length, rate and channel count) → per-frame tokens, null tokens and
+    bucket windows. The one path from audio to conditioning: Encode Audio and the parity check both call it.
+
+    Whisper runs per 30 s chunk and audio2token `frame_batch` frames at a time, so minutes of audio stay bounded;
+    `on_progress(done, total)` is called after each of those steps (a progress bar, a Cancel check). Results go to
+    `output_device` (default: audio2token's device). No length cap unless `max_units` is given (upstream:
+    OFFICIAL_MAX_UNITS)."""
+    wave = to_16k_mono(waveform, sample_rate)
+    num_samples = int(wave.shape[0])
     units = audio_length_units(num_samples, max_units)
-    if num_frames_for(units) == 0:
-        units = 0
-        hidden = torch.zeros(1, 0, encoder.num_states, encoder.channels)
-    else:
-        hidden = encoder.hidden_states(wave16k, max_tokens=units * TOKENS_PER_UNIT)
-    return features_from_hidden(hidden, units, audio2token, audio2bucket, clip_image_embeds,
-                                num_samples=num_samples, frame_batch=frame_batch)
+    frames = num_frames_for(units)
+    if frames < 1:
+        raise ValueError(too_short_message(num_samples))
+    _check_fits(encoder, audio2token)
+    chunks = -(-units * TOKENS_PER_UNIT // encoder.tokens_per_chunk)
+    total = chunks + -(-frames // frame_batch)
+    report = on_progress or (lambda done, total: None)
+
+    hidden = encoder.hidden_states(wave, max_tokens=units * TOKENS_PER_UNIT,
+                                   on_chunk=lambda done: report(done, total))
+    token_seq, bucket_seq = padded_sequences(hidden, units)
+    del hidden
+    token_windows = _windows(token_seq, TOKEN_WINDOW, frames)
+    param = _param(audio2token)
+    output_device = param.device if output_device is None else output_device
+    # Filled in place: a list of batches joined at the end would hold the tokens twice (2 × 940 MiB for 10 minutes).
+    tokens = torch.empty(frames, audio2token.context_tokens, audio2token.output_dim, device=output_device,
+                         dtype=param.dtype)
+    for batch_index, start in enumerate(range(0, frames, frame_batch), start=1):
+        batch = token_windows[None, start:start + frame_batch].to(param.device, param.dtype)
+        tokens[start:start + frame_batch] = audio2token(batch)[0]
+        report(chunks + batch_index, total)
+    bucket_windows = _windows(bucket_seq.to(output_device), BUCKET_WINDOW, frames)
+    return AudioFeatures(tokens=tokens, null_tokens=null_audio_tokens(audio2token).to(output_device),
+                         bucket_windows=bucket_windows, num_frames=frames, num_units=units, num_samples=num_samples)
+
+
+@torch.no_grad()
+def predict_buckets(audio2bucket: AudioToBuckets, features: AudioFeatures, clip_image_embeds: Tensor,
+                    frame_batch: int = FRAME_BATCH) -> Tensor:
+    """Raw audio2bucket outputs (N, 2) [head motion, expression] for every frame, `frame_batch` frames per call, on
+    audio2bucket's device (postprocess_buckets turns them into bucket ids)."""
+    windows = features.bucket_windows
+    if windows.shape[-1] != audio2bucket.channels:
+        raise ValueError(f"the Whisper model gives {windows.shape[-1]} channels, but audio2bucket expects "
+                         f"{audio2bucket.channels}: use the whisper-tiny model Sonic was trained with")
+    param = _param(audio2bucket)
+    clip = clip_image_embeds.to(param.device, param.dtype).reshape(1, -1)
+    raw = [audio2bucket(windows[None, start:start + frame_batch].to(param.device, param.dtype), clip)[0]
+           for start in range(0, features.num_frames, frame_batch)]
+    return torch.cat(raw).reshape(features.num_frames, -1)

@@ -132,9 +132,11 @@ def test_largest_face_drives_the_mask():
     expected = torch.zeros(512, 512)
     expected[y1:y2, x1:x2] = 1
     assert torch.equal(mask[0], expected)
-    _, _, mask = run(image_tensor(512, 512), FakeDetector(faces), face_index=2)
-    x1, y1, x2, y2 = face_mask_box(faces[0].box, 512, 512)
-    assert mask[0, y1:y2, x1:x2].eq(1).all() and mask.sum() == (x2 - x1) * (y2 - y1)
+    for index, chosen, rank in ((0, faces[0], 2), (2, faces[2], 1)):  # 0 is the detector's first, not the largest
+        embeds, _, mask = run(image_tensor(512, 512), FakeDetector(faces), face_index=index)
+        x1, y1, x2, y2 = face_mask_box(chosen.box, 512, 512)
+        assert mask[0, y1:y2, x1:x2].eq(1).all() and mask.sum() == (x2 - x1) * (y2 - y1)
+        assert embeds.report["face"] == rank  # the readout counts by size: 0 = the largest
 
 
 def test_crop_box_and_mask_inside_the_crop():

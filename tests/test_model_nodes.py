@@ -13,6 +13,7 @@ from sonic_pack.nodes import audio as audio_node  # noqa: E402
 from sonic_pack.nodes import loaders, model_files, motion  # noqa: E402
 from sonic_pack.nodes.sonic_types import SonicImageEmbeds  # noqa: E402
 from sonic_pack.sonic_model.weights import WeightFileError  # noqa: E402
+from sonic_pack.sonic_model.whisper_features import predict_buckets  # noqa: E402
 
 
 @pytest.fixture()
@@ -82,6 +83,7 @@ def test_audio_encode_counts_frames_and_trims_audio(sonic_dir):
 def test_any_rate_and_channel_count_gives_the_same_frames(sonic_dir, rate, channels):
     embeds, trimmed = audio_node.encode_sonic_audio(_load(sonic_dir), _audio(3.3, rate, channels))
     assert embeds.num_frames == 41 and trimmed["sample_rate"] == rate
+    assert trimmed["waveform"].shape[:2] == (1, min(channels, 2))  # 5.1 leaves as stereo for the video file
 
 
 def test_audio_shorter_than_a_frame_is_explained(sonic_dir):
@@ -100,7 +102,7 @@ def test_motion_presets_scale_and_sliders_override(sonic_dir):
     embeds, _ = audio_node.encode_sonic_audio(models, _audio(2.0))
     image = SonicImageEmbeds(concat_latent=torch.zeros(1, 4, 8, 8), image_embeds=torch.randn(1, 1024),
                              face_mask=torch.ones(1, 1, 64, 64), image=torch.zeros(1, 64, 64, 3))
-    raw = motion.predict_buckets(models, embeds, image)
+    raw = predict_buckets(models.audio2bucket, embeds, image.image_embeds)
     assert raw.shape == (embeds.num_frames, 2)
     moderate = motion.motion_buckets(raw, motion.dynamic_scale("moderate (1.0)", 9.0), -1, -1)
     torch.testing.assert_close(moderate.buckets, raw * 16 + 16)
@@ -146,3 +148,39 @@ def test_svd_combo_lists_the_official_names_and_never_picks_another_checkpoint(t
     assert model_files.resolve_svd("svd_xt_1_1.safetensors") == checkpoints / "svd_xt.safetensors"
     assert model_files.svd_path("sd15.safetensors") == checkpoints / "sd15.safetensors"
     assert model_files.svd_path("other.safetensors") is None
+
+
+def test_encode_audio_shows_progress_and_honours_cancel_on_ten_minutes(sonic_dir):
+    import comfy.model_management as mm
+    import comfy.utils
+
+    models = _load(sonic_dir)
+    ten_minutes = {"waveform": 0.1 * torch.randn(1, 1, 600 * 16000, generator=torch.Generator().manual_seed(3)),
+                   "sample_rate": 16000}
+    events, encoder_calls = [], []
+    hook = models.whisper.encoder.register_forward_pre_hook(lambda *a: encoder_calls.append(1))
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+
+    def record(value, total, preview, node_id=None):
+        events.append((value, total, node_id))
+        if cancel_at is not None and value == cancel_at:
+            mm.interrupt_current_processing()  # what the Cancel button does
+
+    comfy.utils.set_progress_bar_global_hook(record)
+    try:
+        cancel_at = None
+        embeds, _ = audio_node.encode_sonic_audio(models, ten_minutes, node_id="12")
+        # 20 Whisper chunks of 30 s, then 30 batches of 256 of the 7500 frames: the bar moves 50 times, forward.
+        assert embeds.num_frames == 7500
+        assert events == [(done, 50, "12") for done in range(1, 51)]
+        events.clear()
+        encoder_calls.clear()
+        cancel_at = 5
+        with pytest.raises(mm.InterruptProcessingException):
+            audio_node.encode_sonic_audio(models, ten_minutes, node_id="12")
+        assert [e[0] for e in events] == [1, 2, 3, 4, 5] and len(encoder_calls) == 5  # stopped after chunk 5 of 20
+        assert not mm.processing_interrupted()
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous)
+        hook.remove()
+        mm.interrupt_current_processing(False)

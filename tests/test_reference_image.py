@@ -129,7 +129,8 @@ def test_largest_face_is_used_for_the_mask():
     x1, y1, x2, y2 = face_mask_box(faces[1].box, 512, 512)
     u8[y1:y2, x1:x2] = 255
     assert torch.equal(out.mask[0, 0], torch.from_numpy(u8.astype(np.float32) / 255))  # 512²: no resize
-    assert prepare_reference(img, faces, face_index=1).face == faces[2].box
+    assert prepare_reference(img, faces, face_index=-1).face == faces[1].box
+    assert prepare_reference(img, faces, face_index=0).face == faces[0].box  # the detector's first
 
 
 def test_crop_box_and_mask_inside_the_crop():

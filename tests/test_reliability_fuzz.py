@@ -68,7 +68,8 @@ def test_fuzz_audio_encode(sonic_models, audio):
             "loud noise": 1e4 * torch.randn(batch, channels, samples, generator=g)}[audio["signal"]]
     seconds = samples / rate
     try:
-        output = SonicAudioEncode.execute(sonic_model=sonic_models, audio={"waveform": wave, "sample_rate": rate})
+        node = SonicAudioEncode.PREPARE_CLASS_CLONE({"UNIQUE_ID": "3"})  # as ComfyUI runs it: with its node id
+        output = node.execute(sonic_model=sonic_models, audio={"waveform": wave, "sample_rate": rate})
     except ValueError as error:
         message = str(error)
         if batch > 1:
@@ -87,7 +88,7 @@ def test_fuzz_audio_encode(sonic_models, audio):
     assert frames == embeds.num_frames >= 1 and fps == 12.5
     assert abs(frames - seconds * 12.5) <= 1.01, (frames, seconds)
     assert embeds.tokens.shape[0] == frames and torch.isfinite(embeds.tokens).all()
-    assert trimmed["sample_rate"] == rate and trimmed["waveform"].shape[:2] == (1, channels)
+    assert trimmed["sample_rate"] == rate and trimmed["waveform"].shape[:2] == (1, min(channels, 2))  # 5.1 → stereo
     assert trimmed["waveform"].shape[-1] == min(samples, round(frames * rate / 12.5))
 
 

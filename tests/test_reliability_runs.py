@@ -147,8 +147,11 @@ def _raise_oom(*args, **kwargs):
       "completes.")
 @pytest.mark.parametrize("stage,advice,seed", [
     ("sampling", "Set the loader's low_vram to 'on', lower the Reference Image resolution", 4),
-    ("decode", "lower decode_chunk_size", 5),
-    ("interpolation", "Lower batch_size (Sonic Interpolate) or decode_chunk_size", 6),
+    # The stage's own message (a decode error once read as RIFE's, which also says "decode_chunk_size").
+    ("decode", "Sonic decode ran out of memory on a chunk of 8 frames at 64×64. The temporal decoder must see the "
+               "whole chunk, so it is not tiled: lower decode_chunk_size", 5),
+    ("interpolation", "RIFE ran out of memory interpolating 64×64 frames 8 pairs at a time. Lower batch_size "
+                      "(Sonic Interpolate) or decode_chunk_size", 6),
 ], ids=["sampling", "decode", "interpolation"])
 def test_run_out_of_memory(comfy, monkeypatch, stage, advice, seed):
     targets = {"sampling": (pack_module("sonic_model.unet").SonicUNet, "forward"),

@@ -19,7 +19,8 @@ from comfy.ldm.models.autoencoder import AutoencodingEngine  # noqa: E402
 from sonic_pack.nodes import decode as decode_mod  # noqa: E402
 from sonic_pack.nodes.decode import SonicDecode, decode_latents  # noqa: E402
 from sonic_pack.nodes.sonic_types import SonicImageEmbeds  # noqa: E402
-from sonic_pack.nodes.video import RIFE_MISSING, SonicInterpolate, SonicSaveVideo, stream_frames  # noqa: E402
+from sonic_pack.nodes.video import RIFE_MISSING, SonicInterpolate, SonicSaveVideo  # noqa: E402
+from sonic_pack.sonic_model.video_pipeline import stream_frames  # noqa: E402
 from sonic_pack.sonic_model.rife import interpolate_x2, load_rife  # noqa: E402
 from tools.parity_checks.common import read_golden  # noqa: E402
 
@@ -301,3 +302,78 @@ def test_save_node_schema():
     assert defaults["filename_prefix"] == "sonic/Sonic" and defaults["crf"] == 18
     assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
     assert not decode_mod.__name__.startswith("nodes.")  # imported relatively, as part of the pack
+
+
+# --- each stage says its own message ------------------------------------------------------------------------------
+
+
+def _out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+
+class OutOfMemoryVAE(StandInVAE):
+    """Decodes the first chunk, runs out of memory on the second."""
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.calls:
+            _out_of_memory()
+        return super().decode(latents)
+
+
+def _save_error(**kwargs) -> BaseException:
+    with pytest.raises((torch.OutOfMemoryError, OSError)) as caught:
+        _node(SonicSaveVideo).execute(latent={"samples": _latents(10)}, decode_chunk_size=4, audio=_audio(0.8),
+                                      **kwargs)
+    return caught.value
+
+
+def test_out_of_memory_in_the_decode_is_the_decodes_message_not_rifes(output_dir, rife):
+    error = _save_error(vae=OutOfMemoryVAE(), sonic_model=Models(rife))
+    assert type(error) is torch.OutOfMemoryError
+    assert str(error) == (
+        "Sonic decode ran out of memory on a chunk of 4 frames at 16×16. The temporal decoder must see the whole "
+        "chunk, so it is not tiled: lower decode_chunk_size (fewer frames mixed together; pixels change slightly) or "
+        "the resolution, or close other models. Sampling is cached, so a re-run only redoes the decode.")
+    assert _files(output_dir) == []
+
+
+def test_out_of_memory_in_rife_is_rifes_message(output_dir, rife, monkeypatch):
+    monkeypatch.setattr(rife, "forward", _out_of_memory)
+    error = _save_error(vae=StandInVAE(), sonic_model=Models(rife))
+    assert type(error) is torch.OutOfMemoryError
+    assert str(error) == (
+        "RIFE ran out of memory interpolating 16×16 frames 4 pairs at a time. Lower batch_size (Sonic Interpolate) "
+        "or decode_chunk_size (Sonic Save Video), lower the Reference Image resolution, or turn interpolation off.")
+    assert next(rife.parameters()).device == mm.unet_offload_device() and _files(output_dir) == []
+    with pytest.raises(torch.OutOfMemoryError) as caught:
+        _node(SonicInterpolate).execute(Models(rife), torch.rand(3, 16, 32, 3), 2)
+    assert str(caught.value).startswith("RIFE ran out of memory interpolating 32×16 frames 2 pairs at a time.")
+
+
+def test_out_of_memory_in_paste_back_is_paste_backs_message(output_dir, monkeypatch):
+    from sonic_pack.sonic_model import video_pipeline
+
+    monkeypatch.setattr(video_pipeline, "paste_back", _out_of_memory)
+    image = SonicImageEmbeds(concat_latent=torch.zeros(1, 4, 2, 2), image_embeds=torch.zeros(1, 8),
+                             face_mask=torch.ones(1, 1, 16, 16), image=torch.zeros(1, 16, 16, 3),
+                             original=torch.rand(1, 50, 40, 3), crop_box=(6, 10, 30, 34))
+    error = _save_error(vae=StandInVAE(), image=image, interpolate=False)
+    assert type(error) is torch.OutOfMemoryError
+    assert str(error) == ("Paste-back ran out of memory putting 8 frames into the 40×50 original picture. Lower "
+                          "decode_chunk_size, or turn paste_back off (the video is then the cropped face).")
+    assert _files(output_dir) == []
+
+
+def test_a_failed_write_is_the_muxers_message(output_dir, rife, monkeypatch):
+    from sonic_pack.sonic_model.video_writer import StreamingMp4Writer
+
+    def disk_full(self, frames):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(StreamingMp4Writer, "write_frames", disk_full)
+    error = _save_error(vae=StandInVAE(), sonic_model=Models(rife))
+    assert type(error) is OSError
+    path = output_dir / "sonic" / "Sonic_00001_.mp4"
+    assert str(error) == (f"Writing the video {path} failed ([Errno 28] No space left on device). Check that the "
+                          "output folder is writable and the disk has room; no partial file was left.")
+    assert _files(output_dir) == []

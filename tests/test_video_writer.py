@@ -129,9 +129,22 @@ def test_clean_exit_replaces_an_existing_file_and_stores_metadata(tmp_path):
 
 def test_argument_checks(tmp_path):
     assert as_fraction(12.5) == Fraction(25, 2) and as_fraction(Fraction(30000, 1001)) == Fraction(30000, 1001)
-    with pytest.raises(ValueError, match="mono or stereo"):
-        StreamingMp4Writer(tmp_path / "x.mp4", W, H, 25, (torch.zeros(6, 100), 16000))
+    with pytest.raises(ValueError, match="Pick one clip"):
+        StreamingMp4Writer(tmp_path / "x.mp4", W, H, 25, (torch.zeros(2, 1, 100), 16000))
     with pytest.raises(ValueError, match="expected frames"):
         with StreamingMp4Writer(tmp_path / "x.mp4", W, H, 25) as writer:
             writer.write_frames(torch.rand(2, H + 2, W, 3))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_surround_audio_is_downmixed_to_stereo_at_its_own_rate(tmp_path):
+    surround = torch.zeros(6, 48000)
+    surround[2] = _tone(1.0, 48000, 1)[0]  # only the centre speaks: it must reach both sides
+    path = tmp_path / "surround.mp4"
+    _write(path, 25, 25, audio=(surround[None], 48000))
+    info = _read(path)
+    assert info["channels"] == 2 and info["sample_rate"] == 48000 and info["audio_s"] == pytest.approx(1.0, abs=1e-3)
+    with av.open(str(path)) as container:
+        samples = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
+    left, right = np.abs(samples).max(axis=1)
+    assert left > 0.1 and right > 0.1 and abs(left - right) < 0.02

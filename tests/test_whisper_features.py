@@ -1,13 +1,15 @@
 """Audio path: waveform → Whisper states → windows → tokens/buckets at golden parity, plus resampling and lengths."""
 from __future__ import annotations
 
+import ast
 import math
+import sys
 
 import pytest
 import torch
 from transformers import WhisperConfig, WhisperModel
 
-from sonic_model.audio_resample import to_16k_mono
+from sonic_model.audio_resample import RESAMPLE_TOLERANCE, to_16k_mono
 from sonic_model.whisper_features import (
     OFFICIAL_MAX_UNITS,
     WhisperAudioEncoder,
@@ -15,6 +17,7 @@ from sonic_model.whisper_features import (
     encode_audio,
     frame_windows,
     num_frames_for,
+    predict_buckets,
 )
 from tools.parity_checks import whisper as check
 from tools.parity_checks.common import read_golden
@@ -120,43 +123,54 @@ def test_long_audio_is_not_capped_and_encoded_chunk_by_chunk(models, short_golde
     encoder, audio2token, audio2bucket = models
     seconds = 401
     wave = 0.1 * torch.randn(seconds * 16000, generator=torch.Generator().manual_seed(9))
-    calls = []
+    calls, progress = [], []
     hook = encoder.encoder.register_forward_pre_hook(lambda mod, args: calls.append(tuple(args[0].shape)))
     try:
         clip = short_golden.tensors["in.clip_image_embeds"]
-        features = encode_audio(encoder, wave, audio2token, audio2bucket, clip)
+        features = encode_audio(encoder, wave, 16000, audio2token, frame_batch=1000,
+                                on_progress=lambda done, total: progress.append((done, total)))
+        raw = predict_buckets(audio2bucket, features, clip)
         chunks = math.ceil(seconds / 30)
         assert calls == [(1, 80, 3000)] * chunks  # one bounded encoder call per 30 s chunk
         assert features.num_frames == seconds * 25 // 2 == 5012
-        assert features.tokens.shape == (5012, 4, 12) and features.buckets_raw.shape == (5012, 2)
-        assert torch.isfinite(features.tokens).all() and torch.isfinite(features.buckets_raw).all()
+        # A step per Whisper chunk, then per batch of 1000 frames.
+        assert progress == [(done, chunks + 6) for done in range(1, chunks + 7)]
+        assert features.tokens.shape == (5012, 4, 12) and raw.shape == (5012, 2)
+        assert torch.isfinite(features.tokens).all() and torch.isfinite(raw).all()
         calls.clear()
-        capped = encode_audio(encoder, wave, audio2token, audio2bucket, clip, max_units=OFFICIAL_MAX_UNITS)
+        capped = encode_audio(encoder, wave, 16000, audio2token, max_units=OFFICIAL_MAX_UNITS)
+        capped_raw = predict_buckets(audio2bucket, capped, clip)
         assert capped.num_frames == 5000 and len(calls) == math.ceil(400 / 30)  # stops once enough tokens exist
         # Only the last frames differ: their windows reach past the cap into the zero padding.
         torch.testing.assert_close(capped.tokens[:4999], features.tokens[:4999], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(capped.buckets_raw[:4994], features.buckets_raw[:4994], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(capped_raw[:4994], raw[:4994], atol=1e-5, rtol=1e-5)
         assert not torch.allclose(capped.tokens[4999], features.tokens[4999], atol=1e-3)
     finally:
         hook.remove()
 
 
+def test_bucket_windows_are_a_view_of_the_short_padded_sequence(models):
+    encoder, audio2token, _ = models
+    features = encode_audio(encoder, torch.randn(16000 * 4), 16000, audio2token)
+    windows = features.bucket_windows
+    assert windows.shape == (50, 50, 1, 8)
+    # 50 windows of 50 tokens share the 2·100 + 50 padded tokens: no per-frame copy (576 MB for 10 min at full size).
+    assert windows.untyped_storage().nbytes() == (2 * 100 + 50) * 8 * 4
+
+
 @pytest.mark.parametrize("samples", [0, 1, 1279])
-def test_shorter_than_one_frame_gives_zero_frames(models, short_golden, samples):
-    encoder, audio2token, audio2bucket = models
-    features = encode_audio(encoder, torch.zeros(samples), audio2token, audio2bucket,
-                            short_golden.tensors["in.clip_image_embeds"])
-    assert features.num_frames == 0
-    assert features.tokens.shape == (0, 4, 12) and features.buckets_raw.shape == (0, 2)
-    assert features.null_tokens.shape == (4, 12)
-    assert features.motion_buckets().shape == (0, 2)
+def test_shorter_than_one_frame_is_refused(models, samples):
+    encoder, audio2token, _ = models
+    message = "empty" if samples == 0 else "shorter than one video frame"
+    with pytest.raises(ValueError, match=message):
+        encode_audio(encoder, torch.zeros(samples), 16000, audio2token)
 
 
 def test_one_frame_of_audio(models, short_golden):
     encoder, audio2token, audio2bucket = models
-    features = encode_audio(encoder, torch.randn(1280), audio2token, audio2bucket,
-                            short_golden.tensors["in.clip_image_embeds"])
-    assert features.num_frames == 1 and features.tokens.shape == (1, 4, 12)
+    features = encode_audio(encoder, torch.randn(1280), 16000, audio2token)
+    assert features.num_frames == 1 and features.tokens.shape == (1, 4, 12) and features.null_tokens.shape == (4, 12)
+    assert predict_buckets(audio2bucket, features, short_golden.tensors["in.clip_image_embeds"]).shape == (1, 2)
 
 
 def _tone(sample_rate: int, seconds: float = 3.3) -> torch.Tensor:
@@ -168,29 +182,33 @@ def _tone(sample_rate: int, seconds: float = 3.3) -> torch.Tensor:
 def test_sample_rates_and_channels_give_the_same_frames(models, short_golden):
     encoder, audio2token, audio2bucket = models
     clip = short_golden.tensors["in.clip_image_embeds"]
-    original = to_16k_mono(_tone(16000), 16000)
-    reference = encode_audio(encoder, original, audio2token, audio2bucket, clip)
+    reference = encode_audio(encoder, _tone(16000), 16000, audio2token)
+    reference_raw = predict_buckets(audio2bucket, reference, clip)
     assert reference.num_frames == 41
     for rate in (8000, 44100, 48000):
-        features = encode_audio(encoder, to_16k_mono(_tone(rate), rate), audio2token, audio2bucket, clip)
+        features = encode_audio(encoder, _tone(rate), rate, audio2token)
         assert features.num_frames == reference.num_frames, rate
         # Resampling edge effects only (measured: 0.039 at 8 kHz, 0.007 at 44.1/48 kHz; |tokens| ≤ 2.8).
         torch.testing.assert_close(features.tokens, reference.tokens, atol=0.1, rtol=0)
     mono = _tone(16000)
     for stereo in (torch.stack([mono, mono]), torch.stack([mono, mono])[None]):
-        features = encode_audio(encoder, to_16k_mono(stereo, 16000), audio2token, audio2bucket, clip)
+        features = encode_audio(encoder, stereo, 16000, audio2token)
         assert features.num_frames == reference.num_frames
         torch.testing.assert_close(features.tokens, reference.tokens, atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(features.buckets_raw, reference.buckets_raw, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(predict_buckets(audio2bucket, features, clip), reference_raw, atol=1e-6, rtol=1e-6)
 
 
 def test_to_16k_mono_layouts():
     left, right = torch.randn(1000), torch.randn(1000)
     torch.testing.assert_close(to_16k_mono(torch.stack([left, right]), 16000), (left + right) / 2)
-    batch = torch.stack([torch.stack([left, right]), torch.zeros(2, 1000)])
-    torch.testing.assert_close(to_16k_mono(batch, 16000), (left + right) / 2)  # ComfyUI (B, C, T): item 0
+    torch.testing.assert_close(to_16k_mono(torch.stack([left, right])[None], 16000), (left + right) / 2)  # ComfyUI
     assert to_16k_mono(left.double(), 16000).dtype == torch.float32
     assert to_16k_mono(torch.randn(22050), 44100).shape == (8000,)
+    # 5.1: the stereo downmix (ITU-R BS.775, LFE left out) averaged; a loud LFE changes nothing.
+    surround = torch.randn(6, 1000)
+    quiet_lfe = surround.clone()
+    quiet_lfe[3] = 0
+    torch.testing.assert_close(to_16k_mono(surround, 16000), to_16k_mono(quiet_lfe, 16000))
 
 
 @pytest.mark.parametrize("rate", [44101, 47999, 7919])
@@ -202,10 +220,53 @@ def test_unusual_rates_keep_length_and_pitch_without_a_huge_kernel(rate):
     assert abs(peak - 440) <= 2, peak
 
 
+def _relative_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt())
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 32000, 44100, 48000, 44101])
+def test_without_torchaudio_scipy_resamples_within_the_stated_tolerance(rate, monkeypatch):
+    g = torch.Generator().manual_seed(rate)
+    noise = 0.1 * torch.randn(rate, generator=g)  # white noise: all its energy reaches the filter's cut-off
+    tone = _tone(rate, 1.0)
+    with_torchaudio = [to_16k_mono(x, rate) for x in (noise, tone)]
+    monkeypatch.setitem(sys.modules, "torchaudio", None)  # as on a torch newer than any torchaudio release
+    monkeypatch.setitem(sys.modules, "torchaudio.functional", None)
+    with pytest.raises(ImportError):
+        import torchaudio.functional  # noqa: F401
+    without = [to_16k_mono(x, rate) for x in (noise, tone)]
+    for a, b in zip(without, with_torchaudio):
+        assert a.shape == b.shape and a.dtype == torch.float32 and not torch.equal(a, b)  # scipy's path ran
+        assert _relative_rms(a, b) < RESAMPLE_TOLERANCE, (rate, _relative_rms(a, b))
+    # A different filter (scipy's default Kaiser) would be further off on noise than the tolerance allows.
+    assert _relative_rms(without[0], with_torchaudio[0]) < _relative_rms(
+        resample_poly_default(noise, rate), with_torchaudio[0]) or rate == 44101
+
+
+def resample_poly_default(wave: torch.Tensor, rate: int) -> torch.Tensor:
+    from scipy.signal import resample_poly
+
+    g = math.gcd(rate, 16000)
+    return torch.from_numpy(resample_poly(wave.double().numpy(), 16000 // g, rate // g)).float()
+
+
+def test_no_module_level_torchaudio_import_in_the_pack(repo_dir):
+    offenders = []
+    for path in sorted(repo_dir.glob("**/*.py")):
+        if ".venv" in path.parts or "tests" in path.parts:
+            continue
+        for node in ast.parse(path.read_text()).body:  # module level only: imports inside functions are on use
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(repo_dir)}: {n}" for n in names if n.split(".")[0] == "torchaudio"]
+    assert not offenders
+
+
 @pytest.mark.parametrize("wave, rate, message", [
     (torch.zeros(0), 16000, "empty"),
     (torch.zeros(2, 0), 16000, "empty"),
     (torch.zeros(0, 2, 100), 16000, "batch is empty"),
+    (torch.zeros(2, 2, 100), 16000, "Pick one clip"),
     (torch.tensor([0.0, float("nan"), 0.0]), 16000, "NaN"),
     (torch.tensor([0.0, float("inf"), 0.0]), 16000, "infinite"),
     (torch.zeros(1, 1, 1, 10), 16000, "shaped"),
@@ -218,19 +279,22 @@ def test_to_16k_mono_rejects_unusable_input(wave, rate, message):
         to_16k_mono(wave, rate)
 
 
-def test_encode_audio_rejects_bad_waveforms(models, short_golden):
-    encoder, audio2token, audio2bucket = models
-    clip = short_golden.tensors["in.clip_image_embeds"]
-    with pytest.raises(ValueError, match="to_16k_mono"):
-        encode_audio(encoder, torch.zeros(2, 3000), audio2token, audio2bucket, clip)
+def test_encode_audio_rejects_bad_waveforms(models):
+    encoder, audio2token, _ = models
     with pytest.raises(ValueError, match="NaN"):
-        encode_audio(encoder, torch.full((3000,), float("nan")), audio2token, audio2bucket, clip)
+        encode_audio(encoder, torch.full((3000,), float("nan")), 16000, audio2token)
+    with pytest.raises(ValueError, match="Pick one clip"):
+        encode_audio(encoder, torch.zeros(2, 1, 3000), 16000, audio2token)
 
 
 def test_encode_audio_rejects_a_mismatched_whisper(models, short_golden):
-    from sonic_model.whisper_features import features_from_hidden
+    from sonic_model.audio_adapters import AudioToBuckets, AudioToTokens
 
-    _, audio2token, audio2bucket = models
+    encoder, _, _ = models
     with pytest.raises(ValueError, match="whisper-tiny"):
-        features_from_hidden(torch.zeros(1, 200, 7, 8), 82, audio2token, audio2bucket,
-                             short_golden.tensors["in.clip_image_embeds"])
+        encode_audio(encoder, torch.zeros(3000), 16000, AudioToTokens(blocks=7, channels=8, intermediate_dim=4,
+                                                                      output_dim=4, context_tokens=1))
+    features = encode_audio(encoder, torch.zeros(3000), 16000, models[1])
+    with pytest.raises(ValueError, match="whisper-tiny"):
+        predict_buckets(AudioToBuckets(channels=16, clip_channels=4, intermediate_dim=4), features,
+                        torch.zeros(1, 4))

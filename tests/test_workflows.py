@@ -1,12 +1,16 @@
 """Every shipped workflow: the pack loads through ComfyUI's own loader, the API twins execute in the real runtime on
-random weights in the real file formats, and each writes an mp4 whose video and audio durations match."""
+random weights in the real file formats, and each writes an mp4 whose video and audio durations match, with 5.1
+audio in and stereo out."""
 import json
 import shutil
 import subprocess
 import sys
+import wave
 from fractions import Fraction
+from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from comfy_harness import PromptFailed, load_runtime, run_prompt, use_models_dir
@@ -45,12 +49,31 @@ def _duration(stream) -> float:
     return float(stream.duration * stream.time_base) if stream.duration else float(stream.frames / stream.average_rate)
 
 
-def _inputs(tmp_path):
+def write_surround_wav(mono: Path, target: Path) -> int:
+    """A 5.1 film mix (FL FR FC LFE BL BR) of a mono wav: the voice in the centre, a 40 Hz hum in the LFE, quiet
+    room tone around. Returns its sample rate. Stdlib and numpy only: the test must not depend on the code under
+    test."""
+    with wave.open(str(mono)) as src:
+        rate, voice = src.getframerate(), np.frombuffer(src.readframes(src.getnframes()), "<i2")
+    hum = (8000 * np.sin(2 * np.pi * 40 * np.arange(voice.size) / rate)).astype("<i2")
+    room = (voice // 16).astype("<i2")
+    channels = np.stack([room, room, voice, hum, room, room], axis=1)
+    with wave.open(str(target), "wb") as dst:
+        dst.setnchannels(6)
+        dst.setsampwidth(2)
+        dst.setframerate(rate)
+        dst.writeframes(channels.tobytes())
+    return rate
+
+
+def _inputs(tmp_path) -> tuple[Path, int]:
+    """The portrait and a 17-frame voice (short for CPU runs) as a 5.1 film mix, users' kind of audio; its rate."""
     inputs = tmp_path / "input"
     inputs.mkdir()
     shutil.copy(ASSETS / "sonic_portrait.png", inputs / "sonic_portrait.png")
-    write_short_wav(ASSETS / "sonic_voice.wav", inputs / "sonic_voice.wav", 1.37)  # 17 frames keep CPU runs short
-    return inputs
+    write_short_wav(ASSETS / "sonic_voice.wav", tmp_path / "voice.wav", 1.37)
+    rate = write_surround_wav(tmp_path / "voice.wav", inputs / "sonic_voice.wav")
+    return inputs, rate
 
 
 def _models_as_downloaded(tiny_models_dir, tmp_path, svd_name):
@@ -84,7 +107,7 @@ def test_shipped_workflows_name_the_svd_file_the_download_fetches():
 
 
 def test_a_missing_svd_checkpoint_validates_and_the_loader_names_the_fix(tiny_models_dir, tmp_path, monkeypatch):
-    inputs = _inputs(tmp_path)
+    inputs, _ = _inputs(tmp_path)
     models = _models_as_downloaded(tiny_models_dir, tmp_path, None)
     use_models_dir(models, tmp_path / "output", inputs)
     _only_these_folders(monkeypatch, models)
@@ -105,7 +128,7 @@ def test_a_missing_svd_checkpoint_validates_and_the_loader_names_the_fix(tiny_mo
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
 def test_shipped_workflow_executes_and_writes_a_synced_video(workflow, tiny_models_dir, tmp_path, monkeypatch):
-    inputs = _inputs(tmp_path)
+    inputs, rate = _inputs(tmp_path)
     # Only the file the download fetches, under the name it gives it: the workflows must run unchanged on it, and
     # the 1.0 name (svd_xt.safetensors) serves them too.
     svd_name = "svd_xt_1_1.safetensors" if workflow != WORKFLOWS[0] else "svd_xt.safetensors"
@@ -131,5 +154,11 @@ def test_shipped_workflow_executes_and_writes_a_synced_video(workflow, tiny_mode
         fps = Fraction(video.average_rate)
         video_seconds = frames / fps
         audio_seconds = _duration(audio)
+    with av.open(str(videos[0])) as container:
+        sound = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
     assert frames >= 2 * 17 - 1 and video.width % 2 == 0
+    # 5.1 in, stereo out at the file's own rate: the centre's voice on both sides.
+    assert (audio.channels, audio.rate) == (2, rate)
+    left, right = np.abs(sound).max(axis=1)
+    assert left > 0.05 and abs(left - right) < 0.02 * left, (left, right)
     assert abs(video_seconds - audio_seconds) <= 1 / fps + 0.03, (video_seconds, audio_seconds)

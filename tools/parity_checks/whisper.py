@@ -7,12 +7,14 @@ import torch
 from sonic_model.audio_adapters import AudioToBuckets, AudioToTokens, postprocess_buckets
 from sonic_model.whisper_features import (
     OFFICIAL_MAX_UNITS,
+    SAMPLE_RATE,
     WhisperAudioEncoder,
     audio_length_units,
     encode_audio,
     frame_windows,
     num_frames_for,
     padded_sequences,
+    predict_buckets,
 )
 from tools.parity_checks.common import Comparison, Golden, compare, compare_golden
 
@@ -66,10 +68,10 @@ def run(golden: Golden,
         results += [compare_golden(golden, "out.sel_token_windows", token_windows[sel]),
                     compare_golden(golden, "out.sel_bucket_windows", bucket_windows[sel])]
 
-    # The public entry point, end to end.
-    features = encode_audio(encoder, wave, audio2token, audio2bucket, clip, max_units=OFFICIAL_MAX_UNITS)
+    # End to end through the functions the Encode Audio and Motion Buckets nodes call.
+    features = encode_audio(encoder, wave, SAMPLE_RATE, audio2token, max_units=OFFICIAL_MAX_UNITS)
     n = features.num_frames
-    raw = features.buckets_raw.reshape(1, n, -1, 1)
+    raw = predict_buckets(audio2bucket, features, clip).reshape(1, n, -1, 1)
     results += [
         compare_golden(golden, "out.audio_tokens_cond", features.tokens),
         compare_golden(golden, "out.audio_tokens_uncond", features.null_tokens.expand(n, -1, -1)),
