@@ -16,7 +16,6 @@ import comfy.samplers
 
 from ..sonic_model import memory_model
 from ..sonic_model.shift_fusion import FusedPrediction, GuidanceRows, ShiftFusion, SonicConditioning, WindowEvent
-from ..sonic_model.speed import set_attention_slices
 from ..sonic_model.step_tracker import StepTracker
 from .native_model import is_sonic_model
 
@@ -122,6 +121,8 @@ class SonicGuider(comfy.samplers.CFGGuider):
                                                  model.compute_dtype, model.get_dtype())
         except memory_model.DoesNotFit as error:
             raise OUT_OF_MEMORY(f"Sonic does not fit this GPU's free memory: {error}") from None
+        from ..sonic_model.speed import set_attention_slices  # diffusers: on first use, not at ComfyUI start
+
         self.sampling_mode = mode
         self.fusion.batched_cfg = mode.batched_guidance
         set_attention_slices(model.diffusion_model.unet, mode.attention_slices)

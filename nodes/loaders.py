@@ -10,10 +10,6 @@ import comfy.model_management as mm
 import comfy.sd
 from comfy_api.latest import io
 
-from ..sonic_model.model_loading import load_audio2bucket, load_audio2token, load_sonic_unet
-from ..sonic_model.rife import load_rife
-from ..sonic_model.speed import SpeedOptions, apply_speed_options, speed_options_for
-from ..sonic_model.whisper_features import WhisperAudioEncoder
 from . import model_files
 from .native_model import sonic_model_patcher, store_weights_in
 from .sonic_types import SonicModel, SonicModels
@@ -37,8 +33,10 @@ def low_vram_wanted(setting: str) -> bool | None:
     return True if mm.vram_state in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM) else None
 
 
-def loader_speed_options(low_vram: bool, compile: bool) -> SpeedOptions:
+def loader_speed_options(low_vram: bool, compile: bool):
     """The UNet runtime options the loader's settings ask for (low VRAM also slices the attention)."""
+    from ..sonic_model.speed import speed_options_for  # diffusers: imported on first use, not at ComfyUI start
+
     return speed_options_for(low_vram=low_vram, compile=compile)
 
 
@@ -84,6 +82,12 @@ def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper
                       compile: bool = False, weight_dtype: torch.dtype | None = None) -> tuple[SonicModels, object]:
     """The Sonic bundle (audio models, face detector, RIFE) and the UNet as a core MODEL computing in `dtype`, its
     Linear/Conv weights stored in `weight_dtype` (fp8) when given."""
+    # diffusers and transformers are imported here, on the first load, so ComfyUI starts without them.
+    from ..sonic_model.model_loading import load_audio2bucket, load_audio2token, load_sonic_unet
+    from ..sonic_model.rife import load_rife
+    from ..sonic_model.speed import apply_speed_options
+    from ..sonic_model.whisper_features import WhisperAudioEncoder
+
     model = load_sonic_unet(unet, dtype=dtype, device=mm.unet_offload_device())
     if weight_dtype is not None:
         store_weights_in(model, weight_dtype)

@@ -124,11 +124,13 @@ def sonic_model_patcher(unet: torch.nn.Module, low_vram: bool | None = None,
                         compute_dtype: torch.dtype | None = None) -> comfy.model_patcher.ModelPatcher:
     """A core MODEL around a loaded Sonic UNet (built from comfy.ops layers; weights stay where they are).
 
-    compute_dtype: the dtype the UNet computes in; None = its conv_in weight's. Weights stored in another dtype (fp8)
-    are cast per layer by comfy.ops (core's manual cast)."""
+    compute_dtype: the dtype the UNet computes in; None = its conv_in bias's (store_weights_in leaves biases in the
+    compute dtype). Weights stored in another dtype (fp8) are cast per layer by comfy.ops (core's manual cast)."""
     device = mm.get_torch_device()
-    weight_dtype = unet.conv_in.weight.dtype if hasattr(unet, "conv_in") else next(unet.parameters()).dtype
-    compute_dtype = compute_dtype or weight_dtype
+    conv_in = getattr(unet, "conv_in", None)
+    weight_dtype = conv_in.weight.dtype if conv_in is not None else next(unet.parameters()).dtype
+    if compute_dtype is None:
+        compute_dtype = conv_in.bias.dtype if conv_in is not None and conv_in.bias is not None else weight_dtype
     manual_cast = None if compute_dtype == weight_dtype else compute_dtype
     use_comfy_ops(unet, sonic_operations(weight_dtype, manual_cast, device))
     model = SonicBaseModel(unet, SonicModelConfig(weight_dtype, manual_cast), low_vram=low_vram)

@@ -210,10 +210,12 @@ def test_loader_passes_the_options_to_the_unet(golden, monkeypatch) -> None:
 
     unet = build_sonic_unet(golden.doc["config"])
     whisper = SimpleNamespace(encoder=SimpleNamespace(config=SimpleNamespace(d_model=8, encoder_layers=4)))
-    monkeypatch.setattr(loaders, "load_sonic_unet", lambda path, dtype, device: unet)
-    monkeypatch.setattr(loaders, "WhisperAudioEncoder", SimpleNamespace(from_folder=lambda path: whisper))
-    monkeypatch.setattr(loaders, "load_audio2token", lambda *a: torch.nn.Identity())
-    monkeypatch.setattr(loaders, "load_audio2bucket", lambda *a: torch.nn.Identity())
+    from sonic_pack.sonic_model import model_loading, whisper_features  # what the loader imports on first use
+
+    monkeypatch.setattr(model_loading, "load_sonic_unet", lambda path, dtype, device: unet)
+    monkeypatch.setattr(whisper_features, "WhisperAudioEncoder", SimpleNamespace(from_folder=lambda path: whisper))
+    monkeypatch.setattr(model_loading, "load_audio2token", lambda *a: torch.nn.Identity())
+    monkeypatch.setattr(model_loading, "load_audio2bucket", lambda *a: torch.nn.Identity())
     models, model = loaders.load_sonic_models(Path("u"), Path("t"), Path("b"), Path("w"), None, None,
                                               torch.float32, low_vram=True, compile=True)
     assert model.model.diffusion_model.unet is unet and compile_report(model.model.diffusion_model) is not None
