@@ -31,11 +31,12 @@ class HeadlessComfy:
     """A ComfyUI server on 127.0.0.1 loading only this pack, with the given models, input and output folders."""
 
     def __init__(self, models_dir: Path, input_dir: Path, output_dir: Path, cpu: bool | None = None,
-                 log_path: Path | None = None):
+                 log_path: Path | None = None, extra_args: tuple[str, ...] = ()):
         self.models_dir, self.input_dir, self.output_dir = Path(models_dir), Path(input_dir), Path(output_dir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cpu = cpu
+        self.extra_args = list(extra_args)  # more ComfyUI command-line options (e.g. --front-end-root)
         self.work = Path(tempfile.mkdtemp(prefix="sonic-comfy-"))
         self.log_path = log_path or self.work / "comfyui.log"
         self.process: subprocess.Popen | None = None
@@ -65,6 +66,7 @@ class HeadlessComfy:
                 "--user-directory", str(self.work / "user"), "--temp-directory", str(self.work)]
         if self.cpu:
             args.append("--cpu")
+        args += self.extra_args
         (self.work / "user").mkdir(exist_ok=True)
         self.input_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
