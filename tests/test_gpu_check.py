@@ -57,16 +57,19 @@ def test_comfyui_packing_keeps_code_and_small_configs(tmp_path):
     for name, size in [("main.py", 10), ("comfy/sd.py", 10), ("comfy/clip_vision_config_h.json", 500),
                        ("comfy/text_encoders/llama_tokenizer/tokenizer.json", 300_000), ("tests/test_x.py", 10),
                        ("comfy_api_nodes/apis/a.py", 10), ("README.md", 10), ("comfy/__pycache__/sd.pyc", 10),
-                       ("requirements.txt", 10), ("custom_nodes/example/__init__.py", 10)]:
+                       ("requirements.txt", 10), ("custom_nodes/websocket_image_save.py", 10),
+                       ("input/example.png", 10), ("output/_output_images_will_be_put_here", 0)]:
         _touch(tmp_path / name, size)
     chosen = {p.as_posix() for p in select_comfy_files(tmp_path)}
-    assert chosen == {"main.py", "comfy/sd.py", "comfy/clip_vision_config_h.json", "requirements.txt"}
+    assert chosen == {"main.py", "comfy/sd.py", "comfy/clip_vision_config_h.json", "requirements.txt",
+                      "custom_nodes/websocket_image_save.py", "output/_output_images_will_be_put_here"}
 
 
 def test_the_real_comfyui_selection_is_small_and_complete():
     chosen = select_comfy_files(COMFYUI_DIR)
     names = {p.as_posix() for p in chosen}
-    assert {"main.py", "server.py", "nodes.py", "comfy/clip_vision_config_h.json", "comfy/sd.py"} <= names
+    assert {"main.py", "server.py", "nodes.py", "comfy/clip_vision_config_h.json", "comfy/sd.py",
+            "custom_nodes/websocket_image_save.py"} <= names
     assert not any(n.startswith(("tests/", "comfy_api_nodes/")) for n in names)
     assert sum((COMFYUI_DIR / p).stat().st_size for p in chosen) < 12 * MiB
 
@@ -109,7 +112,7 @@ def test_the_gpu_side_installs_carried_wheels_offline(tmp_path, monkeypatch):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    done = unpack_payload(payload, tmp_path / "work")
+    done = unpack_payload(payload, tmp_path / "work", {"wheels"})
     assert done == [f"installed 1 wheels into {tmp_path / 'work' / 'site'}"]
     assert (tmp_path / "work" / "site" / "h5probe" / "__init__.py").read_text() == "VALUE = 1\n"
     assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path / "work" / "site")

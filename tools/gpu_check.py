@@ -115,11 +115,26 @@ def run_logged(cmd: list[str], log: Path, timeout: float, env: dict | None = Non
 
 # ---- payload -----------------------------------------------------------------------------------------------------
 
-def unpack_payload(payload: Path, work: Path) -> list[str]:
-    """Install the carried wheels and unpack ComfyUI and the reference data; returns what was done."""
+def missing_here() -> set[str]:
+    """Which parts of the payload this machine needs: none where `make setup` ran and ../shared is beside us."""
+    import importlib.util
+
+    missing = set()
+    if any(importlib.util.find_spec(name) is None for name in ("diffusers", "av", "torchsde")):
+        missing.add("wheels")
+    if not (COMFYUI_DIR / "main.py").exists():
+        missing.add("comfyui")
+    if not (ROOT.parent / "shared" / "reference").is_dir():
+        missing.add("reference")
+    return missing
+
+
+def unpack_payload(payload: Path, work: Path, parts: set[str]) -> list[str]:
+    """Install the carried wheels and unpack ComfyUI and the reference data (those of `parts` the payload holds,
+    each once per machine); returns what was done."""
     done = []
     site = work / "site"
-    if (payload / "wheels.tar.xz").exists() and not (site / ".complete").exists():
+    if "wheels" in parts and (payload / "wheels.tar.xz").exists() and not (site / ".complete").exists():
         unpacked, wheels = work / "wheels-unpacked", work / "wheels"
         shutil.rmtree(unpacked, ignore_errors=True)
         shutil.rmtree(wheels, ignore_errors=True)
@@ -141,7 +156,7 @@ def unpack_payload(payload: Path, work: Path) -> list[str]:
     if site.is_dir():
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
         sys.path.insert(0, str(site))
-    if (payload / "comfyui.tar.xz").exists() and not (COMFYUI_DIR / "main.py").exists():
+    if "comfyui" in parts and (payload / "comfyui.tar.xz").exists() and not (COMFYUI_DIR / "main.py").exists():
         venv = COMFYUI_DIR.parent
         if venv.is_symlink():  # the developer's link to a virtualenv that is not on this machine
             venv.unlink()
@@ -149,7 +164,7 @@ def unpack_payload(payload: Path, work: Path) -> list[str]:
         with tarfile.open(payload / "comfyui.tar.xz") as tar:
             tar.extractall(venv, filter="data")
         done.append(f"unpacked ComfyUI into {COMFYUI_DIR}")
-    if (payload / "reference.tar.xz").exists() and not (work / "reference").is_dir():
+    if "reference" in parts and (payload / "reference.tar.xz").exists() and not (work / "reference").is_dir():
         with tarfile.open(payload / "reference.tar.xz") as tar:
             tar.extractall(work, filter="data")
         done.append(f"unpacked the reference data into {work / 'reference'}")
@@ -157,8 +172,8 @@ def unpack_payload(payload: Path, work: Path) -> list[str]:
 
 
 def reference_dir(work: Path) -> Path:
-    carried = work / "reference"
-    return carried if carried.is_dir() else ROOT.parent / "shared" / "reference"
+    beside = ROOT.parent / "shared" / "reference"  # a developer's checkout; the GPU machine has the carried copy
+    return beside if beside.is_dir() else work / "reference"
 
 
 # ---- b. parity -----------------------------------------------------------------------------------------------
@@ -185,6 +200,16 @@ def parity_step(plan: Plan, out: Path, clock: Clock) -> Step:
                 failures.append(f"- {dtype}: exit {code}: " + " / ".join(lines[-3:]))
     if failures:
         step.lines += ["", "Outside tolerance or broken:", *failures[:60]]
+    reduced_failed = any(line.startswith(("- fp16", "- bf16")) for line in failures)
+    if reduced_failed and clock.left() > 240:
+        # Is this device's own half-precision noise larger than the CPU's the tolerances came from? Measure it here.
+        goldens = [p for p in plan.parity_files if p.parent.name == "golden"]
+        code, output, seconds = run_logged([sys.executable, "benchmarks/precision_errors.py", "--seeds", "2",
+                                            "--device", device, *map(str, goldens)],
+                                           out / "parity-fp16.log", min(180, clock.left() - 60))
+        step.lines += ["", f"fp16/bf16 vs fp32 measured on this device (exit {code}, {seconds:.0f} s; compare with "
+                       "tools/parity_checks/precision_tolerances.json):", "",
+                       *[line for line in output.splitlines() if line.startswith("|")]]
     return step
 
 
@@ -397,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     for old in out.glob("*.log"):
         old.unlink()
     args.work.mkdir(parents=True, exist_ok=True)
-    setup = unpack_payload(PAYLOAD, args.work)
+    setup = unpack_payload(PAYLOAD, args.work, missing_here())
 
     import torch
 

@@ -67,8 +67,7 @@ PIP_TARGET = ["--only-binary=:all:", "--python-version", "3.12", "--implementati
                     "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64", "any")
     for arg in ("--platform", tag)]
 
-COMFY_SKIP_DIRS = {"tests", "tests-unit", "comfy_api_nodes", "script_examples", "__pycache__", ".git", "output",
-                   "input", "user", "temp", "custom_nodes"}
+COMFY_SKIP_DIRS = {"tests", "tests-unit", "comfy_api_nodes", "script_examples", "__pycache__", ".git", "user", "temp"}
 COMFY_SKIP_SUFFIXES = {".png", ".jpg", ".md", ".pyc", ".example"}
 COMFY_MAX_FILE_BYTES = 200_000  # tokenizer vocabularies (up to 9 MB) serve text encoders Sonic never loads
 
