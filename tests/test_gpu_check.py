@@ -14,8 +14,8 @@ import pytest
 
 from conftest import COMFYUI_DIR, REPO
 from tools.gpu_check import length_verdict, unpack_payload
-from tools.gpu_check_pack import (check_budget, missing_closure, select_comfy_files, unzipped_wheel_files,
-                                  wheel_requirements)
+from tools.gpu_check_pack import (check_budget, missing_closure, pinned, select_comfy_files,
+                                  unzipped_wheel_files, wheel_requirements)
 
 MiB = 2**20
 
@@ -89,8 +89,17 @@ def _wheel(folder: Path, name: str, requires: list[str]) -> Path:
 def test_wheel_needs_follow_markers_and_skip_what_the_gpu_image_has(tmp_path):
     wheel = _wheel(tmp_path, "h5pkg", ["numpy>=1", "Typing_Extensions", "tomli; python_version < '3.11'",
                                        "pytest; extra == 'test'", "importlib-metadata", "pywin32; sys_platform=='win32'"])
-    assert wheel_requirements(wheel) == ["numpy", "typing-extensions", "importlib-metadata"]
-    assert missing_closure({"h5pkg": wheel}, {"numpy", "typing_extensions"}) == {"importlib-metadata"}
+    assert wheel_requirements(wheel) == {"numpy": "numpy>=1", "typing-extensions": "typing-extensions",
+                                         "importlib-metadata": "importlib-metadata"}
+    assert missing_closure({"h5pkg": wheel}, {"numpy", "typing_extensions"}) == {
+        "importlib-metadata": "importlib-metadata"}
+
+
+def test_wanted_packages_travel_at_the_versions_tested_here():
+    import diffusers
+
+    assert pinned(["diffusers", "surely-not-installed-h5"]) == [f"diffusers=={diffusers.__version__}",
+                                                               "surely-not-installed-h5"]
 
 
 def test_the_budget_names_the_biggest_part_when_over():

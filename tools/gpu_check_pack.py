@@ -89,8 +89,9 @@ def select_comfy_files(comfy_dir: Path) -> list[Path]:
     return chosen
 
 
-def wheel_requirements(wheel: Path) -> list[str]:
-    """Names a wheel needs on Python 3.12 / Linux (its Requires-Dist without extras), normalised."""
+def wheel_requirements(wheel: Path) -> dict[str, str]:
+    """What a wheel needs on Python 3.12 / Linux (its Requires-Dist without extras): normalised name → the
+    requirement to hand pip (name and version specifier, e.g. pydantic's exact pydantic-core)."""
     from packaging.requirements import Requirement
 
     with zipfile.ZipFile(wheel) as z:
@@ -99,18 +100,32 @@ def wheel_requirements(wheel: Path) -> list[str]:
     env = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
            "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
            "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
-    needed = []
+    needed = {}
     for line in meta.get_all("Requires-Dist") or []:
         req = Requirement(line)
         if req.marker is None or req.marker.evaluate(env):
-            needed.append(normalise(req.name))
+            needed[normalise(req.name)] = f"{normalise(req.name)}{req.specifier}"
     return needed
 
 
-def missing_closure(wheels: dict[str, Path], present: set[str]) -> set[str]:
-    """Names needed by the given wheels (name → file) that neither the GPU image nor the wheels provide."""
+def missing_closure(wheels: dict[str, Path], present: set[str]) -> dict[str, str]:
+    """Needs of the given wheels (name → file) that neither the GPU image nor the wheels provide: name → requirement."""
     have = {normalise(n) for n in present} | set(wheels)
-    return {req for wheel in wheels.values() for req in wheel_requirements(wheel) if req not in have}
+    return {name: spec for wheel in wheels.values() for name, spec in wheel_requirements(wheel).items()
+            if name not in have}
+
+
+def pinned(names: list[str]) -> list[str]:
+    """Each name at the version installed here (the one the suite tested), unpinned where it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in names:
+        try:
+            out.append(f"{normalise(name)}=={version(name)}")
+        except PackageNotFoundError:
+            out.append(normalise(name))
+    return out
 
 
 def download(names: list[str], dest: Path) -> None:
@@ -124,12 +139,13 @@ def wheel_name(path: Path) -> str:
 
 
 def fetch_wheels(dest: Path) -> list[Path]:
-    """WANTED and everything they need that the GPU image lacks, one wheel each (pip's newest for 3.12)."""
-    todo = [normalise(n) for n in WANTED]
+    """WANTED at the versions installed here, and everything they need that the GPU image lacks (pip's newest
+    that meets each requirement's specifier), one wheel each."""
+    todo = pinned(WANTED)
     while todo:
         download(todo, dest)
         wheels = {wheel_name(p): p for p in dest.glob("*.whl")}
-        todo = sorted(missing_closure(wheels, GPU_IMAGE_PACKAGES))
+        todo = sorted(missing_closure(wheels, GPU_IMAGE_PACKAGES).values())
     return sorted(dest.glob("*.whl"))
 
 
