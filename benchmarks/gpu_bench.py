@@ -302,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     peak = measured_bf16_peak(device)
     if peak:
         print(f"bf16 matmul peak measured here (8192³): {peak / 1e12:.0f} TFLOP/s; 'of peak' is against it")
-    print(f"| mode | options | dtype | size | frames | steps | s per video-s | s per video-s at {WORKFLOW_STEPS} steps | "
-          "UNet share | TFLOP/s | of peak | peak VRAM GiB | compile s | vs reference loop |")
+    print(f"| mode | options | dtype | size | frames | steps | s per video-s | "
+          f"s per video-s at {WORKFLOW_STEPS} steps | UNet share | TFLOP/s | of peak | peak VRAM GiB | compile s | "
+          "vs reference loop |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in run(settings, config, device, tokens, peak):
         print(row, flush=True)

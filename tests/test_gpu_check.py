@@ -88,7 +88,8 @@ def _wheel(folder: Path, name: str, requires: list[str]) -> Path:
 
 def test_wheel_needs_follow_markers_and_skip_what_the_gpu_image_has(tmp_path):
     wheel = _wheel(tmp_path, "h5pkg", ["numpy>=1", "Typing_Extensions", "tomli; python_version < '3.11'",
-                                       "pytest; extra == 'test'", "importlib-metadata", "pywin32; sys_platform=='win32'"])
+                                       "pytest; extra == 'test'", "importlib-metadata",
+                                       "pywin32; sys_platform=='win32'"])
     assert wheel_requirements(wheel) == {"numpy": "numpy>=1", "typing-extensions": "typing-extensions",
                                          "importlib-metadata": "importlib-metadata"}
     assert missing_closure({"h5pkg": wheel}, {"numpy", "typing_extensions"}) == {

@@ -4,9 +4,9 @@
     python3 tools/gpu_check.py            # on the GPU machine, after `make gpu-check-prepare` here
     .venv/bin/python tools/gpu_check.py   # without CUDA: the same steps at tiny size on the CPU (a dry run)
 
-On the GPU machine (no network, no diffusers/PyAV/ComfyUI) it first unpacks .gpu-check/payload (tools/gpu_check_pack.py):
-the wheels into a private site folder (`pip install --no-index --target`), ComfyUI into .venv/ComfyUI, the reference
-data beside them. Then, within one call's time:
+On the GPU machine (no network, no diffusers/PyAV/ComfyUI) it first unpacks .gpu-check/payload
+(tools/gpu_check_pack.py): the wheels into a private site folder (`pip install --no-index --target`), ComfyUI
+into .venv/ComfyUI, the reference data beside them. Then, within one call's time:
 
   b. tools/parity.py on every golden and manifest on CUDA in fp32 (the README's tolerances), fp16 and bf16 (the
      measured ones, tools/parity_checks/precision.py);
@@ -59,7 +59,7 @@ class Plan:
     workflows: list[Path]
     parity_files: list[Path]
     bench_args: list[str]
-    overrides: dict[str, dict] = field(default_factory=dict)  # input name → value, for any node that has it
+    overrides: dict[str, object] = field(default_factory=dict)  # input name → value, for any node that has it
 
     @classmethod
     def make(cls, cuda: bool, reference: Path) -> Plan:
@@ -96,13 +96,13 @@ def say(message: str) -> None:
     print(f"[gpu-check] {message}", flush=True)
 
 
-def run_logged(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> tuple[int, str, float]:
+def run_logged(cmd: list[str], log: Path, timeout: float) -> tuple[int, str, float]:
     """(exit code, output, seconds); 124 when it ran out of time. The whole output also goes to `log`."""
     start = time.perf_counter()
     if timeout < 5:
         return 124, "skipped: no time left in this call", 0.0
     try:
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         code, output = done.returncode, done.stdout + done.stderr
     except subprocess.TimeoutExpired as e:
         code = 124
@@ -422,7 +422,13 @@ def main(argv: list[str] | None = None) -> int:
     for old in out.glob("*.log"):
         old.unlink()
     args.work.mkdir(parents=True, exist_ok=True)
-    setup = unpack_payload(PAYLOAD, args.work, missing_here())
+    try:
+        setup = unpack_payload(PAYLOAD, args.work, missing_here())
+    except (OSError, tarfile.TarError, subprocess.CalledProcessError) as e:
+        report = write_report(out, [], [], [Step("set-up from .gpu-check/payload", False, lines=[
+            f"{type(e).__name__}: {e}", "Run `make gpu-check-prepare` here and carry .gpu-check/payload."])])
+        print(report.read_text())
+        return 1
 
     import torch
 
@@ -430,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.make(cuda, reference_dir(args.work))
     facts = machine_facts(cuda)
     say("\n".join(facts))
-    runners = {"b": lambda: parity_step(plan, out, clock), "a": lambda: workflows_step(plan, out, args.work, clock, args.models),
+    runners = {"b": lambda: parity_step(plan, out, clock),
+               "a": lambda: workflows_step(plan, out, args.work, clock, args.models),
                "c": lambda: bench_step(plan, out, clock)}
     steps = []
     for key in "bac":  # parity first: the cheapest and the one every later figure relies on
