@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-device setup parity bench
+.PHONY: demo test test-device setup parity bench gpu-check-prepare gpu-check
 
 setup:
 	bash tools/setup_env.sh
@@ -19,3 +19,11 @@ test-device: setup
 
 parity: setup
 	$(PY) tools/parity.py ../shared/reference/golden/*.json ../shared/reference/manifest/*.json
+
+# GPU acceptance run (README "GPU runs"): pack here what the offline GPU machine lacks, then run there in one call.
+gpu-check-prepare: setup
+	$(PY) tools/gpu_check_pack.py
+
+# On the GPU machine there is no .venv: its own python3 runs the check (and a dry run at tiny size without CUDA).
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),python3) tools/gpu_check.py $(GPU_CHECK_ARGS)

@@ -4,9 +4,12 @@
     .venv/bin/python benchmarks/gpu_bench.py            # full size on the GPU: 512x512, N=125, 25 steps, bf16+fp16
     .venv/bin/python benchmarks/gpu_bench.py --quick    # a few minutes; on a machine without CUDA: tiny model, CPU
     .venv/bin/python benchmarks/gpu_bench.py --compile --attention-slices 4   # speed options
+    python3 benchmarks/gpu_bench.py --frames 50 --steps 4     # what `make gpu-check` runs: fits one device call
 
 Random weights (speed does not depend on their values). Reported per configuration: seconds per second of video
-(12.5 generated frames per second), the UNet's share of the time, achieved TFLOP/s against the GPU's dense peak,
+(12.5 generated frames per second; also scaled to the workflows' 25 steps, each step costing the same), the UNet's
+share of the time, achieved TFLOP/s (FLOPs counted by torch's FlopCounterMode on the first call of each batch size)
+against the bf16 matmul peak measured in the same run (an 8192³ product; H200 ≈ 790 TFLOP/s),
 peak VRAM, the compile time (first calls, compile + one run each; not in the timed run) and the speed-up over the
 reference loop measured in the same run. Low-VRAM rows run the guidance rows one after another and slice the
 attention, as the loader's low_vram mode does. On the CPU, --quick also times the tiny model eager vs compiled.
@@ -32,8 +35,7 @@ from sonic_model.speed import LOW_VRAM_ATTENTION_SLICES, apply_speed_options, co
 from sonic_model.unet import build_sonic_unet  # noqa: E402
 
 FPS = 12.5
-TFLOP_PER_FRAME_512 = 1.14  # one SVD-xt UNet pass per frame at a 64x64 latent (issue estimate), scales with area
-DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+WORKFLOW_STEPS = 25  # the shipped workflows' default
 
 
 @dataclass
@@ -87,24 +89,36 @@ def sync(device: torch.device) -> None:
 
 
 class UNetTimer(torch.nn.Module):
-    """Wraps the UNet to add up the time spent inside it (synchronised on CUDA)."""
+    """Wraps the UNet to add up the time spent inside it (synchronised on CUDA) and its FLOPs: the first call of
+    each batch size is counted by FlopCounterMode (into `flops_by_batch`, shared between runs), later ones looked up."""
 
-    def __init__(self, unet, device):
+    def __init__(self, unet, device, flops_by_batch: dict[int, int]):
         super().__init__()
-        self.unet, self.device, self.seconds = unet, device, 0.0
+        self.unet, self.device, self.seconds, self.flops = unet, device, 0.0, 0
+        self.flops_by_batch = flops_by_batch
 
-    def forward(self, *args, **kwargs):
+    def forward(self, sample, *args, **kwargs):
+        batch = sample.shape[0] * sample.shape[1]
+        if batch not in self.flops_by_batch:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                out = self.unet(sample, *args, **kwargs)
+            self.flops_by_batch[batch] = counter.get_total_flops()
+            self.flops += self.flops_by_batch[batch]
+            return out
         sync(self.device)
         start = time.perf_counter()
-        out = self.unet(*args, **kwargs)
+        out = self.unet(sample, *args, **kwargs)
         sync(self.device)
         self.seconds += time.perf_counter() - start
+        self.flops += self.flops_by_batch[batch]
         return out
 
 
 @torch.no_grad()
-def fused_run(unet, cond, s: Setting, device) -> tuple[float, float, int]:
-    timer = UNetTimer(unet, device)
+def fused_run(unet, cond, s: Setting, device, flops_by_batch: dict[int, int]) -> tuple[float, float, int, int]:
+    timer = UNetTimer(unet, device, flops_by_batch)
     fusion = ShiftFusion(cond, window=s.window, shift=s.shift, batched_cfg=not s.low_vram)
     rows = edm_rows_denoiser(timer)
     sigmas = karras(s.steps, device)
@@ -116,7 +130,7 @@ def fused_run(unet, cond, s: Setting, device) -> tuple[float, float, int]:
         x0 = fusion.denoise(x, float(sigmas[i]), i, rows).guided
         x = x + (x - x0) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
     sync(device)
-    return time.perf_counter() - start, timer.seconds, fusion.unet_calls
+    return time.perf_counter() - start, timer.seconds, fusion.unet_calls, timer.flops
 
 
 @torch.no_grad()
@@ -158,11 +172,20 @@ def reference_run(unet, cond, s: Setting, device) -> float:
     return time.perf_counter() - start
 
 
-def peak_tflops(device: torch.device) -> float | None:
+def measured_bf16_peak(device: torch.device) -> float | None:
+    """FLOP/s of an 8192³ bf16 matrix product (mean of 10 after 3 warm-ups): the ceiling this GPU really reaches."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in DENSE_BF16_PEAK.items() if k in name), None)
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    sync(device)
+    return 10 * 2 * 8192**3 / (time.perf_counter() - start)
 
 
 def prepared_unet(config: dict | None, device: torch.device, s: Setting):
@@ -178,33 +201,35 @@ def compile_seconds(unet) -> str:
     return f"failed: {report.failure}" if report.failure else f"{report.compile_seconds:.1f}"
 
 
-def run(settings: list[Setting], config: dict | None, device: torch.device, tokens: int) -> list[str]:
+def run(settings: list[Setting], config: dict | None, device: torch.device, tokens: int,
+        peak: float | None = None) -> list[str]:
     rows = []
     for s in settings:
         unet = prepared_unet(config, device, s)
         d = unet.config.cross_attention_dim
         cond = conditioning(s.frames, s.height // 8, s.width // 8, d, device, tokens)
         warm = Setting(**{**s.__dict__, "steps": 1})
-        fused_run(unet, cond, warm, device)  # compiles here when --compile: reported, not timed
+        flops_by_batch: dict[int, int] = {}
+        fused_run(unet, cond, warm, device, flops_by_batch)  # compiles here when --compile: reported, not timed
+        fused_run(unet, cond, warm, device, flops_by_batch)  # the first run counted FLOPs: warm up for real too
         compiled = compile_seconds(unet)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        total, in_unet, calls = fused_run(unet, cond, s, device)
+        total, in_unet, calls, flop = fused_run(unet, cond, s, device, flops_by_batch)
         vram = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
         reference = float("nan")
         if not s.low_vram:
             reference_run(unet, cond, warm, device)  # its own input dtypes may compile once more
             reference = reference_run(unet, cond, s, device)
         video_seconds = s.frames / FPS
-        flop = calls * 3 * s.window * TFLOP_PER_FRAME_512 * 1e12 * (s.height * s.width) / (512 * 512)
-        peak = peak_tflops(device)
-        full_size = config is None  # the FLOP estimate is for the SVD-xt UNet only
-        tflops = f"{flop / in_unet / 1e12:.0f}" if full_size else "-"
-        of_peak = f"{flop / in_unet / peak:.0%}" if full_size and peak else "-"
+        tflops = f"{flop / in_unet / 1e12:.3g}" if in_unet else "-"
+        of_peak = f"{flop / in_unet / peak:.0%}" if peak and in_unet else "-"
         vram_text = f"{vram:.1f}" if device.type == "cuda" else "-"
         speedup = f"{reference / total:.2f}x" if reference == reference else "-"
+        per_video_s = total / video_seconds
         rows.append(f"| {s.name} | {s.options()} | {str(s.dtype).removeprefix('torch.')} | {s.width}x{s.height} | "
-                    f"{s.frames} | {s.steps} | {total / video_seconds:.2f} | {in_unet / total:.0%} | {tflops} | "
+                    f"{s.frames} | {s.steps} | {per_video_s:.2f} | {per_video_s * WORKFLOW_STEPS / s.steps:.2f} | "
+                    f"{in_unet / total:.0%} | {tflops} | "
                     f"{of_peak} | {vram_text} | {compiled} | {speedup} |")
         del unet
         if device.type == "cuda":
@@ -219,11 +244,12 @@ def eager_vs_compiled(config: dict | None, device: torch.device, tokens: int, s:
         setting = Setting(**{**s.__dict__, "compile": compiled})
         unet = prepared_unet(config, device, setting)
         cond = conditioning(s.frames, s.height // 8, s.width // 8, unet.config.cross_attention_dim, device, tokens)
-        fused_run(unet, cond, Setting(**{**setting.__dict__, "steps": 1}), device)
+        flops_by_batch: dict[int, int] = {}
+        fused_run(unet, cond, Setting(**{**setting.__dict__, "steps": 1}), device, flops_by_batch)
         report = compile_report(unet)
         if report is not None and report.failure:
             return rows + [f"compile unavailable: {report.failure}"]
-        total, in_unet, calls = fused_run(unet, cond, setting, device)
+        total, in_unet, calls, _ = fused_run(unet, cond, setting, device, flops_by_batch)
         mode = "compiled" if compiled else "eager"
         rows.append(f"| {mode} | {total / s.steps:.3f} | {in_unet / calls * 1e3:.1f} | {compile_seconds(unet)} |")
     eager, fast = (float(r.split("|")[2]) for r in rows)
@@ -240,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                              "low-VRAM rows; 0 or 1: none anywhere)")
     parser.add_argument("--no-compile-compare", action="store_true",
                         help="CPU --quick: skip the eager vs compiled timing (its first compile takes minutes)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per run instead of the mode's default")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps per run instead of the default")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -263,16 +291,21 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             settings.append(Setting("default", torch.float32, 50, 10, 128, 128))
     for s in settings:
+        s.frames, s.steps = args.frames or s.frames, args.steps or s.steps
         s.compile, s.compile_mode = args.compile, args.compile_mode
         s.attention_slices = LOW_VRAM_ATTENTION_SLICES if s.low_vram else None
         if args.attention_slices is not None:
             s.attention_slices = args.attention_slices if args.attention_slices > 1 else None
     where = torch.cuda.get_device_name(device) if cuda else "CPU (tiny Sonic UNet, random weights)"
     print(f"Sonic sampling benchmark on {where}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| mode | options | dtype | size | frames | steps | s per video-s | UNet share | TFLOP/s | of peak | "
-          "peak VRAM GiB | compile s | vs reference loop |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for row in run(settings, config, device, tokens):
+    peak = measured_bf16_peak(device)
+    if peak:
+        print(f"bf16 matmul peak measured here (8192³): {peak / 1e12:.0f} TFLOP/s; 'of peak' is against it")
+    print(f"| mode | options | dtype | size | frames | steps | s per video-s | "
+          f"s per video-s at {WORKFLOW_STEPS} steps | UNet share | TFLOP/s | of peak | peak VRAM GiB | compile s | "
+          "vs reference loop |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in run(settings, config, device, tokens, peak):
         print(row, flush=True)
     if not cuda and args.quick and not args.no_compile_compare:
         s = Setting(**{**settings[0].__dict__, "steps": 5})

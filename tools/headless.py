@@ -32,14 +32,16 @@ class HeadlessComfy:
 
     def __init__(self, models_dir: Path, input_dir: Path, output_dir: Path, cpu: bool | None = None,
                  log_path: Path | None = None, pack_folder: str = "sonic-portrait",
-                 front_end_root: Path | None = None):
+                 front_end_root: Path | None = None, extra_args: tuple[str, ...] = ()):
         """`pack_folder`: the folder name the pack has in custom_nodes (users clone it under any name);
-        `front_end_root`: serve that frontend build instead of the installed comfyui-frontend-package."""
+        `front_end_root`: serve that frontend build instead of the installed comfyui-frontend-package;
+        `extra_args`: more main.py flags."""
         self.models_dir, self.input_dir, self.output_dir = Path(models_dir), Path(input_dir), Path(output_dir)
         self.pack_folder, self.front_end_root = pack_folder, front_end_root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cpu = cpu
+        self.extra_args = list(extra_args)  # more ComfyUI command-line options (e.g. --front-end-root)
         self.work = Path(tempfile.mkdtemp(prefix="sonic-comfy-"))
         self.log_path = log_path or self.work / "comfyui.log"
         self.process: subprocess.Popen | None = None
@@ -71,6 +73,7 @@ class HeadlessComfy:
             args.append("--cpu")
         if self.front_end_root is not None:
             args += ["--front-end-root", str(self.front_end_root)]
+        args += self.extra_args
         (self.work / "user").mkdir(exist_ok=True)
         self.input_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)

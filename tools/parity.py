@@ -2,11 +2,16 @@
 """Check our implementation against the official Sonic reference data.
 
     .venv/bin/python tools/parity.py ../shared/reference/golden/*.json ../shared/reference/manifest/*.json
+    .venv/bin/python tools/parity.py --dtype bf16 --device cuda ../shared/reference/golden/*.json
 
 Each file is dispatched on its own description: a golden's `golden_type` field, or, for a key manifest
 (`{"key": [shape]}`), on which model its key set belongs to. Prints the max-abs error of every output against the
 stored one and exits 1 if any exceeds the golden's recommended tolerance (2 if a file cannot be read at all).
 `.safetensors` paths are mapped to their same-stem `.json`.
+
+--dtype fp16|bf16 runs every model in that precision and judges the outputs by the tolerances measured for it
+(tools/parity_checks/precision.py; fp32 keeps the golden's own). --device runs on another torch device, with TF32 off
+as the reference README asks. Key manifests are shapes only: the same check in every precision.
 """
 from __future__ import annotations
 
@@ -23,7 +28,10 @@ if str(ROOT) not in sys.path:
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import torch  # noqa: E402
+
 from tools.parity_checks.common import Comparison, read_golden  # noqa: E402
+from tools.parity_checks.precision import DTYPES  # noqa: E402
 
 # golden_type -> module in tools/parity_checks exposing run(golden) -> list[Comparison]
 GOLDEN_CHECKS = {
@@ -40,7 +48,7 @@ def _json_for(path: Path) -> Path:
     return path.with_suffix(".json") if path.suffix == ".safetensors" else path
 
 
-def check_file(path: Path) -> tuple[str, list[Comparison]]:
+def check_file(path: Path, dtype: str = "fp32", device: str = "cpu") -> tuple[str, list[Comparison]]:
     """Returns (a one-line description of what was checked, comparisons). Empty comparisons = nothing to check."""
     path = _json_for(Path(path))
     doc = json.loads(path.read_text())
@@ -51,8 +59,8 @@ def check_file(path: Path) -> tuple[str, list[Comparison]]:
         if kind not in GOLDEN_CHECKS:
             raise SystemExit(f"{path}: unknown golden_type {kind!r}; known: {', '.join(sorted(GOLDEN_CHECKS))}")
         module = importlib.import_module(f"tools.parity_checks.{GOLDEN_CHECKS[kind]}")
-        golden = read_golden(path)
-        return f"{path.name}: golden {kind}", module.run(golden)
+        golden = read_golden(path, DTYPES[dtype], device)
+        return f"{path.name}: golden {kind} ({dtype} on {device})", module.run(golden)
     from tools.parity_checks import manifest
 
     model = manifest.identify(doc)
@@ -64,7 +72,16 @@ def check_file(path: Path) -> tuple[str, list[Comparison]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", type=Path, help="golden .json/.safetensors files or key manifests")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                        help="precision of every model (fp16/bf16: measured tolerances)")
+    parser.add_argument("--device", default="cpu", help="torch device to run on, e.g. cuda")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            print(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+            return 2
+        torch.backends.cuda.matmul.allow_tf32 = False  # the goldens' tolerances are for true fp32 (README §5)
+        torch.backends.cudnn.allow_tf32 = False
     failed = 0
     seen: set[Path] = set()
     for file in args.files:
@@ -75,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if not target.exists():
             print(f"{file}: no such file (a .safetensors golden needs its same-stem .json beside it)")
             return 2
-        title, comparisons = check_file(target)
+        title, comparisons = check_file(target, args.dtype, args.device)
         print(title)
         for comparison in comparisons:
             print(comparison.line())

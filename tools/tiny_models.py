@@ -42,6 +42,10 @@ TINY_WHISPER = dict(d_model=8, encoder_layers=4, encoder_attention_heads=2, enco
                     decoder_attention_heads=2, decoder_ffn_dim=16, num_mel_bins=80, max_source_positions=1500,
                     max_target_positions=16)
 AUDIO_TOKENS = 4
+# openai/whisper-tiny's sizes, for full-size random sets (tools/gpu_check.py)
+FULL_WHISPER = dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, decoder_layers=4,
+                    decoder_attention_heads=6, decoder_ffn_dim=1536, num_mel_bins=80, max_source_positions=1500,
+                    max_target_positions=448)
 
 
 def _fill(name: str, shape: torch.Size, g: torch.Generator, dtype=torch.float32) -> torch.Tensor:
@@ -65,29 +69,36 @@ def _module_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in module.state_dict().items()}
 
 
-def write_sonic_files(sonic: Path) -> None:
+def write_sonic_files(sonic: Path, full_size: bool = False) -> None:
+    """The Sonic files; full_size: the released models' shapes (SVD-xt UNet in fp16, whisper-tiny, full adapters)."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
-    from sonic_model.audio_adapters import AudioToBuckets, AudioToTokens
+    from sonic_model.audio_adapters import AUDIO2BUCKET_CONFIG, AUDIO2TOKEN_CONFIG, AudioToBuckets, AudioToTokens
     from sonic_model.rife import IFNet
     from sonic_model.unet import build_sonic_unet
 
     sonic.mkdir(parents=True, exist_ok=True)
-    unet_shapes = _module_shapes(build_sonic_unet(TINY_UNET_CONFIG, device="meta"))
-    torch.save(_random_state(unet_shapes, SEED + 1), sonic / "unet.pth")
-    (sonic / "unet.config.json").write_text(json.dumps(TINY_UNET_CONFIG, indent=1))
+    unet_config = None if full_size else TINY_UNET_CONFIG  # None: SVD-xt, the loader's default without a sidecar
+    unet_shapes = _module_shapes(build_sonic_unet(unet_config, device="meta"))
+    torch.save(_random_state(unet_shapes, SEED + 1, torch.float16 if full_size else torch.float32), sonic / "unet.pth")
+    if unet_config is not None:
+        (sonic / "unet.config.json").write_text(json.dumps(unet_config, indent=1))
 
     whisper = sonic / "whisper-tiny"
+    whisper_config = FULL_WHISPER if full_size else TINY_WHISPER
     torch.manual_seed(SEED + 2)
-    WhisperModel(WhisperConfig(**TINY_WHISPER)).save_pretrained(whisper)
+    WhisperModel(WhisperConfig(**whisper_config)).save_pretrained(whisper)
     WhisperFeatureExtractor().save_pretrained(whisper)
 
-    channels, states = TINY_WHISPER["d_model"], TINY_WHISPER["encoder_layers"] + 1
+    channels, states = whisper_config["d_model"], whisper_config["encoder_layers"] + 1
     with torch.device("meta"):
-        a2t = AudioToTokens(seq_len=10, blocks=states, channels=channels, intermediate_dim=16, output_dim=CLIP_DIM,
-                            context_tokens=AUDIO_TOKENS)
-        a2b = AudioToBuckets(seq_len=50, blocks=1, channels=channels, clip_channels=CLIP_DIM, intermediate_dim=16,
-                             output_dim=1, context_tokens=2)
+        if full_size:
+            a2t, a2b = AudioToTokens(**AUDIO2TOKEN_CONFIG), AudioToBuckets(**AUDIO2BUCKET_CONFIG)
+        else:
+            a2t = AudioToTokens(seq_len=10, blocks=states, channels=channels, intermediate_dim=16,
+                                output_dim=CLIP_DIM, context_tokens=AUDIO_TOKENS)
+            a2b = AudioToBuckets(seq_len=50, blocks=1, channels=channels, clip_channels=CLIP_DIM,
+                                 intermediate_dim=16, output_dim=1, context_tokens=2)
         rife = IFNet()
     torch.save(_random_state(_module_shapes(a2t), SEED + 3), sonic / "audio2token.pth")
     torch.save(_random_state(_module_shapes(a2b), SEED + 4), sonic / "audio2bucket.pth")
@@ -158,8 +169,8 @@ def write_svd_checkpoint(path: Path) -> None:
     save_file(state, str(path))
 
 
-def write_all(out: Path, with_svd: bool = True) -> Path:
-    write_sonic_files(out / "sonic")
+def write_all(out: Path, with_svd: bool = True, full_size: bool = False) -> Path:
+    write_sonic_files(out / "sonic", full_size)
     if with_svd:
         write_svd_checkpoint(out / "checkpoints" / "svd_xt_random.safetensors")
     return out

@@ -4,25 +4,25 @@ from __future__ import annotations
 import torch
 
 from sonic_model.audio_adapters import AudioToBuckets, AudioToTokens, postprocess_buckets
-from tools.parity_checks.common import Comparison, Golden, compare_golden
+from tools.parity_checks.common import Comparison, Golden, cast_model, compare_golden
 
 
 def build_audio2token(golden: Golden) -> AudioToTokens:
     model = AudioToTokens(**golden.doc["config"])
     model.load_state_dict(golden.weights("weights."), strict=True)
-    return model.eval()
+    return cast_model(model, golden).eval()
 
 
 def build_audio2bucket(golden: Golden) -> AudioToBuckets:
     model = AudioToBuckets(**golden.doc["config"])
     model.load_state_dict(golden.weights("weights."), strict=True)
-    return model.eval()
+    return cast_model(model, golden).eval()
 
 
 @torch.no_grad()
 def run_audio2token(golden: Golden, model: AudioToTokens | None = None) -> list[Comparison]:
     model = model or build_audio2token(golden)
-    windows = golden.tensors["in.audio_windows"]
+    windows = golden.input("in.audio_windows")
     return [
         compare_golden(golden, "out.tokens", model(windows), "one batched call"),
         compare_golden(golden, "out.null_tokens", model(torch.zeros_like(windows))),
@@ -32,7 +32,7 @@ def run_audio2token(golden: Golden, model: AudioToTokens | None = None) -> list[
 @torch.no_grad()
 def run_audio2bucket(golden: Golden, model: AudioToBuckets | None = None) -> list[Comparison]:
     model = model or build_audio2bucket(golden)
-    windows, clip = golden.tensors["in.audio_windows"], golden.tensors["in.clip_image_embeds"]
+    windows, clip = golden.input("in.audio_windows"), golden.input("in.clip_image_embeds")
     # One batched call over all frames: the CLIP embedding is repeated per frame (the official class crashes here).
     raw = model(windows, clip)
     buckets = postprocess_buckets(raw)[0].unsqueeze(1)  # (1, f, 2, 1) → (f, 1, 2, 1), the list sonic.test() builds

@@ -2,6 +2,11 @@
 
 A golden is a `.json` description plus the `.safetensors` file (and companions) it names; see
 `../shared/reference/README.md` §2. Every check module returns a list of `Comparison`s.
+
+A golden is read for one run precision and device (`read_golden(path, dtype, device)`): its tensors stay on the CPU
+in fp32 as stored, each check moves its models with `cast_model` and its inputs with `Golden.input` to the run's device
+and precision, and `compare_golden` judges fp32 runs by the golden's own tolerances and fp16/bf16 runs by the measured
+ones of `precision.py`.
 """
 from __future__ import annotations
 
@@ -24,10 +29,14 @@ class Comparison:
     rtol: float
     passed: bool
     note: str = ""
+    rel_rms: float | None = None       # ‖a − b‖ / ‖b‖, judged in fp16/bf16 runs only
+    rel_rms_tol: float | None = None
 
     def line(self) -> str:
         verdict = "ok  " if self.passed else "FAIL"
         tol = "exact" if self.atol == 0 and self.rtol == 0 else f"atol {self.atol:g} rtol {self.rtol:g}"
+        if self.rel_rms_tol is not None:
+            tol += f"; rel_rms {self.rel_rms:.2e} ≤ {self.rel_rms_tol:.2e}"
         extra = f"  ({self.note})" if self.note else ""
         return f"  {verdict} {self.name:<48} max_abs {self.max_abs:.3e}  [{tol}]{extra}"
 
@@ -39,6 +48,15 @@ class Golden:
     path: Path
     doc: dict
     tensors: dict[str, torch.Tensor]
+    dtype: torch.dtype = torch.float32   # the precision the check runs its models in
+    device: torch.device = torch.device("cpu")  # where the check runs its models
+    # When a dict: every output handed to compare_golden is recorded here (benchmarks/precision_errors.py).
+    produced: dict[str, torch.Tensor] | None = None
+
+    def input(self, name: str, keep_fp32: bool = False) -> torch.Tensor:
+        """A stored input on the run's device, float tensors in the run's precision (or fp32 with keep_fp32)."""
+        tensor = self.tensors[name].to(self.device)
+        return tensor.to(self.dtype) if tensor.is_floating_point() and not keep_fp32 else tensor
 
     def weights(self, prefix: str = "weights.") -> dict[str, torch.Tensor]:
         """Tensors under `prefix`, with the prefix stripped (the official checkpoint key names)."""
@@ -48,7 +66,14 @@ class Golden:
         return {k: v for k, v in self.tensors.items() if k.startswith(prefix)}
 
 
-def read_golden(json_path: Path) -> Golden:
+def cast_model(module: torch.nn.Module, golden: Golden) -> torch.nn.Module:
+    """The module on the golden's device in its run precision (nn.Module.to: diffusers' own warns on casts)."""
+    return torch.nn.Module.to(module, device=golden.device, dtype=golden.dtype)
+
+
+def read_golden(json_path: Path, dtype: torch.dtype = torch.float32,
+                device: str | torch.device = "cpu") -> Golden:
+    """A golden's description and tensors (on the CPU, as stored), to be run in `dtype` on `device`."""
     json_path = Path(json_path)
     doc = json.loads(json_path.read_text())
     folder = json_path.parent
@@ -58,7 +83,7 @@ def read_golden(json_path: Path) -> Golden:
     for companion in (doc.get("companion_files") or {}).values():
         name = companion["file"] if isinstance(companion, dict) else companion
         tensors.update(load_file(str(folder / name)))
-    return Golden(json_path, doc, tensors)
+    return Golden(json_path, doc, tensors, dtype, torch.device(device))
 
 
 def _pattern_matches(pattern: str, name: str) -> tuple[bool, int]:
@@ -115,6 +140,13 @@ def compare(name: str, actual: torch.Tensor, expected: torch.Tensor, atol: float
 
 
 def compare_golden(golden: Golden, name: str, actual: torch.Tensor, note: str = "") -> Comparison:
-    """Compare against the stored tensor `name` with that golden's own tolerance."""
-    atol, rtol = tolerance_for(golden.doc, name)
-    return compare(name, actual, golden.tensors[name], atol, rtol, note)
+    """Compare against the stored tensor `name`: fp32 runs with that golden's own tolerance, fp16/bf16 runs with
+    the measured tolerance of that precision (tools/parity_checks/precision.py)."""
+    if golden.produced is not None:
+        golden.produced[name] = actual.detach().float().cpu()
+    if golden.dtype == torch.float32:
+        atol, rtol = tolerance_for(golden.doc, name)
+        return compare(name, actual, golden.tensors[name], atol, rtol, note)
+    from .precision import compare_reduced
+
+    return compare_reduced(golden, name, actual, note)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .common import Comparison, Golden, compare, compare_golden
+from .common import Comparison, Golden, cast_model, compare, compare_golden
 
 LATENT_SCALE = 0.18215  # SD1.5 latent format: core's LATENT is unscaled
 
@@ -28,7 +28,7 @@ def _build_models(golden: Golden):
     vae.load_state_dict(golden.weights("weights.vae."), strict=True)
     clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**doc["clip_config"]))
     clip.load_state_dict(golden.weights("weights.image_encoder."), strict=True)
-    return unet.eval(), vae.eval(), clip.eval()
+    return tuple(cast_model(m, golden).eval() for m in (unet, vae, clip))
 
 
 def _guidance(doc: dict, key: str) -> float:
@@ -62,9 +62,9 @@ def run(golden: Golden) -> list[Comparison]:
     unet, vae, clip = _build_models(golden)
     results: list[Comparison] = []
 
-    image_embeds = clip(pixel_values=t["in.clip_image"]).image_embeds
+    image_embeds = clip(pixel_values=golden.input("in.clip_image")).image_embeds
     results.append(compare_golden(golden, "aux.image_embeds", image_embeds))
-    z = vae.encode(t["in.ref_image"]).latent_dist.mean
+    z = vae.encode(golden.input("in.ref_image")).latent_dist.mean
     results.append(compare_golden(golden, "aux.vae_latent_mean", z))
 
     # The node's path: the UNet as a core MODEL, core's karras schedule and euler sampler, the Sonic guider.
@@ -106,7 +106,8 @@ def run(golden: Golden) -> list[Comparison]:
     results.append(compare_golden(golden, "out.final_latents", final.unsqueeze(0)))
 
     chunks = [vae.decode(lat, num_frames=lat.shape[0]).sample
-              for _, lat in iter_decoded_chunks(samples, kw["decode_chunk_size"], lambda lat: lat)]
+              for _, lat in iter_decoded_chunks(samples.to(golden.device, golden.dtype), kw["decode_chunk_size"],
+                                                lambda lat: lat)]
     frames = torch.cat(chunks).permute(1, 0, 2, 3).unsqueeze(0)          # (1, 3, N, H, W)
     results.append(compare_golden(golden, "out.frames", frames))
     expected_calls = steps * len(window_starts(n, f, shift, 0, stride))

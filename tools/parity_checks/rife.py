@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 
 from sonic_model.rife import IFNet, interpolate_x2, load_rife, midpoint
-from tools.parity_checks.common import Comparison, Golden, compare_golden
+from tools.parity_checks.common import Comparison, Golden, cast_model, compare_golden
 
 
 def _case_outputs(model: IFNet, golden: Golden, case: str) -> dict[str, tuple[torch.Tensor, str]]:
     """What this implementation produces for one frame pair, keyed like the golden (`out.middle`, ...)."""
-    img0 = golden.tensors[f"{case}.in.img0"]
-    img1 = golden.tensors[f"{case}.in.img1"]
+    img0 = golden.input(f"{case}.in.img0")
+    img1 = golden.input(f"{case}.in.img1")
     scale = float(golden.doc.get("scale", 1.0))
     scale_list = [float(s) for s in golden.doc.get("scale_list", [4 / scale, 2 / scale, 1 / scale])]
     with torch.inference_mode():
@@ -32,7 +32,7 @@ def _missing(name: str) -> Comparison:
 
 
 def run(golden: Golden) -> list[Comparison]:
-    model = load_rife(golden.weights("weights."))
+    model = cast_model(load_rife(golden.weights("weights.")), golden)
     listed = list(golden.doc["tensors"])
     comparisons: list[Comparison] = []
     for case in golden.doc.get("cases", {}):
@@ -48,10 +48,10 @@ def run(golden: Golden) -> list[Comparison]:
             comparisons.append(compare_golden(golden, name, actual, note))
             if key == "out.middle" and golden.doc.get("scale", 1.0) == 1.0:
                 # The public path (padding logic, clamp) must agree too.
-                both = midpoint(model, golden.tensors[f"{case}.in.img0"], golden.tensors[f"{case}.in.img1"])
+                both = midpoint(model, golden.input(f"{case}.in.img0"), golden.input(f"{case}.in.img1"))
                 comparisons.append(compare_golden(golden, name, both, "midpoint(), clamped"))
     if "sequence" in golden.doc:
-        video = golden.tensors["sequence.in.video"]  # (B=1, C, F, H, W), as sonic.test() returns it
+        video = golden.input("sequence.in.video")  # (B=1, C, F, H, W), as sonic.test() returns it
         frames = video[0].permute(1, 2, 3, 0)  # (F, H, W, C): ComfyUI IMAGE layout
         out = interpolate_x2(frames, model)
         comparisons.append(compare_golden(golden, "sequence.out.video", out.permute(3, 0, 1, 2).unsqueeze(0),

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from sonic_model.audio_attention import mask_to_token_grid
 from sonic_model.unet import SonicUNet, build_sonic_unet
-from tools.parity_checks.common import Comparison, Golden, compare, compare_golden
+from tools.parity_checks.common import Comparison, Golden, cast_model, compare, compare_golden
 
 MASK_GRID_PREFIX = "aux.mask_downsample_"
 
@@ -19,7 +19,7 @@ MASK_GRID_PREFIX = "aux.mask_downsample_"
 def build_model(golden: Golden) -> SonicUNet:
     model = build_sonic_unet(golden.doc["config"])
     model.load_state_dict(golden.weights("weights."), strict=True)
-    return model
+    return cast_model(model, golden)
 
 
 def case_names(golden: Golden) -> list[str]:
@@ -28,8 +28,13 @@ def case_names(golden: Golden) -> list[str]:
 
 @torch.no_grad()
 def forward_case(model: SonicUNet, golden: Golden, case: str, face_mask: Tensor | None = None) -> Tensor:
-    """The golden's call for one case; `face_mask` replaces the stored pixel mask when given."""
-    t = {k[len(case) + 4:]: v for k, v in golden.tensors.items() if k.startswith(f"{case}.in.")}
+    """The golden's call for one case; `face_mask` replaces the stored pixel mask when given.
+
+    In fp16/bf16 runs the latents, CLIP states, audio tokens and mask come in the run's precision; the timestep and
+    the added time ids stay fp32, as upstream hands them to the UNet's fp32 sinusoid embeddings.
+    """
+    t = {k[len(case) + 4:]: golden.input(k, keep_fp32=k.endswith(("timestep", "added_time_ids")))
+         for k in golden.tensors if k.startswith(f"{case}.in.")}
     mask = t["face_mask"] if face_mask is None else face_mask
     return model(t["latent_model_input"], t["timestep"], t["added_time_ids"], t["clip_states"], t["audio_tokens"],
                  mask)

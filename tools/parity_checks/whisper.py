@@ -16,7 +16,7 @@ from sonic_model.whisper_features import (
     padded_sequences,
     predict_buckets,
 )
-from tools.parity_checks.common import Comparison, Golden, compare, compare_golden
+from tools.parity_checks.common import Comparison, Golden, cast_model, compare, compare_golden
 
 
 def build_models(golden: Golden) -> tuple[WhisperAudioEncoder, AudioToTokens, AudioToBuckets]:
@@ -29,11 +29,12 @@ def build_models(golden: Golden) -> tuple[WhisperAudioEncoder, AudioToTokens, Au
     if stray:
         raise ValueError(f"unexpected non-encoder Whisper weights: {stray[:5]}")
     encoder.encoder.load_state_dict({k[len("encoder."):]: v for k, v in whisper.items()}, strict=True)
+    cast_model(encoder.encoder, golden)
     audio2token = AudioToTokens(**doc["audio2token_config"])
     audio2token.load_state_dict(golden.weights("weights.audio2token."), strict=True)
     audio2bucket = AudioToBuckets(**doc["audio2bucket_config"])
     audio2bucket.load_state_dict(golden.weights("weights.audio2bucket."), strict=True)
-    return encoder, audio2token.eval(), audio2bucket.eval()
+    return encoder, cast_model(audio2token, golden).eval(), cast_model(audio2bucket, golden).eval()
 
 
 def _size_check(name: str, actual: int, expected: int) -> Comparison:
