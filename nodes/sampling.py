@@ -72,9 +72,11 @@ class WindowProgress:
 def run_sonic_sampler(model, audio: SonicAudioEmbeds, image: SonicImageEmbeds, motion: SonicMotionBuckets,
                       seed: int, steps: int, cfg_image: float, cfg_audio: float, shift: int, window: int,
                       sampler_name: str, scheduler: str, denoise: float, sampler: object | None = None,
-                      sigmas: torch.Tensor | None = None, node_id: str | None = None) -> torch.Tensor:
+                      sigmas: torch.Tensor | None = None, node_id: str | None = None,
+                      report: dict | None = None) -> torch.Tensor:
     """Samples every frame of the clip as SamplerCustomAdvanced would with a Sonic Guider; returns core's unscaled
-    LATENT samples (N, 4, h, w), frames on the batch axis, on the intermediate device."""
+    LATENT samples (N, 4, h, w), frames on the batch axis, on the intermediate device. `report` receives the
+    sampling mode the guider chose (for the node's readout)."""
     cond = sonic_conditioning(audio, image, motion)
     if sampler is None:
         sampler = comfy.samplers.sampler_object(sampler_name)
@@ -87,6 +89,8 @@ def run_sonic_sampler(model, audio: SonicAudioEmbeds, image: SonicImageEmbeds, m
     latent = start_latent(image, cond.num_frames)["samples"]
     noise = comfy.sample.prepare_noise(latent, seed)  # core's seeded noise: a seed means what it means in KSampler
     samples = guider.sample(noise, latent, sampler, sigmas, callback=None, disable_pbar=True, seed=seed)
+    if report is not None:
+        report["mode"] = str(guider.sampling_mode)
     return samples.to(mm.intermediate_device())
 
 
@@ -180,7 +184,8 @@ class SonicSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, audio, image, motion, seed, steps, cfg_image, cfg_audio, shift, window,
                 sampler_name, scheduler, denoise, sampler=None, sigmas=None) -> io.NodeOutput:
+        report: dict = {}
         samples = run_sonic_sampler(model, audio, image, motion, seed, steps, cfg_image, cfg_audio, shift,
                                     window, sampler_name, scheduler, denoise, sampler, sigmas,
-                                    node_id=cls.hidden.unique_id)
-        return io.NodeOutput({"samples": samples})
+                                    node_id=cls.hidden.unique_id, report=report)
+        return io.NodeOutput({"samples": samples}, ui={"sonic_sampling": [report]})

@@ -73,6 +73,16 @@ def test_euler_makes_steps_times_windows_unet_calls_of_three_rows():
     assert {c["sample_shape"] for c in unet.calls} == {(3, 3, 8, 4, 4)}
 
 
+def test_the_sampler_reports_how_it_sampled_for_its_readout():
+    model, audio, image, motion, _ = _inputs(4)
+    report = {}
+    run_sonic_sampler(model, audio, image, motion, 0, 1, 2.0, 7.5, 1, 4, "euler", "karras", 1.0, report=report)
+    assert report == {"mode": "batched guidance"}  # the CPU: its memory is RAM, the fastest mode
+    model.model.low_vram = True
+    run_sonic_sampler(model, audio, image, motion, 0, 1, 2.0, 7.5, 1, 4, "euler", "karras", 1.0, report=report)
+    assert report == {"mode": "per-row + attention slicing"}
+
+
 def test_low_vram_runs_one_guidance_row_per_call_with_the_same_result():
     batched, _ = _sample(n=5, steps=2, window=3)
     rows, unet = _sample(n=5, steps=2, window=3, low_vram=True)

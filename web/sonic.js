@@ -207,7 +207,12 @@ function setupMotionBuckets(node) {
 
 function setupSampler(node) {
   if (!findWidget(node, "cfg_audio")) return;
-  addReadout(node, "sonic_cfg_audio_hint", [CFG_AUDIO_HINT], { dim: true });
+  const readout = addReadout(node, "sonic_cfg_audio_hint", [CFG_AUDIO_HINT], { dim: true });
+  // After a run: how it sampled (with low_vram auto, the fastest way the memory model fits into the free VRAM).
+  node.sonicOnExecuted = (output) => {
+    const mode = output?.sonic_sampling?.[0]?.mode;
+    if (mode) readout.setLines([CFG_AUDIO_HINT, `sampled with ${mode}`]);
+  };
 }
 
 // ---- Sonic Encode Audio -----------------------------------------------------------------------------------------
