@@ -95,7 +95,6 @@ class SonicBaseModel(comfy.model_base.BaseModel):
         return self.manual_cast_dtype or self.get_dtype()
 
 
-
 def use_comfy_ops(module: torch.nn.Module, operations) -> torch.nn.Module:
     """Turn every plain torch weight layer into its comfy.ops twin (same parameters, core's per-layer casting)."""
     for layer in module.modules():

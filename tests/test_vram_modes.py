@@ -74,6 +74,15 @@ def _apply(model, x, seed=0):
         time_ids=torch.tensor([[12.5, 20.0, 24.0]] * 3), frames=frames, face_mask=None)
 
 
+def test_every_weight_layer_of_the_sonic_unet_becomes_a_comfy_ops_layer():
+    unet = build_sonic_unet(TINY_UNET_CONFIG)
+    sonic_model_patcher(unet, compute_dtype=torch.float32)
+    plain = {type(m).__name__ for m in unet.modules() if type(m).__module__.startswith("torch.nn")
+             and any(True for _ in m.parameters(recurse=False))}
+    assert not plain, f"layers core cannot cast or stream: {plain}"
+    assert sum(hasattr(m, "comfy_cast_weights") for m in unet.modules()) > 50
+
+
 def test_a_partially_loaded_unet_gives_the_fully_loaded_output():
     torch.manual_seed(0)
     unet = build_sonic_unet(TINY_UNET_CONFIG)
