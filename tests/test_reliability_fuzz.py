@@ -33,7 +33,7 @@ STANDARD_RATES = [8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 
 def sonic_models(tiny_models_dir):
     sonic = tiny_models_dir / "sonic"
     return loaders.load_sonic_models(sonic / "unet.pth", sonic / "audio2token.pth", sonic / "audio2bucket.pth",
-                                     sonic / "whisper-tiny", None, None, dtype=torch.float32, low_vram=False)
+                                     sonic / "whisper-tiny", None, None, dtype=torch.float32, low_vram=False)[0]
 
 
 @pytest.fixture(scope="module")
