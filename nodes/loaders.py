@@ -104,8 +104,7 @@ def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper
         detector = FaceDetector.from_file(face_detector, device="cpu")
     models = SonicModels(audio2token=load_audio2token(audio2token, channels, states),
                          audio2bucket=load_audio2bucket(audio2bucket, channels), whisper=encoder,
-                         face_detector=detector, rife=load_rife(rife) if rife is not None else None,
-                         dtype=dtype, low_vram=low_vram)
+                         face_detector=detector, rife=load_rife(rife) if rife is not None else None)
     return models, patcher
 
 

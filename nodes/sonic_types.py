@@ -30,8 +30,6 @@ class SonicModels:
     whisper: Any = None            # sonic_model.whisper_features.WhisperAudioEncoder
     face_detector: Any = None
     rife: torch.nn.Module | None = None
-    dtype: torch.dtype = torch.float16
-    low_vram: bool = False
 
 
 # Per-frame audio conditioning: the library's own type travels through the SONIC_AUDIO socket.
