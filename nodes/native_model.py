@@ -16,10 +16,12 @@ import comfy.model_sampling
 import comfy.ops
 import comfy.supported_models_base
 
+from ..sonic_model.shift_fusion import GUIDANCE_ROWS
+
 SIGMA_MIN, SIGMA_MAX = 0.002, 700.0
 # Core's memory estimate sees the whole clip as one batch; Sonic runs one window (official 25 frames) per UNet call,
 # with its 3 guidance rows batched, or one row per call in low-VRAM mode.
-WINDOW_FRAMES, GUIDANCE_ROWS = 25, 3
+WINDOW_FRAMES = 25
 # torch layers that have a comfy.ops twin of the same name; swapped by exact type, so a subclass with its own
 # forward keeps it (a test checks that no plain weight layer is left in the Sonic UNet).
 _COMFY_OPS_LAYERS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "GroupNorm", "LayerNorm", "ConvTranspose2d", "Embedding")
