@@ -201,8 +201,8 @@ def _sampling_offload_mode(height: int, width: int, weights: str, attention: str
     """The offload mode with the smallest offload that lets the sampling phase fit the 8 GB card (0 if none is
     needed, everything if even that does not fit)."""
     try:
-        mode, _ = mm.choose_mode(CARD_8GB, height, width, weight_dtype=weights, attention=attention,
-                                 decode_chunk=None, rife_batch=None)
+        mode = mm.choose_mode(CARD_8GB, height, width, weight_dtype=weights, attention=attention,
+                              decode_chunk=None, rife_batch=None).mode
     except mm.DoesNotFit:
         return replace(mm.OFFLOAD, offload_bytes=mm.unet_weight_bytes(weights))
     return mode if mode.offload else mm.OFFLOAD
@@ -227,10 +227,10 @@ def mode_table(sizes: tuple, attention: str) -> None:
 
 def auto_line(height: int, width: int, weights: str, **shape: object) -> str:
     try:
-        mode, peak = mm.choose_mode(CARD_8GB, height, width, weight_dtype=weights, **shape)
+        chosen = mm.choose_mode(CARD_8GB, height, width, weight_dtype=weights, **shape)
     except mm.DoesNotFit as error:
         return f"does not fit ({str(error).rstrip('.')})"
-    return f"{mode}, {_gib(peak)} GiB"
+    return f"{chosen.mode}, {_gib(chosen.peak)} GiB"
 
 
 def table() -> None:
@@ -253,8 +253,8 @@ def table() -> None:
               f"{auto_line(height, width, weights, vae_dtype=vae)}; sampling only: "
               f"{auto_line(height, width, weights, decode_chunk=None, rife_batch=None)}; decode chunk {chunk}: "
               f"{auto_line(height, width, weights, decode_chunk=chunk, vae_dtype=vae)}")
-    mode, peak = mm.choose_mode(CARD_8GB, 512, 512, vae_dtype="bf16")
-    print(f"\n512x512 auto: {_gib(peak)} GiB peak ({mode})")
+    chosen = mm.choose_mode(CARD_8GB, 512, 512, vae_dtype="bf16")
+    print(f"\n512x512 auto: {_gib(chosen.peak)} GiB peak ({chosen.mode})")
 
 
 def main() -> None:

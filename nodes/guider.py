@@ -19,9 +19,6 @@ from ..sonic_model.shift_fusion import FusedPrediction, GuidanceRows, ShiftFusio
 from ..sonic_model.step_tracker import StepTracker
 from .native_model import is_sonic_model
 
-# torch's own out-of-memory type (core's mm.OOM_EXCEPTION falls back to Exception on old torch, which would also
-# catch Cancel); ComfyUI's executor unloads models when it sees this type.
-OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 # Model patches that rewrite two-way CFG from (cond, uncond): they have no meaning for Sonic's three rows.
 _TWO_WAY_CFG_PATCHES = ("sampler_cfg_function", "sampler_pre_cfg_function")
 
@@ -42,11 +39,9 @@ def choose_sampling_mode(low_vram: bool | None, on_cpu: bool, free_vram: int, he
     if on_cpu:
         return memory_model.BATCHED, None
     compute, stored = _DTYPE_NAMES[compute_dtype], _DTYPE_NAMES[weight_dtype]
-    mode, _ = memory_model.choose_mode(free_vram, height, width, window, compute, stored, frames_total=frames,
-                                       decode_chunk=None, rife_batch=None)
-    run = memory_model.RunShape(height, width, window, compute, stored, frames_total=frames, decode_chunk=None,
-                                rife_batch=None)
-    return mode, memory_model.estimate(run, mode).working
+    chosen = memory_model.choose_mode(free_vram, height, width, window, compute, stored, frames_total=frames,
+                                      decode_chunk=None, rife_batch=None)
+    return chosen.mode, chosen.working
 
 
 def sampler_name_of(sampler) -> str | None:
@@ -98,10 +93,10 @@ class SonicGuider(comfy.samplers.CFGGuider):
 
         try:
             samples = super().sample(noise, latent_image, sampler, sigmas, denoise_mask, tracked, *args, **kwargs)
-        except OUT_OF_MEMORY as error:
+        except torch.OutOfMemoryError as error:  # not core's OOM_EXCEPTION: that may be Exception, Cancel too
             mm.soft_empty_cache(True)  # ComfyUI also unloads models for this exception type: the next run starts clean
             h, w = (s * 8 for s in latent_image.shape[-2:])
-            raise OUT_OF_MEMORY(
+            raise torch.OutOfMemoryError(
                 f"Sonic ran out of GPU memory while sampling {n} frames at {w}×{h} with windows of "
                 f"{self.fusion.window}. Set the loader's low_vram to 'on', lower the Reference Image resolution, "
                 f"or use a smaller window. ({error})") from None
@@ -120,7 +115,7 @@ class SonicGuider(comfy.samplers.CFGGuider):
                                                  latent_shape[-1] * 8, self.fusion.window, self.cond.num_frames,
                                                  model.compute_dtype, model.get_dtype())
         except memory_model.DoesNotFit as error:
-            raise OUT_OF_MEMORY(f"Sonic does not fit this GPU's free memory: {error}") from None
+            raise torch.OutOfMemoryError(f"Sonic does not fit this GPU's free memory: {error}") from None
         from ..sonic_model.speed import set_attention_slices  # diffusers: on first use, not at ComfyUI start
 
         self.sampling_mode = mode

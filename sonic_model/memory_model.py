@@ -274,8 +274,8 @@ class DoesNotFit(ValueError):
 
 def choose_mode(free_vram_bytes: int, height: int, width: int, window: int = 25, dtype: str = "fp16",
                 weight_dtype: str | None = None, margin: float = SAFETY_MARGIN,
-                **shape: object) -> tuple[SamplingMode, int]:
-    """The fastest mode whose predicted peak, plus `margin` of it, fits `free_vram_bytes`; (mode, predicted peak).
+                **shape: object) -> MemoryEstimate:
+    """The estimate of the fastest mode whose predicted peak, plus `margin` of it, fits `free_vram_bytes`.
 
     `free_vram_bytes`: what the run may use, UNet not yet loaded (core's free memory plus what it can evict, minus
     its reserve). When only offloading fits, the mode carries the smallest offload that does (MiB-rounded). Raises
@@ -285,15 +285,15 @@ def choose_mode(free_vram_bytes: int, height: int, width: int, window: int = 25,
     run = RunShape(height, width, window, dtype, weight_dtype, **shape)
     budget = math.floor(free_vram_bytes / (1 + margin))
     for mode in MODES[:-1]:
-        peak = estimate(run, mode).peak
-        if peak <= budget:
-            return mode, peak
+        fastest = estimate(run, mode)
+        if fastest.peak <= budget:
+            return fastest
     full = estimate(run, OFFLOAD)  # nothing offloaded yet: the weights' share of the sampling phase is known
     needed = max(0, full.sampling - budget)
     offload = min(full.unet_weights, math.ceil(needed / MIB) * MIB)
     best = estimate(run, replace(OFFLOAD, offload_bytes=offload))
     if best.peak <= budget:
-        return best.mode, best.peak
+        return best
     raise DoesNotFit(_what_to_lower(run, best, budget))
 
 

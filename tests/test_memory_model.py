@@ -112,22 +112,23 @@ def _budget_edge(mode: mm.SamplingMode, **shape) -> int:
 
 
 def test_the_fastest_fitting_mode_is_picked():
-    assert mm.choose_mode(100 * GIB, 512, 512)[0] == mm.BATCHED
+    assert mm.choose_mode(100 * GIB, 512, 512).mode == mm.BATCHED
     edge = _budget_edge(mm.BATCHED)
-    assert mm.choose_mode(edge, 512, 512)[0] == mm.BATCHED
-    mode, peak = mm.choose_mode(edge - 2, 512, 512)
-    assert mode == mm.PER_ROW and peak == mm.estimate(mm.RunShape(512, 512), mm.PER_ROW).peak
+    assert mm.choose_mode(edge, 512, 512).mode == mm.BATCHED
+    chosen = mm.choose_mode(edge - 2, 512, 512)
+    assert chosen == mm.estimate(mm.RunShape(512, 512), mm.PER_ROW)
     # Without a fused attention kernel, slicing is what makes per-row fit.
     edge = _budget_edge(mm.PER_ROW_SLICED, attention="math")
-    assert mm.choose_mode(edge, 512, 512, attention="math")[0] == mm.PER_ROW_SLICED
-    assert mm.choose_mode(edge - 2, 512, 512, attention="math")[0].offload
+    assert mm.choose_mode(edge, 512, 512, attention="math").mode == mm.PER_ROW_SLICED
+    assert mm.choose_mode(edge - 2, 512, 512, attention="math").mode.offload
 
 
 def test_more_vram_never_picks_a_slower_mode_and_every_pick_fits():
     previous = (len(mm.MODES), float("inf"))
     for free in range(2 * GIB, 12 * GIB, 32 * mm.MIB):
         try:
-            mode, peak = mm.choose_mode(free, 512, 512, decode_chunk=None, rife_batch=None)
+            chosen = mm.choose_mode(free, 512, 512, decode_chunk=None, rife_batch=None)
+            mode, peak = chosen.mode, chosen.peak
         except mm.DoesNotFit:
             assert previous[0] == len(mm.MODES), "a smaller card fitted where a larger one does not"
             continue
@@ -141,15 +142,15 @@ def test_more_vram_never_picks_a_slower_mode_and_every_pick_fits():
 def test_offload_is_the_smallest_that_fits():
     shape = dict(height=576, width=1024, decode_chunk=None, rife_batch=None)
     free = mm.card_free_vram(8 * GIB)
-    mode, peak = mm.choose_mode(free, **shape)
+    chosen = mm.choose_mode(free, **shape)
+    mode = chosen.mode
     assert mode.offload and 0 < mode.offload_bytes < mm.unet_weight_bytes("fp16")
     budget = free / (1 + mm.SAFETY_MARGIN)
     run = mm.RunShape(**shape)
-    assert mm.estimate(run, mode).peak == peak <= budget
+    assert mm.estimate(run, mode) == chosen and chosen.peak <= budget
     less = replace(mode, offload_bytes=mode.offload_bytes - mm.MIB)
     assert mm.estimate(run, less).peak > budget
     # What core is asked to keep free leaves room for exactly the resident weights.
-    chosen = mm.estimate(run, mode)
     assert chosen.unet_resident == mm.unet_weight_bytes("fp16") - mode.offload_bytes
     assert chosen.unet_resident <= budget - chosen.working < chosen.unet_resident + mm.MIB
 
