@@ -148,6 +148,8 @@ def _input_order(info: dict) -> list[tuple[str, object]]:
 
 def _is_widget(spec: object) -> bool:
     kind = spec[0]
+    if len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("forceInput"):
+        return False  # a socket only (e.g. Motion Curve's FLOAT values): the frontend gives it no widget
     return isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 
