@@ -8,6 +8,7 @@ from .loaders import SonicLoader
 from .model_check import SonicModelCheck
 from .model_files import register_sonic_folder
 from .motion import SonicMotionBucketsNode
+from .motion_curve import SonicMotionCurveNode
 from .image import SonicReferenceImage
 from .sampling import SonicGuiderNode, SonicSampler
 from .video import SonicInterpolate, SonicPasteBack, SonicSaveVideo
@@ -15,9 +16,9 @@ from .video import SonicInterpolate, SonicPasteBack, SonicSaveVideo
 register_sonic_folder()
 
 # In graph order: load → encode → sample → decode → video.
-NODES = [SonicLoader, SonicAudioEncode, SonicReferenceImage, SonicMotionBucketsNode, SonicSampler, SonicGuiderNode,
-         SonicDecode, SonicInterpolate,
-         SonicPasteBack, SonicSaveVideo, SonicModelCheck]
+NODES = [SonicLoader, SonicAudioEncode, SonicReferenceImage, SonicMotionCurveNode, SonicMotionBucketsNode,
+         SonicSampler, SonicGuiderNode, SonicDecode, SonicInterpolate, SonicPasteBack, SonicSaveVideo,
+         SonicModelCheck]
 
 NODE_CLASS_MAPPINGS = {node.GET_SCHEMA().node_id: node for node in NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {node.GET_SCHEMA().node_id: node.GET_SCHEMA().display_name for node in NODES}

@@ -7,8 +7,9 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..sonic_model.audio_adapters import postprocess_buckets
+from ..sonic_model.motion_curve import MotionCurve
 from ..sonic_model.whisper_features import predict_buckets
-from .sonic_types import SonicAudio, SonicImage, SonicModel, SonicMotion, SonicMotionBuckets
+from .sonic_types import SonicAudio, SonicImage, SonicModel, SonicMotion, SonicMotionBuckets, SonicMotionCurve
 
 PRESETS = {"mild (0.5)": 0.5, "moderate (1.0)": 1.0, "intense (2.0)": 2.0}
 CUSTOM = "custom"
@@ -23,13 +24,19 @@ def dynamic_scale(preset: str, beta: float) -> float:
     return PRESETS[preset]
 
 
-def motion_buckets(raw: torch.Tensor, scale: float, head_motion: int, expression: int) -> SonicMotionBuckets:
+def motion_buckets(raw: torch.Tensor, scale: float, head_motion: int, expression: int,
+                   curves: tuple[MotionCurve | None, MotionCurve | None] = (None, None)) -> SonicMotionBuckets:
+    """Per column: a connected curve (drawn on the frames, ×β like the prediction) > a fixed value > the prediction."""
     predicted = postprocess_buckets(raw, scale)
     buckets = predicted.clone()
-    for column, override in enumerate((head_motion, expression)):
-        if override != AUTO:
+    for column, (override, curve) in enumerate(zip((head_motion, expression), curves)):
+        if curve is not None:
+            buckets[:, column] = curve.sample(buckets.shape[0]) * float(scale)
+        elif override != AUTO:
             buckets[:, column] = float(override)
-    return SonicMotionBuckets(buckets=buckets.to(mm.intermediate_device()), predicted=predicted)
+    sources = tuple("curve" if c is not None else "prediction" if o == AUTO else "fixed"
+                    for o, c in zip((head_motion, expression), curves))
+    return SonicMotionBuckets(buckets=buckets.to(mm.intermediate_device()), predicted=predicted, sources=sources)
 
 
 class SonicMotionBucketsNode(io.ComfyNode):
@@ -40,8 +47,9 @@ class SonicMotionBucketsNode(io.ComfyNode):
             display_name="Sonic Motion Buckets",
             category="Sonic",
             description="Predicts per-frame head motion (mt) and expression (me) from the audio and the portrait. "
-                        "β scales both; the sliders replace a prediction with a fixed value. The node shows the "
-                        "predicted values after a run.",
+                        "β scales both; the sliders replace a prediction with a fixed value, a connected Sonic "
+                        "Motion Curve with values over time. After a run the node shows the predicted values and "
+                        "draws the predicted and the used curves.",
             inputs=[
                 SonicModel.Input("sonic_model", tooltip="From 'Load SVD + Sonic weights' (audio2bucket)."),
                 SonicAudio.Input("audio", tooltip="From 'Sonic Encode Audio'."),
@@ -62,14 +70,23 @@ class SonicMotionBucketsNode(io.ComfyNode):
                              display_mode=io.NumberDisplay.slider,
                              tooltip="me, expression bucket for every frame: -1 = auto (the prediction), 0–128 "
                                      "fixes it. Higher gives stronger expressions."),
+                SonicMotionCurve.Input("head_motion_curve", optional=True,
+                                       tooltip="Optional head motion over time from 'Sonic Motion Curve' (×β); "
+                                               "when connected it replaces the head_motion slider and the "
+                                               "prediction."),
+                SonicMotionCurve.Input("expression_curve", optional=True,
+                                       tooltip="Optional expression over time from 'Sonic Motion Curve' (×β); "
+                                               "when connected it replaces the expression slider and the "
+                                               "prediction."),
             ],
             outputs=[SonicMotion.Output(display_name="motion",
                                         tooltip="Per-frame [head motion, expression] buckets for the sampler.")],
         )
 
     @classmethod
-    def execute(cls, sonic_model, audio, image, motion_preset, beta, head_motion, expression) -> io.NodeOutput:
+    def execute(cls, sonic_model, audio, image, motion_preset, beta, head_motion, expression,
+                head_motion_curve=None, expression_curve=None) -> io.NodeOutput:
         raw = predict_buckets(sonic_model.audio2bucket, audio, image.image_embeds).float().cpu()
-        motion = motion_buckets(raw, dynamic_scale(motion_preset, beta), head_motion, expression)
-        summary = SonicMotionBuckets(motion.predicted, motion.predicted).summary()
-        return io.NodeOutput(motion, ui={"sonic_motion": [summary]})
+        motion = motion_buckets(raw, dynamic_scale(motion_preset, beta), head_motion, expression,
+                                (head_motion_curve, expression_curve))
+        return io.NodeOutput(motion, ui={"sonic_motion": [motion.report()]})

@@ -11,12 +11,14 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
+from ..sonic_model.motion_curve import chart_points
 from ..sonic_model.whisper_features import FRAMES_PER_SECOND, AudioFeatures
 
 SonicModel = io.Custom("SONIC_MODEL")
 SonicAudio = io.Custom("SONIC_AUDIO")
 SonicImage = io.Custom("SONIC_IMAGE")
 SonicMotion = io.Custom("SONIC_MOTION")
+SonicMotionCurve = io.Custom("SONIC_MOTION_CURVE")  # keyframes, drawn on the frames by Motion Buckets
 
 GENERATION_FPS = FRAMES_PER_SECOND  # Sonic generates at 12.5 fps (80 ms per frame); RIFE doubles it to 25
 
@@ -55,9 +57,22 @@ class SonicMotionBuckets:
 
     buckets: torch.Tensor         # (N, 2)
     predicted: torch.Tensor       # (N, 2) the predictor's values before overrides (after ×16+16 and β)
+    sources: tuple[str, str] = ("prediction", "prediction")  # per column: prediction, fixed or curve
 
     def summary(self) -> dict:
         def stats(col: torch.Tensor) -> dict:
             return {"mean": round(float(col.mean()), 2), "min": round(float(col.min()), 2),
                     "max": round(float(col.max()), 2)}
         return {"motion": stats(self.buckets[:, 0]), "expression": stats(self.buckets[:, 1])}
+
+    def report(self) -> dict:
+        """The node's UI data: the prediction's statistics (its readout), and the predicted and used values of both
+        columns at up to 256 frames (its chart)."""
+        frames = chart_points(self.buckets.shape[0])
+        def columns(values: torch.Tensor) -> dict:
+            picked = values[frames].float().cpu()
+            return {name: [round(float(v), 2) for v in picked[:, i]] for i, name in enumerate(("motion", "expression"))}
+        report = SonicMotionBuckets(self.predicted, self.predicted).summary()
+        report.update(seconds=[round(i / GENERATION_FPS, 3) for i in frames], predicted=columns(self.predicted),
+                      used=columns(self.buckets), sources=dict(zip(("motion", "expression"), self.sources)))
+        return report

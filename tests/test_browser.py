@@ -22,6 +22,7 @@ from browser.comfy_page import click_widget, focus_node, frame_nodes, frontend_v
 from comfy_server import ARTIFACTS, ASSETS, SHORT_AUDIO, SHORT_AUDIO_SECONDS, load_json, running_comfy, \
     ui_workflows, write_short_wav
 from conftest import REPO
+from sonic_model.motion_curve import parse_keyframes
 
 pytest_plugins = ["comfy_server_fixture"]  # the session's one server
 
@@ -35,12 +36,14 @@ SECOND_AUDIO, SECOND_AUDIO_SECONDS = "sonic_voice_shorter.wav", 0.56
 DOCS_SCREENSHOTS = {(CI, CLASSIC): REPO / "docs" / "workflow.png",
                     (NEW, CLASSIC): REPO / "docs" / f"frontend-{NEW}-classic.png",
                     (NEW, NODES2): REPO / "docs" / f"frontend-{NEW}-nodes2.png"}
+MOTION_CURVES_SCREENSHOT = REPO / "docs" / "motion-curves.png"
 MAX_DOCS_WIDTH = 1600
 SCREENSHOT_WORKFLOW = "sonic_basic"  # the one the README describes
 MANUAL = 32  # where a bucket slider lands when its auto toggle is switched off (web/sonic.js)
 FRONTEND_ONLY = {"upload"}  # widgets the frontend adds to core nodes with a file upload
 OUTPUT_STAGE = {"SonicDecode", "SonicInterpolate", "SonicSaveVideo", "CreateVideo", "SaveVideo"}
-CLIENT_ONLY = {"SonicMotionBuckets": ["head_motion auto", "expression auto", "sonic_motion_readout"],
+CLIENT_ONLY = {"SonicMotionBuckets": ["head_motion auto", "expression auto", "sonic_motion_readout",
+                                      "sonic_motion_chart"],
                "SonicSampler": ["sonic_cfg_audio_hint"], "SonicAudioEncode": ["sonic_audio_readout"]}
 
 # Random weights on a CPU: the checkpoint that exists, no face detector, a small picture, 2 steps, a short clip.
@@ -59,6 +62,23 @@ CPU_FRIENDLY = """(() => {{
   set('LoadAudio', {{audio: {audio}}});
   return true;
 }})()"""
+# A head-motion curve for the Motion Buckets node in the 1.58.1 runs (the CI frontend's run, the README's picture of
+# the basic workflow, keeps the prediction): placed under Encode Audio, keyframes inside the short clips.
+CURVE_KEYFRAMES = "0: 20\n0.3: 70\n0.5: 30"
+ADD_CURVE = """((motionId, keyframes) => {
+  const motion = app.graph.getNodeById(motionId);
+  const curve = LiteGraph.createNode('SonicMotionCurve');
+  curve.pos = [motion.pos[0] - 420, motion.pos[1] + 450];
+  app.graph.add(curve);
+  curve.widgets.find(w => w.name === 'keyframes').value = keyframes;
+  curve.widgets.find(w => w.name === 'interpolation').value = 'smooth';
+  curve.connect(0, motion, motion.findInputSlot('head_motion_curve'));
+  return String(curve.id);
+})"""
+CHART_STATE = """((motionId) => {
+  const w = app.graph.getNodeById(motionId).widgets.find(w => w.name === 'sonic_motion_chart');
+  return w && w.data ? {data: w.data, height: w.computeSize(300)[1]} : null;
+})"""
 RUN_INPUTS = {CLASSIC: dict(audio=SHORT_AUDIO, seconds=SHORT_AUDIO_SECONDS, expand_ratio=0.5),
               NODES2: dict(audio=SECOND_AUDIO, seconds=SECOND_AUDIO_SECONDS, expand_ratio=0.55)}
 
@@ -268,7 +288,7 @@ def test_the_extension_tolerates_nodes_without_widgets_and_odd_messages(browser,
             out[type] = (node.widgets || []).map(w => w.name);
           }
           return out; })()""")
-        assert added == {"SonicMotionBuckets": ["sonic_motion_readout"], "SonicSampler": [],
+        assert added == {"SonicMotionBuckets": ["sonic_motion_readout", "sonic_motion_chart"], "SonicSampler": [],
                          "SonicAudioEncode": ["sonic_audio_readout"], "SonicReferenceImage": ["sonic_image_readout"]}
         # `executed` messages for unknown nodes, other node types, or with missing fields change nothing.
         _, workflow = _workflows()[0]
@@ -355,6 +375,29 @@ def _check_motion_lines(lines: list[str], summary: dict) -> None:
             assert float(text) == pytest.approx(summary[key][stat], abs=0.051), (line, summary)
 
 
+async def _check_motion_chart(page, node_id, summary: dict, seconds: float, view: str, curve: bool) -> None:
+    """The chart under Motion Buckets holds the run's data: with the curve, the used head motion is the curve (×β
+    1.0), else the prediction; the expression is the prediction. In the Nodes 2.0 view its own canvas shows it,
+    none of it cut off."""
+    frames = round(seconds * 12.5)
+    assert summary["sources"] == {"motion": "curve" if curve else "prediction", "expression": "prediction"}
+    assert summary["seconds"] == pytest.approx([i / 12.5 for i in range(frames)])
+    expected = parse_keyframes(CURVE_KEYFRAMES, "smooth").sample(frames).tolist() if curve \
+        else summary["predicted"]["motion"]
+    assert summary["used"]["motion"] == pytest.approx(expected, abs=0.006)
+    assert summary["used"]["expression"] == summary["predicted"]["expression"]
+    chart = await page.evaluate(f"({CHART_STATE})({json.dumps(str(node_id))})")
+    assert chart and chart["height"] >= 100, chart
+    assert {k: chart["data"][k] for k in ("seconds", "predicted", "used")} == \
+        {k: summary[k] for k in ("seconds", "predicted", "used")}
+    if view == NODES2:
+        canvas = await nodes2_widget_canvas(page, node_id, "sonic_motion_chart")
+        assert canvas and canvas["height"] >= canvas["wanted"], canvas
+        mean = sum(summary["used"]["motion"]) / frames
+        legend = f"head motion: {summary['sources']['motion']}, mean {mean:.1f}"
+        assert {"0 s", f"{(frames - 1) / 12.5:.1f} s", legend} <= set(canvas["texts"]), canvas["texts"]
+
+
 @pytest.mark.parametrize("frontend, view", [(CI, CLASSIC), (NEW, CLASSIC), (NEW, NODES2)])
 def test_a_run_queued_from_the_page_fills_the_readouts(browser, loop, request, frontend, view):
     server = _server(request, frontend)
@@ -371,6 +414,13 @@ def test_a_run_queued_from_the_page_fills_the_readouts(browser, loop, request, f
             await wait_for_nodes2(page, list(by_type.values()))
         await page.evaluate(CPU_FRIENDLY.format(audio=json.dumps(inputs["audio"]),
                                                 expand_ratio=inputs["expand_ratio"]))
+        motion_id, curve_id = by_type.get("SonicMotionBuckets"), None
+        if motion_id is not None and frontend == NEW:  # a curve on head motion: its slider shows it is unused
+            curve_id = await page.evaluate(
+                f"({ADD_CURVE})({json.dumps(str(motion_id))}, {json.dumps(CURVE_KEYFRAMES)})")
+            state = {w["name"]: w for w in (await node_state(page, motion_id))["widgets"]}
+            assert "from curve" in state["head_motion"]["label"] and state["head_motion"]["disabled"], state
+            assert "from curve" not in state["expression"]["label"] and not state["expression"]["disabled"]
         result = await page.evaluate(RUN_AND_WAIT, timeout=300)
         assert result["ok"], result
 
@@ -400,6 +450,12 @@ def test_a_run_queued_from_the_page_fills_the_readouts(browser, loop, request, f
             (summary,) = history["outputs"][str(node_id)]["sonic_motion"]
             markers = {w["name"]: w["marker"] for w in (await node_state(page, node_id))["widgets"]}
             assert markers["head_motion"] == pytest.approx(summary["motion"]["mean"])
+            await _check_motion_chart(page, node_id, summary, inputs["seconds"], view, curve=curve_id is not None)
+            if (frontend, view) == (NEW, CLASSIC):  # the chart and its curve for the README
+                await frame_nodes(page, [node_id, curve_id], zoom=0.9)
+                await asyncio.sleep(0.5)
+                _save_docs_picture(await page.screenshot(ARTIFACTS / f"browser-motion-curves-{frontend}.png"),
+                                   MOTION_CURVES_SCREENSHOT)
 
         # A picture of the graph up to the sampler after the run, readouts filled, for the README. The widgets go
         # back to the shipped settings (a reader should not copy the CPU test's 2 steps at 64 px), except the
@@ -412,18 +468,21 @@ def test_a_run_queued_from_the_page_fills_the_readouts(browser, loop, request, f
             (saved.widgets_values || []).forEach((v, i) => {{ if (widgets[i]) widgets[i].value = v; }});
           }}
           return true; }})()""")
-        await frame_nodes(page, [n["id"] for n in workflow["nodes"] if n["type"] not in OUTPUT_STAGE], zoom=0.8)
+        framed = [n["id"] for n in workflow["nodes"] if n["type"] not in OUTPUT_STAGE] + [curve_id] * bool(curve_id)
+        await frame_nodes(page, framed, zoom=0.8)
         await asyncio.sleep(0.5)
         shot = await page.screenshot(ARTIFACTS / f"browser-{name}-{frontend}-{view}.png")
         _assert_no_errors(page, server.url)
         return shot
 
-    shot = loop.run_until_complete(scenario())
+    _save_docs_picture(loop.run_until_complete(scenario()), DOCS_SCREENSHOTS[frontend, view])
+
+
+def _save_docs_picture(shot, docs) -> None:
     image = Image.open(shot)
     assert sum(1 for count in image.convert("L").histogram() if count) > 20  # not a blank page
     if image.size[0] > MAX_DOCS_WIDTH:
         height = round(image.size[1] * MAX_DOCS_WIDTH / image.size[0])
         image = image.resize((MAX_DOCS_WIDTH, height), Image.Resampling.LANCZOS)
-    docs = DOCS_SCREENSHOTS[frontend, view]
     docs.parent.mkdir(exist_ok=True)
     image.convert("RGB").quantize(256).save(docs, optimize=True)  # a palette keeps the file small

@@ -74,6 +74,9 @@ def _check_ui_data(prompt: dict, entry: dict) -> None:
             for key in ("motion", "expression"):
                 stats = motion[key]
                 assert stats["min"] <= stats["mean"] <= stats["max"], motion
+                # the chart's data: predicted and used values at every frame of a short clip
+                assert len(motion["predicted"][key]) == len(motion["used"][key]) == expected_frames, motion
+            assert len(motion["seconds"]) == expected_frames and set(motion["sources"]) == {"motion", "expression"}
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS or [None], ids=lambda p: p.stem if p else "fallback")

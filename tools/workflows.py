@@ -103,14 +103,19 @@ def custom_sampler(image: str = "sonic_portrait.png", audio: str = "sonic_voice.
 
 
 def manual_motion(image: str = "sonic_portrait.png", audio: str = "sonic_voice.wav") -> list[Node]:
-    """Fixed head motion and expression from the sliders, a livelier β and gentler lips (r_a 5.5)."""
+    """Head motion drawn over time (a Sonic Motion Curve, which replaces its slider), a fixed expression from its
+    slider, a livelier β and gentler lips (r_a 5.5)."""
     manual = {"motion_preset": "custom", "beta": 1.3, "head_motion": 40, "expression": 24}
-    return _sonic_models(image, audio) + _sampler(manual, {"cfg_audio": 5.5}) + [
+    nodes = _sonic_models(image, audio) + _sampler(manual, {"cfg_audio": 5.5}) + [
         Node(8, "SonicSaveVideo", {"interpolate": True, "paste_back": True, "feather": 16, "decode_chunk_size": 8,
                                    "filename_prefix": "sonic/Sonic_manual", "crf": 18},
              {"vae": (1, 1), "latent": (7, 0), "sonic_model": (1, 0), "image": (5, 0), "audio": (4, 1)},
              pos=(1720, 300)),
+        Node(9, "SonicMotionCurve", {"keyframes": "0: 24\n1.5: 56\n3: 32", "interpolation": "smooth"},
+             pos=(460, 1200)),
     ]
+    nodes[5].links["head_motion_curve"] = (9, 0)  # nodes[5] is the Motion Buckets node (id 6)
+    return nodes
 
 
 def long_audio(image: str = "sonic_portrait.png", audio: str = "sonic_voice.wav") -> list[Node]:
@@ -143,6 +148,8 @@ def _input_order(info: dict) -> list[tuple[str, object]]:
 
 def _is_widget(spec: object) -> bool:
     kind = spec[0]
+    if len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("forceInput"):
+        return False  # a socket only (e.g. Motion Curve's FLOAT values): the frontend gives it no widget
     return isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 

@@ -1,7 +1,8 @@
 // Sonic for ComfyUI: client-side helpers on the Sonic nodes.
 //  - Sonic Motion Buckets: "auto" toggles for head_motion / expression (auto = -1 = keep the prediction), the beta
 //    slider greyed out and showing the preset's value unless the preset is "custom", and a readout of the
-//    predicted buckets after a run (also marked on the sliders).
+//    predicted buckets after a run (also marked on the sliders); a slider whose curve input is connected shows
+//    "from curve" and is inactive; after a run, a chart of the predicted and the used buckets over time.
 //  - Sonic Sampler: a visible hint for cfg_audio.
 //  - Sonic Encode Audio: duration -> frame counts after a run.
 //  - Sonic Reference Image: after a run, how many faces were found and which one is animated, whether a batch was
@@ -113,7 +114,133 @@ function fmt(x, digits = 1) {
   return Number.isFinite(n) ? n.toFixed(digits) : "?";
 }
 
+// ---- the motion chart: predicted (dashed) and used (solid) buckets of both columns over time -------------------
+
+const CHART_HEIGHT = 120;
+const CHART_EMPTY_HEIGHT = READOUT_LINE + READOUT_PAD + 4;
+const CHART_MARGIN = 15;
+const CHART_COLUMNS = [
+  { key: "motion", label: "head motion", color: "#f0a050" },
+  { key: "expression", label: "expression", color: "#6cb6ff" },
+];
+
+function finiteNumbers(list) {
+  return Array.isArray(list) ? list.map(Number).filter(Number.isFinite) : [];
+}
+
+// The run's chart data, or null when the message carries none (an older server, a malformed message).
+function chartData(summary) {
+  const seconds = finiteNumbers(summary?.seconds);
+  if (seconds.length < 1) return null;
+  const series = (kind) =>
+    Object.fromEntries(CHART_COLUMNS.map(({ key }) => [key, finiteNumbers(summary?.[kind]?.[key])]));
+  const data = { seconds, predicted: series("predicted"), used: series("used"), sources: summary?.sources ?? {} };
+  const complete = ["predicted", "used"].every((kind) =>
+    CHART_COLUMNS.every(({ key }) => data[kind][key].length === seconds.length));
+  return complete ? data : null;
+}
+
+function drawChart(ctx, data, left, top, width, height) {
+  const values = ["predicted", "used"].flatMap((kind) => CHART_COLUMNS.flatMap(({ key }) => data[kind][key]));
+  const topValue = Math.max(10, Math.ceil(Math.max(...values) / 10) * 10);
+  const bottomValue = Math.min(0, Math.floor(Math.min(...values) / 10) * 10); // a prediction may dip below 0
+  const end = data.seconds[data.seconds.length - 1] || 1 / GENERATION_FPS;
+  const plot = { left: left + 26, top: top + 27, width: width - 34, height: height - 43 }; // 2 legend lines
+  const x = (t) => plot.left + (t / end) * plot.width;
+  const y = (v) => plot.top + plot.height * (topValue - v) / (topValue - bottomValue);
+
+  ctx.strokeStyle = "rgba(255, 255, 255, 0.25)";
+  ctx.lineWidth = 1;
+  ctx.strokeRect(plot.left, plot.top, plot.width, plot.height);
+  ctx.fillStyle = "#9a9a9a";
+  ctx.font = "10px Arial, sans-serif";
+  ctx.textAlign = "right";
+  ctx.fillText(String(topValue), plot.left - 3, plot.top + 8);
+  ctx.fillText(String(bottomValue), plot.left - 3, plot.top + plot.height);
+  const below = plot.top + plot.height + 11;
+  ctx.textAlign = "left";
+  ctx.fillText("0 s", plot.left, below);
+  ctx.textAlign = "right";
+  ctx.fillText(`${fmt(end, 1)} s`, plot.left + plot.width, below);
+  ctx.textAlign = "center";
+  ctx.fillText("solid: used   dashed: predicted", plot.left + plot.width / 2, below, plot.width - 70);
+
+  for (const { key, color } of CHART_COLUMNS) {
+    for (const kind of ["predicted", "used"]) {
+      ctx.strokeStyle = color;
+      ctx.lineWidth = kind === "used" ? 1.8 : 1.2;
+      ctx.setLineDash(kind === "used" ? [] : [4, 3]);
+      ctx.beginPath();
+      data[kind][key].forEach((v, i) => {
+        const px = data.seconds.length === 1 ? plot.left + plot.width / 2 : x(data.seconds[i]);
+        if (i === 0) ctx.moveTo(px, y(v));
+        else ctx.lineTo(px, y(v));
+      });
+      ctx.stroke();
+    }
+  }
+  ctx.setLineDash([]);
+  // Legend, a line per column: its colour, where its values come from, and the mean of what it uses.
+  ctx.textAlign = "left";
+  CHART_COLUMNS.forEach(({ key, label, color }, i) => {
+    const used = data.used[key];
+    const mean = used.reduce((a, b) => a + b, 0) / used.length;
+    ctx.fillStyle = color;
+    ctx.fillText(`${label}: ${data.sources[key] ?? "used"}, mean ${fmt(mean)}`, left + 4, top + 9 + 11 * i, width - 8);
+  });
+}
+
+function addMotionChart(node) {
+  const widget = {
+    type: "sonic_chart",
+    name: "sonic_motion_chart",
+    value: "",
+    data: null,
+    y: 0,
+    options: { serialize: false },
+    serialize: false,
+    draw(ctx, _node, width, y) {
+      const height = this.computeSize(width)[1] - 4;
+      ctx.save();
+      ctx.fillStyle = "rgba(0, 0, 0, 0.25)";
+      ctx.beginPath();
+      ctx.roundRect?.(CHART_MARGIN, y + 2, width - 2 * CHART_MARGIN, height, 6);
+      ctx.fill();
+      if (this.data) {
+        drawChart(ctx, this.data, CHART_MARGIN + 4, y + 4, width - 2 * CHART_MARGIN - 8, height - 4);
+      } else {
+        ctx.font = "12px Arial, sans-serif";
+        ctx.textAlign = "left";
+        ctx.fillStyle = "#8a8a8a";
+        const baseline = y + 2 + READOUT_PAD / 2 + READOUT_LINE * 0.75;
+        ctx.fillText("motion curves: drawn after a run", CHART_MARGIN + 8, baseline);
+      }
+      ctx.restore();
+    },
+    computeSize(width) {
+      return [width ?? 0, this.data ? CHART_HEIGHT : CHART_EMPTY_HEIGHT];
+    },
+    onPointerDown() {
+      return true; // read-only: swallow clicks
+    },
+    setData(data) {
+      this.data = data;
+      this.value = data ? `${data.seconds.length} points` : "";
+      fitNode(node);
+      redraw(node);
+      this.triggerDraw?.(); // the Nodes 2.0 view's own canvas for this widget (see addReadout)
+    },
+  };
+  node.addCustomWidget(widget);
+  return widget;
+}
+
 // ---- Sonic Motion Buckets ---------------------------------------------------------------------------------------
+
+// Whether the node's input `name` (a curve socket) has a link.
+function inputLinked(node, name) {
+  return Array.isArray(node?.inputs) && node.inputs.some((input) => input?.name === name && input.link != null);
+}
 
 function setupAutoToggle(node, sliderName) {
   const slider = findWidget(node, sliderName);
@@ -143,8 +270,11 @@ function setupAutoToggle(node, sliderName) {
 
   function show() {
     const auto = slider.value === AUTO;
+    const curve = inputLinked(node, `${sliderName}_curve`); // a connected curve replaces slider and prediction
     toggle.value = auto;
-    slider.label = auto ? `${baseLabel} (auto)` : baseLabel;
+    slider.label = curve ? `${baseLabel} (from curve)` : auto ? `${baseLabel} (auto)` : baseLabel;
+    slider.disabled = curve;
+    toggle.disabled = curve;
     redraw(node);
   }
 
@@ -185,14 +315,27 @@ function setupMotionBuckets(node) {
   const syncs = [setupBetaPreset(node), setupAutoToggle(node, "head_motion"), setupAutoToggle(node, "expression")]
     .filter(Boolean);
   const readout = addReadout(node, "sonic_motion_readout", ["predicted buckets: shown after a run"], { dim: true });
+  const chart = addMotionChart(node);
   node.sonicSync = () => syncs.forEach((s) => s.sync());
   node.sonicSync();
+  // Connecting or removing a curve changes which sliders are in use.
+  const onConnectionsChange = node.onConnectionsChange;
+  node.onConnectionsChange = function (...args) {
+    const result = typeof onConnectionsChange === "function" ? onConnectionsChange.apply(this, args) : undefined;
+    try {
+      this.sonicSync?.();
+    } catch (error) {
+      console.warn("[sonic] could not show the curve inputs", error);
+    }
+    return result;
+  };
 
   node.sonicOnExecuted = (output) => {
     const summary = output?.sonic_motion?.[0];
     if (!summary) return;
     const line = (label, s) => `${label} mean ${fmt(s?.mean)} (min ${fmt(s?.min)}, max ${fmt(s?.max)})`;
     readout.setLines([line("motion", summary.motion), line("expression", summary.expression)]);
+    chart.setData(chartData(summary));
     // Mark the prediction on the sliders, so a fixed value can be set relative to it.
     const marks = { head_motion: summary.motion?.mean, expression: summary.expression?.mean };
     for (const [name, mean] of Object.entries(marks)) {
