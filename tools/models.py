@@ -104,10 +104,9 @@ def plan_downloads(reports: Iterable[FileReport], only: Iterable[str] | None = N
 
 def unreachable(endpoint: str, timeout: float) -> str | None:
     """None when the hub answers at all (any HTTP status); else what to do. Honours HTTP(S)_PROXY like the hub."""
-    request = urllib.request.Request(endpoint + "/", method="HEAD", headers={"User-Agent": "sonic-models-check"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout):
-            return None
+        urllib.request.urlopen(urllib.request.Request(endpoint + "/", method="HEAD"), timeout=timeout).close()
+        return None
     except urllib.error.HTTPError:
         return None  # it answered
     except (urllib.error.URLError, OSError, ValueError) as e:
@@ -118,9 +117,8 @@ def unreachable(endpoint: str, timeout: float) -> str | None:
 
 
 def explain_error(exc: BaseException, item: Download, endpoint: str) -> str:
-    """One line: what failed and what to do (across huggingface_hub versions: matched by exception class name)."""
-    entry = item.report.entry
-    head = f"{item.repo_file} from {item.repo} failed"
+    """One line: what failed and what to do (matched by exception class name, across huggingface_hub versions)."""
+    entry, head = item.report.entry, f"{item.repo_file} from {item.repo} failed"
     status = getattr(getattr(exc, "response", None), "status_code", None)
     names, chain = set(), [exc]  # class names (and bases) of the exception and every cause behind it
     while chain[-1] is not None and chain[-1] not in chain[:-1]:
@@ -135,12 +133,11 @@ def explain_error(exc: BaseException, item: Download, endpoint: str) -> str:
         return f"{head}: the file is not in the repository (its layout changed?). Download it by hand from {entry.url}."
     if names & {"ConnectError", "ConnectionError", "TimeoutException", "Timeout", "NetworkError", "ReadTimeout",
                 "LocalEntryNotFoundError", "OfflineModeIsEnabled", "RemoteProtocolError"}:
-        return (f"{head}: lost the connection to {endpoint}. Run the command again to continue; files already "
-                "fetched are kept.")
+        return f"{head}: lost the connection to {endpoint}. Run the command again to continue; files already fetched " \
+               "are kept."
     if status is not None:
         return f"{head}: the hub answered HTTP {status}. Try again later, or download it by hand from {entry.url}."
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{head}: {text}"
+    return f"{head}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
 
 
 def fetch(item: Download, models: Path, token: str | None, endpoint: str, timeout: float,
