@@ -71,21 +71,24 @@ class Inspection:
     label: str  # what it is, for people
     broken: bool = False  # a failed download (stub, web page, truncated): safe to replace
     unverified: bool = False  # too costly to open (big legacy pickle): judged by size only
+    warnings: tuple[str, ...] = ()
+    fetch: tuple[str, ...] | None = None  # a Whisper folder's repo files to (re)fetch; None: the entry's downloads
 
 
 def _shapes_kind(shapes: dict[str, tuple[int, ...]]) -> Inspection:
     kind, label = identify_kind(shapes) or (None, f"a checkpoint with {len(shapes)} tensors that matches no known "
                                                   "layout")
-    if kind == "svd_single_file":
-        missing = [p.rstrip(".") for p in SVD_PARTS if not any(k.startswith(p) for k in shapes)]
-        if not missing:
-            return Inspection("svd_checkpoint", "an SVD single-file checkpoint (UNet, VAE and CLIP vision)")
-        label = f"an SVD checkpoint without {' and '.join(missing)} (VAE / CLIP vision)"
-    return Inspection(kind, label)
+    missing = [p.rstrip(".") for p in SVD_PARTS if not any(k.startswith(p) for k in shapes)]
+    if kind == "svd_single_file" and not missing:
+        return Inspection("svd_checkpoint", "an SVD single-file checkpoint (UNet, VAE and CLIP vision)")
+    return Inspection(kind, f"an SVD checkpoint without {' and '.join(missing)} (VAE / CLIP vision)"
+                      if kind == "svd_single_file" else label)
 
 
 def inspect_file(path: Path) -> Inspection:
-    """Recognise a weights file from its content; cheap for any size."""
+    """Recognise a weights file (or a Whisper folder) from its content; cheap for any size."""
+    if path.is_dir():
+        return _whisper_folder(path)
     size, container = path.stat().st_size, sniff_container(path)
     if container == "safetensors":
         try:
@@ -113,6 +116,31 @@ def inspect_file(path: Path) -> Inspection:
     return _shapes_kind({k: tuple(v.shape) for k, v in state.items()})
 
 
+def _whisper_folder(folder: Path) -> Inspection:
+    fetch, problems, config = [], [], {}
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        fetch, problems = ["config.json"], ["no config.json" if isinstance(e, OSError) else
+                                            "config.json is not JSON (a failed download?)"]
+    if config and config.get("model_type") != "whisper":
+        return Inspection(None, f"a {config.get('model_type', 'non-Whisper')} model folder, not Whisper")
+    if not (folder / "preprocessor_config.json").is_file():
+        fetch, problems = [*fetch, "preprocessor_config.json"], [*problems, "no preprocessor_config.json"]
+    verdicts = [(w, inspect_file(folder / w)) for w in ("model.safetensors", "pytorch_model.bin")
+                if (folder / w).is_file()]
+    if not any(v.kind == "whisper" for _, v in verdicts):
+        fetch.append("model.safetensors")
+        problems += [v.label.replace("this file", w, 1) if v.label.startswith("this file") else f"{w} is {v.label}"
+                     for w, v in verdicts] or ["no model.safetensors"]
+    if problems:
+        return Inspection(None, "an incomplete Whisper folder: " + "; ".join(problems), True, fetch=tuple(fetch))
+    dims = {k: config.get(k) for k in WHISPER_TINY}
+    return Inspection("whisper_folder", "a Whisper model folder", warnings=() if dims == WHISPER_TINY else (
+        f"not whisper-tiny's size (d_model {dims['d_model']}, {dims['encoder_layers']} encoder layers; whisper-tiny "
+        "has 384, 4): random test weights or another Whisper; the official audio2token.pth needs whisper-tiny",))
+
+
 @dataclass
 class FileReport:
     entry: CatalogEntry
@@ -129,71 +157,44 @@ class FileReport:
         return self.status == FOUND
 
 
-def _whisper_folder(folder: Path) -> tuple[Inspection, tuple[str, ...], list[str]]:
-    """(verdict, repo files to (re)fetch, warnings) for a Hugging Face Whisper folder."""
-    fetch, problems, config = [], [], {}
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        fetch, problems = ["config.json"], ["no config.json" if isinstance(e, OSError) else
-                                            "config.json is not JSON (a failed download?)"]
-    if config and config.get("model_type") != "whisper":
-        return Inspection(None, f"a {config.get('model_type', 'non-Whisper')} model folder, not Whisper"), (), []
-    if not (folder / "preprocessor_config.json").is_file():
-        fetch, problems = [*fetch, "preprocessor_config.json"], [*problems, "no preprocessor_config.json"]
-    verdicts = [(w, inspect_file(folder / w)) for w in ("model.safetensors", "pytorch_model.bin")
-                if (folder / w).is_file()]
-    if not any(v.kind == "whisper" for _, v in verdicts):
-        fetch.append("model.safetensors")
-        problems += [v.label.replace("this file", w, 1) if v.label.startswith("this file") else f"{w} is {v.label}"
-                     for w, v in verdicts] or ["no model.safetensors"]
-    if problems:
-        return Inspection(None, "an incomplete Whisper folder: " + "; ".join(problems), True), tuple(fetch), []
-    dims = {k: config.get(k) for k in WHISPER_TINY}
-    return Inspection("whisper_folder", "a Whisper model folder"), (), [] if dims == WHISPER_TINY else [
-        f"not whisper-tiny's size (d_model {dims['d_model']}, {dims['encoder_layers']} encoder layers; whisper-tiny "
-        "has 384, 4): random test weights or another Whisper; the official audio2token.pth needs whisper-tiny"]
-
-
-def _weight_files(roots: list[Path], suffixes: tuple[str, ...]) -> list[Path]:
-    """Weights files below the roots, skipping hidden and Hugging Face model folders (config.json)."""
+def _candidates(roots: list[Path], suffixes: tuple[str, ...]) -> list[Path]:
+    """Weights files below the roots (Hugging Face model folders, holding config.json, count as one)."""
     found = []
     for root in roots:
         for dirpath, dirs, names in os.walk(root, followlinks=True):
             deep = len(Path(dirpath).relative_to(root).parts) >= MAX_SCAN_DEPTH
+            found += [Path(dirpath) / d for d in dirs if (Path(dirpath) / d / "config.json").is_file()]
             dirs[:] = [] if deep else sorted(d for d in dirs if not d.startswith(".")
                                              and not (Path(dirpath) / d / "config.json").is_file())
             found += [Path(dirpath) / n for n in sorted(names) if n.lower().endswith(suffixes)]
     return found[:MAX_SCAN_FILES]
 
 
-def _size_warnings(entry: CatalogEntry, path: Path) -> list[str]:
-    size = path.stat().st_size
+def _warnings(entry: CatalogEntry, seen: Inspection, path: Path) -> list[str]:
+    size, found = path.stat().st_size, list(seen.warnings)
     if entry.size is not None and size != entry.size:
-        return [f"not the official size ({size:,} bytes; official {entry.size:,}): random test weights, a re-saved "
-                "copy or another version"]
+        found.append(f"not the official size ({size:,} bytes; official {entry.size:,}): random test weights, a "
+                     "re-saved copy or another version")
     if entry.min_size is not None and size < entry.min_size:
-        return [f"{human_size(size)}: smaller than any official SVD-xt checkpoint (over "
-                f"{human_size(entry.min_size)}): random test weights or a stripped copy"]
-    return []
+        found.append(f"{human_size(size)}: smaller than any official SVD-xt checkpoint (over "
+                     f"{human_size(entry.min_size)}): random test weights or a stripped copy")
+    if entry.kind == "torchscript" and "YOLO" not in seen.label:
+        found.append("a TorchScript model, but not recognisably a YOLO one")
+    if entry.slot == "unet" and path.with_suffix(".config.json").is_file() and not found:
+        found.append(f"{path.with_suffix('.config.json').name} beside it describes a small test UNet: delete it, "
+                     "the official unet.pth needs none")
+    return found
 
 
-def _check_file(entry: CatalogEntry, roots: list[Path], files: list[Path], inspect, present: Path | None) -> FileReport:
-    """`present`: the file at an official name (None: none there). A correct file under another name is pointed at
+def _check(entry: CatalogEntry, roots: list[Path], files: list[Path], inspect, present: Path | None) -> FileReport:
+    """`present`: what is at an official name (None: nothing). A correct file under another name is pointed at
     instead of downloading again."""
     target = roots[0] / entry.relpath
     report = FileReport(entry, MISSING, target, fetch=entry.downloads)
     if present is not None:
         seen = inspect(present)
         if seen.kind == entry.kind:
-            warnings = _size_warnings(entry, present)
-            if entry.kind == "torchscript" and "YOLO" not in seen.label:
-                warnings.append("a TorchScript model, but not recognisably a YOLO one")
-            sidecar = present.with_suffix(".config.json")
-            if entry.slot == "unet" and sidecar.is_file() and not warnings:
-                warnings.append(f"{sidecar.name} beside it describes a small test UNet: delete it, the official "
-                                "unet.pth needs none")
-            return FileReport(entry, FOUND, present, present, seen.label, warnings)
+            return FileReport(entry, FOUND, present, present, seen.label, _warnings(entry, seen, present))
         if seen.unverified:  # cannot open it cheaply: the size is all there is to go on
             note = "the size matches the official file" if present.stat().st_size == entry.size else \
                 "not verified, and not the official size"
@@ -201,7 +202,8 @@ def _check_file(entry: CatalogEntry, roots: list[Path], files: list[Path], inspe
         at_place = present.as_posix().endswith(entry.relpath)
         detail = seen.label if seen.label.startswith("this file") else (  # a loader message, already a sentence
             f"this is {seen.label}" + ("" if seen.kind is None else f", not {entry.title}"))
-        report = FileReport(entry, WRONG, present if at_place else target, present, detail, fetch=entry.downloads,
+        report = FileReport(entry, WRONG, present if at_place else target, present, detail,
+                            fetch=entry.downloads if seen.fetch is None else seen.fetch,
                             replace=seen.broken and at_place)
         if at_place and not seen.broken:
             report.fetch = ()  # a real model under the wrong name is never overwritten
@@ -216,29 +218,10 @@ def _check_file(entry: CatalogEntry, roots: list[Path], files: list[Path], inspe
         report.fetch = ()  # a correct copy is already on disk: nothing to download
         if report.status == MISSING:
             report.status, report.path, report.detail = ELSEWHERE, other, advice
-            report.warnings += _size_warnings(entry, other)
+            report.warnings += _warnings(entry, inspect(other), other)
         else:
             report.detail += f". The right file is {name}: {advice}"
     return report
-
-
-def _check_whisper(entry: CatalogEntry, roots: list[Path]) -> FileReport:
-    target = roots[0] / entry.relpath
-    present = next((r / entry.relpath for r in roots if (r / entry.relpath).is_dir()), None)
-    if present is not None:
-        seen, fetch, warnings = _whisper_folder(present)
-        if seen.kind == entry.kind:
-            return FileReport(entry, FOUND, present, present, seen.label, warnings)
-        return FileReport(entry, WRONG, present, present, f"this is {seen.label}", fetch=fetch, replace=True)
-    for root in roots:  # another Whisper folder, e.g. models/sonic/whisper/ or Sonic's checkpoints layout
-        for config in sorted([*root.glob("*/config.json"), *root.glob("*/*/config.json")]):
-            seen, _, warnings = _whisper_folder(config.parent)
-            if seen.kind == entry.kind:
-                name = config.parent.relative_to(root).as_posix()
-                return FileReport(entry, ELSEWHERE, target, config.parent,
-                                  f"rename the folder to {entry.relpath} in {root}, or select {name} in the loader",
-                                  warnings)
-    return FileReport(entry, MISSING, target, fetch=entry.downloads)
 
 
 def check_models(sonic_dirs: Iterable[str | os.PathLike],
@@ -257,19 +240,17 @@ def check_models(sonic_dirs: Iterable[str | os.PathLike],
                 seen[path] = Inspection(None, f"an unreadable file ({e.strerror or e})")
         return seen[path]
 
-    sonic_files = _weight_files(sonic, WEIGHT_SUFFIXES)
-    svd_files = _weight_files(checkpoints, (".safetensors", ".sft"))  # crowded folders: cheap headers only
+    sonic_files = _candidates(sonic, WEIGHT_SUFFIXES)
+    svd_files = _candidates(checkpoints, (".safetensors", ".sft"))  # crowded folders: cheap headers only
     reports = []
     for entry in CATALOG:
-        if entry.kind == "whisper_folder":
-            reports.append(_check_whisper(entry, sonic))
-        elif entry.kind == "svd_checkpoint":  # any svd_xt*.safetensors is in place; a correct one first
+        if entry.kind == "svd_checkpoint":  # any svd_xt*.safetensors is in place; a correct one first
             named = sorted((f for f in svd_files if f.name.lower().startswith("svd_xt")),
                            key=lambda f: inspect(f).kind != entry.kind)
-            reports.append(_check_file(entry, checkpoints, svd_files, inspect, named[0] if named else None))
+            reports.append(_check(entry, checkpoints, svd_files, inspect, named[0] if named else None))
         else:
-            present = next((r / entry.relpath for r in sonic if (r / entry.relpath).is_file()), None)
-            reports.append(_check_file(entry, sonic, sonic_files, inspect, present))
+            present = next((r / entry.relpath for r in sonic if (r / entry.relpath).exists()), None)
+            reports.append(_check(entry, sonic, sonic_files, inspect, present))
     return reports
 
 
@@ -280,11 +261,6 @@ def check_models_dir(models_dir: str | os.PathLike) -> list[FileReport]:
 
 def all_required_found(reports: Iterable[FileReport]) -> bool:
     return all(r.ok for r in reports if r.entry.required)
-
-
-def destination(report: FileReport, repo_file: str) -> Path:
-    """Where a fetched repo file goes: the official place (whisper: into the official folder)."""
-    return report.target / repo_file if report.entry.kind == "whisper_folder" else report.target
 
 
 def human_size(n: int) -> str:

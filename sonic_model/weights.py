@@ -27,8 +27,8 @@ from .model_catalog import ENTRIES
 
 LOADABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}  # others: safetensors' own (copying) reader
+              "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}  # others: copied
 
 
 class WeightFileError(ValueError):
@@ -43,8 +43,9 @@ class WeightFileError(ValueError):
 def slot_names(slot: str) -> tuple[str, str, str | None]:
     """(description, file name, signature kind) of a loader slot; any other text is its own description."""
     e = ENTRIES.get(slot)
-    return (e.description, Path(e.relpath).name, e.kind) if e and e.description else (slot, "the right weights file",
-                                                                                        None)
+    if e is None or not e.description:
+        return slot, "the right weights file", None
+    return e.description, Path(e.relpath).name, e.kind
 
 
 def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
