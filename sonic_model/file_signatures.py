@@ -9,16 +9,12 @@ from typing import Mapping
 
 Shapes = Mapping[str, tuple[int, ...]]
 
-CONTAINER_LABELS = {
-    "zip": "a zip archive (PyTorch checkpoint)", "pickle": "a legacy pickle", "safetensors": "a safetensors file",
-    "lfs_pointer": "a Git LFS pointer (a small text stub, not the weights)", "html": "a web page (HTML), not weights",
-    "gguf": "a GGUF file", "empty": "an empty file", "unknown": "an unrecognised file",
-}
-FAILED_DOWNLOADS = ("empty", "lfs_pointer", "html")
+FAILED_DOWNLOADS = {"lfs_pointer": "a Git LFS pointer (a small text stub, not the weights)", "empty": "an empty file",
+                    "html": "a web page (HTML), not weights"}  # sniff_container's verdicts no loader can use
 
 
 def sniff_container(path: str | Path) -> str:
-    """One of CONTAINER_LABELS' keys from the file's first 64 KiB (unpickles nothing)."""
+    """zip, pickle, safetensors, gguf, unknown or a FAILED_DOWNLOADS key, from the first 64 KiB (unpickles nothing)."""
     with Path(path).open("rb") as f:
         head = f.read(65536)
     starts = {b"PK\x03\x04": "zip", b"PK\x05\x06": "zip", b"version https://git-lfs": "lfs_pointer", b"GGUF": "gguf"}
@@ -85,17 +81,6 @@ def _mlp(s: Shapes, extra: tuple[str, ...] = ()) -> bool:
     return all(x is not None and len(x) == 2 for x in w) and all(a[0] == b[1] for a, b in zip(w, w[1:]))
 
 
-def _is_audio2token(s: Shapes) -> bool:
-    # proj3 emits context_tokens x output_dim (32 x 1024 in Sonic); the LayerNorm works on output_dim.
-    norm = s.get("norm.weight")
-    return _mlp(s, ("norm",)) and norm is not None and len(norm) == 1 and s["proj3.weight"][0] % norm[0] == 0
-
-
-def _is_rife(s: Shapes) -> bool:
-    keys = [k.removeprefix("module.") for k in s]
-    return any(k.startswith("block0.") for k in keys) and any(".convblock" in k for k in keys)
-
-
 # (kind, label, test): the first match wins, so the more specific rows come first.
 SIGNATURES = (
     ("svd_single_file", "an SVD single-file checkpoint (model.diffusion_model.*), not Sonic's unet.pth",
@@ -115,8 +100,11 @@ SIGNATURES = (
     ("sd_unet", "an image (non-video) Stable Diffusion UNet in diffusers format", _diffusers_unet),
     ("ip_adapter", "an IP-Adapter weights file (image_proj / ip_adapter)",
      lambda s: _any(s, "image_proj.", "ip_adapter.", start=True)),
-    ("rife_flownet", "a RIFE flownet.pkl (frame interpolation)", _is_rife),
-    ("audio2token", "the Sonic audio2token weights (audio2token.pth)", _is_audio2token),
+    ("rife_flownet", "a RIFE flownet.pkl (frame interpolation)",  # keys may carry DataParallel's "module."
+     lambda s: _any(s, "block0.", "module.block0.", start=True) and _any(s, ".convblock")),
+    ("audio2token", "the Sonic audio2token weights (audio2token.pth)",  # proj3 emits tokens x dim; norm is on dim
+     lambda s: _mlp(s, ("norm",)) and len(s.get("norm.weight", ())) == 1
+     and s["proj3.weight"][0] % s["norm.weight"][0] == 0),
     ("audio2bucket", "the Sonic audio2bucket weights (audio2bucket.pth)", _mlp),
     ("whisper", "a Whisper model", lambda s: "encoder.conv1.weight" in s or "model.encoder.conv1.weight" in s
      or ("conv1.weight" in s and _any(s, "embed_positions", "positional_embedding"))),  # a bare encoder

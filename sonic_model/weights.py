@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .file_signatures import CONTAINER_LABELS, FAILED_DOWNLOADS, identify_kind, safetensors_header, sniff_container
+from .file_signatures import FAILED_DOWNLOADS, identify_kind, safetensors_header, sniff_container
 from .model_catalog import ENTRIES
 
 LOADABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -58,7 +58,8 @@ def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -
                               f"Weights file not found: {path}. {where}.")
     size, container = path.stat().st_size, sniff_container(path)
     if container in (*FAILED_DOWNLOADS, "gguf"):
-        raise WeightFileError(f"{path} is {CONTAINER_LABELS[container]} ({size} bytes), not a usable checkpoint — the "
+        what = FAILED_DOWNLOADS.get(container, "a GGUF file")
+        raise WeightFileError(f"{path} is {what} ({size} bytes), not a usable checkpoint — the "
                               "download did not complete or fetched the wrong thing; download the real file again",
                               broken=container != "gguf")
     if container == "safetensors" or path.suffix.lower() in (".safetensors", ".sft") and container == "unknown":
@@ -163,9 +164,9 @@ def _cast_each(sd: dict[str, torch.Tensor], path: Path,
         sd[key] = src.to(dtype)
         start, end = src.data_ptr(), src.data_ptr() + src.numel() * src.element_size()
         inside = next(((lo, hi) for lo, hi in mapped if lo <= start and end <= hi), None)
-        if inside and src.is_contiguous() and src.numel() and _LIBC is not None:
+        if inside and src.is_contiguous() and src.numel() and _MADVISE is not None:
             a, b = start // mmap.PAGESIZE * mmap.PAGESIZE, min(-(-end // mmap.PAGESIZE) * mmap.PAGESIZE, inside[1])
-            _LIBC.madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), ctypes.c_int(4))  # MADV_DONTNEED
+            _MADVISE(ctypes.c_void_p(a), ctypes.c_size_t(b - a), ctypes.c_int(4))  # MADV_DONTNEED
 
 
 def _file_mappings(path: Path) -> list[tuple[int, int]]:
@@ -182,16 +183,8 @@ def _file_mappings(path: Path) -> list[tuple[int, int]]:
         return []
 
 
-def _libc() -> ctypes.CDLL | None:
-    try:
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        return lib
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _libc() if sys.platform.startswith("linux") else None
+# libc's madvise (Linux); arguments are passed as explicit ctypes values, so no prototype is needed.
+_MADVISE = getattr(ctypes.CDLL(None), "madvise", None) if sys.platform.startswith("linux") else None
 
 
 def load_weights_into(module: nn.Module, path: str | os.PathLike, slot: str, dtype: torch.dtype | None = None,

@@ -1,16 +1,11 @@
 #!/usr/bin/env python
 """Check, and on request fetch, every file the Sonic workflows need.
 
-    python tools/models.py check    [--models-dir DIR]
-    python tools/models.py download [--models-dir DIR] [--token hf_...] [--dry-run] [--only SLOT ...]
-                                    [--required-only] [--endpoint URL] [--timeout SECONDS]
-
-check     reads file headers only (no network): a table of found / missing / wrong files, recognised by content,
-          with the folder each belongs in and where to get it. Exit code 0 only when every required file is in place.
-download  fetches exactly the files check reports missing (or broken: web pages, LFS stubs, truncated files) from
-          Hugging Face with huggingface_hub, into the right folders, with progress bars. It is the only command
-          that uses the network. The SVD-xt repo is gated: accept its licence on the website and pass --token
-          (or set HF_TOKEN). HF_ENDPOINT / --endpoint select a mirror.
+check     reads file headers only (no network): found / missing / wrong files, recognised by content, with the
+          folder each belongs in and where to get it. Exit code 0 only when every required file is in place.
+download  fetches from Hugging Face exactly what check reports missing or broken (web pages, LFS stubs, truncated
+          files) into the right folders; the only command that uses the network. The SVD-xt repo is gated: accept
+          its licence on the website and pass --token (or set HF_TOKEN). HF_ENDPOINT / --endpoint pick a mirror.
 
 The models folder: --models-dir, else $SONIC_MODELS_DIR, else ComfyUI's models/ when this pack is installed as
 ComfyUI/custom_nodes/<pack>/. Sonic's files go to <models>/sonic/, the SVD checkpoint to <models>/checkpoints/.
@@ -82,20 +77,6 @@ def plan_downloads(reports: Iterable[FileReport], only: Iterable[str] | None = N
             if (not only or r.entry.slot in only) and (r.entry.required or not required_only) for f in r.fetch]
 
 
-def unreachable(endpoint: str, timeout: float) -> str | None:
-    """None when the hub answers at all (any HTTP status); else what to do. Honours HTTP(S)_PROXY like the hub."""
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint + "/", method="HEAD"), timeout=timeout).close()
-        return None
-    except urllib.error.HTTPError:
-        return None  # it answered
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-    return (f"Cannot reach the Hugging Face hub at {endpoint} ({str(reason) or type(reason).__name__}). Check the "
-            "internet connection or proxy (HTTPS_PROXY), or use a mirror with --endpoint / HF_ENDPOINT (e.g. "
-            f"https://hf-mirror.com), then {AGAIN}: files already fetched are kept.")
-
-
 def explain_error(exc: BaseException, item: Download, endpoint: str) -> str:
     """One line: what failed and what to do (matched by exception class name, across huggingface_hub versions)."""
     entry, head = item.report.entry, f"{item.repo_file} from {item.repo} failed"
@@ -135,12 +116,22 @@ def fetch(item: Download, models: Path, token: str | None, endpoint: str, timeou
 
 
 def _cannot_start(endpoint: str, timeout: float) -> str | None:
+    """Why no download can work now (offline mode, no client, the hub unreachable), or None."""
     if any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
            for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
         return f"HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it (and TRANSFORMERS_OFFLINE) and {AGAIN}."
     if importlib.util.find_spec("huggingface_hub") is None:
         return f"huggingface_hub is not installed: pip install huggingface_hub (in ComfyUI's Python), then {AGAIN}."
-    return unreachable(endpoint, timeout)
+    try:  # any HTTP answer will do; honours HTTP(S)_PROXY like the hub
+        urllib.request.urlopen(urllib.request.Request(endpoint + "/", method="HEAD"), timeout=timeout).close()
+        return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+    return (f"Cannot reach the Hugging Face hub at {endpoint} ({str(reason) or type(reason).__name__}). Check the "
+            "internet connection or proxy (HTTPS_PROXY), or use a mirror with --endpoint / HF_ENDPOINT (e.g. "
+            f"https://hf-mirror.com), then {AGAIN}: files already fetched are kept.")
 
 
 def download_missing(models: Path, token: str | None = None, endpoint: str | None = None, timeout: float = 10.0,
