@@ -8,6 +8,7 @@ live on the meta device. Bad files raise `WeightFileError` naming the file and w
 from __future__ import annotations
 
 import ctypes
+import math
 import mmap
 import os
 import pickle
@@ -130,22 +131,30 @@ def _as_tensor_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
 
 def _read_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
     """Zero-copy views of one private mapping of the file."""
+    def invalid(why: object) -> WeightFileError:
+        return WeightFileError(f"{path} is not a valid safetensors file ({why}; {size} bytes) — it may be truncated "
+                               "or not weights; download it again", broken=True)
+
     try:
         header = safetensors_header(path, size)
     except ValueError as e:
-        raise WeightFileError(f"{path} is not a valid safetensors file ({e}; {size} bytes) — it may be truncated or "
-                              "not weights; download it again", broken=True) from None
+        raise invalid(e) from None
     storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
     sd = {}
     for key, info in header.items():
-        dt = _ST_DTYPES.get(info["dtype"])
+        dt, shape = _ST_DTYPES.get(info["dtype"]), tuple(info["shape"])
         if dt is None or info["begin"] % dt.itemsize:  # a rare layout: let the library copy it
             from safetensors import safe_open
 
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                sd[key] = f.get_tensor(key)
+            try:
+                with safe_open(str(path), framework="pt", device="cpu") as f:
+                    sd[key] = f.get_tensor(key)
+            except Exception as e:  # SafetensorError derives from Exception only
+                raise invalid(str(e).strip()[:160]) from None
+        elif math.prod(shape) * dt.itemsize != info["data_offsets"][1] - info["data_offsets"][0]:
+            raise invalid(f"{key}: shape {list(shape)} does not match its {info['data_offsets']} bytes")
         else:
-            sd[key] = torch.empty(0, dtype=dt).set_(storage, info["begin"] // dt.itemsize, tuple(info["shape"]))
+            sd[key] = torch.empty(0, dtype=dt).set_(storage, info["begin"] // dt.itemsize, shape)
     if not sd:
         raise WeightFileError(f"{path} contains no tensors")
     return sd
