@@ -23,17 +23,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK = 8  # the official decode_chunk_size
 
 
-def _is_core_vae(vae: Any) -> bool:
-    return all(hasattr(vae, a) for a in ("first_stage_model", "patcher", "memory_used_decode", "vae_dtype",
-                                         "device", "process_output"))
-
-
 def decode_chunk(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     """Unscaled latents (n,4,h,w) → frames (n,H,W,3) float32 in [0,1] on mm.intermediate_device(), in ONE decoder
     call: SVD's temporal decoder takes the batch as the frames (`timesteps` defaults to the batch size), so the
-    chunk is one temporal group. Objects other than core's VAE only need `.decode(latents)` → frames."""
-    if not _is_core_vae(vae):
-        return vae.decode(latents).float().to(mm.intermediate_device())
+    chunk is one temporal group."""
     vae.throw_exception_if_invalid()
     n = latents.shape[0]
     # Core's estimate is per frame (its formula ignores the batch axis): ask room for the whole chunk.

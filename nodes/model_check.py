@@ -10,46 +10,22 @@ from comfy_api.latest import io, ui
 from ..sonic_model.model_catalog import all_required_found, check_models, format_report
 from . import model_files
 
-PACK_DIR = Path(__file__).resolve().parents[1]
-
-
-def download_command() -> str:
-    """The exact command for this ComfyUI: its Python, this pack's tool, its models folder."""
-    parts = [sys.executable, str(PACK_DIR / "tools" / "models.py"), "download", "--models-dir",
-             folder_paths.models_dir]
-    return " ".join(f'"{p}"' if " " in p else p for p in parts)
-
-
-def model_report() -> tuple[str, bool]:
-    """The check over every registered sonic and checkpoints folder (files only: no network, no weights loaded)."""
-    model_files.register_sonic_folder()
-    reports = check_models(folder_paths.get_folder_paths(model_files.FOLDER),
-                           folder_paths.get_folder_paths("checkpoints"))
-    return format_report(reports, base=Path(folder_paths.models_dir), download_command=download_command()), \
-        all_required_found(reports)
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "models.py"
 
 
 class SonicModelCheck(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SonicModelCheck",
-            display_name="Sonic Model Check",
-            category="Sonic",
+            node_id="SonicModelCheck", display_name="Sonic Model Check", category="Sonic", is_output_node=True,
             description="Lists every file the Sonic workflows need (Sonic UNet, audio2token, audio2bucket, "
                         "Whisper-tiny, face detector, RIFE, the SVD-xt checkpoint) as found / missing / wrong, "
                         "recognised by content rather than name, with the folder each belongs in and where to get "
                         "it. It never downloads: it prints the command that does.",
             inputs=[],
-            outputs=[
-                io.String.Output(display_name="report",
-                                 tooltip="The check as text (also shown on the node): one line per file, then "
-                                         "what to do."),
-                io.Boolean.Output(display_name="all_found",
-                                  tooltip="True when every required file is in place."),
-            ],
-            is_output_node=True,
-        )
+            outputs=[io.String.Output(display_name="report", tooltip="The check as text (also shown on the node): "
+                                                                     "one line per file, then what to do."),
+                     io.Boolean.Output(display_name="all_found", tooltip="True when every required file is in place.")])
 
     @classmethod
     def fingerprint_inputs(cls) -> float:
@@ -57,5 +33,12 @@ class SonicModelCheck(io.ComfyNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        report, ok = model_report()
-        return io.NodeOutput(report, ok, ui=ui.PreviewText(report))
+        """The check over every registered sonic and checkpoints folder (no network, no weights loaded), with the
+        exact download command for this ComfyUI: its Python, this pack's tool, its models folder."""
+        model_files.register_sonic_folder()
+        reports = check_models(folder_paths.get_folder_paths(model_files.FOLDER),
+                               folder_paths.get_folder_paths("checkpoints"))
+        command = " ".join(f'"{p}"' if " " in p else p for p in (sys.executable, str(TOOL), "download",
+                                                                 "--models-dir", folder_paths.models_dir))
+        report = format_report(reports, base=Path(folder_paths.models_dir), download_command=command)
+        return io.NodeOutput(report, all_required_found(reports), ui=ui.PreviewText(report))

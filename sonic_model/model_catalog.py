@@ -1,34 +1,25 @@
-"""Every file the Sonic workflows need, where it belongs, where to get it, and whether the one on disk is right.
-
-Files are recognised by content (container bytes, key signature, shapes), never by name: a renamed correct file is
-"found as <name>", a web page or an LFS stub saved under the right name is "wrong". Nothing here touches the network;
-weights are never materialised (safetensors: header only; PyTorch zips: memory-mapped index only).
-"""
+"""Every file the Sonic workflows need (one table: where it belongs, where to get it, its official size), and
+whether the one on disk is right. Files are recognised by content, never by name: a renamed correct file is "found
+as <name>", a web page or an LFS stub under the right name is "wrong". No network; weights are never read
+(safetensors: header only; PyTorch zips: memory-mapped index only)."""
 from __future__ import annotations
 
 import json
 import os
-import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .file_signatures import CONTAINER_LABELS, identify_kind, sniff_container
+from .file_signatures import identify_kind, safetensors_header, sniff_container
 
 FOUND, MISSING, WRONG, ELSEWHERE = "found", "missing", "wrong", "found as"
-
-SONIC_REPO = "LeonJoe13/Sonic"
-WHISPER_REPO = "openai/whisper-tiny"
-SVD_REPO = "stabilityai/stable-video-diffusion-img2vid-xt-1-1"
-SONIC_LICENCE = "CC BY-NC-SA 4.0, non-commercial"
-
+SONIC, SONIC_LICENCE = "LeonJoe13/Sonic", "CC BY-NC-SA 4.0, non-commercial"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".ckpt", ".safetensors", ".sft")
-SVD_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "conditioner.embedders.0.open_clip.model.visual.")
+SVD_PARTS = ("first_stage_model.", "conditioner.embedders.0.open_clip.model.visual.")  # VAE, CLIP vision
 WHISPER_TINY = {"d_model": 384, "encoder_layers": 4}
 MAX_LEGACY_PICKLE = 1 << 30  # legacy (non-zip) pickles cannot be mapped: bigger ones are judged by size only
-MAX_SCAN_FILES = 200  # bound the look-around in a crowded folder
-MAX_SCAN_DEPTH = 4
+MAX_SCAN_FILES, MAX_SCAN_DEPTH = 200, 4  # bound the look-around in a crowded folder (and symlink loops)
 
 
 @dataclass(frozen=True)
@@ -40,11 +31,12 @@ class CatalogEntry:
     kind: str  # file_signatures kind, or "torchscript" / "whisper_folder" / "svd_checkpoint"
     required: bool
     repo: str
-    downloads: tuple[tuple[str, str], ...]  # (file in the HF repo, destination relative to the folder)
+    downloads: tuple[str, ...]  # files in the HF repo; each lands at relpath (whisper: in the relpath folder)
     licence: str
     size: int | None = None  # official bytes, where known
     min_size: int | None = None  # only a lower bound is known
     gated: bool = False
+    description: str = ""  # for the loader's messages: "expected <description> (<file name>)"
 
     @property
     def url(self) -> str:
@@ -52,31 +44,25 @@ class CatalogEntry:
 
 
 CATALOG: tuple[CatalogEntry, ...] = (
-    CatalogEntry("unet", "Sonic UNet", "sonic", "unet.pth", "sonic_unet", True, SONIC_REPO,
-                 (("Sonic/unet.pth", "unet.pth"),), SONIC_LICENCE, size=6_303_636_358),
-    CatalogEntry("audio2token", "audio2token", "sonic", "audio2token.pth", "audio2token", True, SONIC_REPO,
-                 (("Sonic/audio2token.pth", "audio2token.pth"),), SONIC_LICENCE, size=217_206_084),
-    CatalogEntry("audio2bucket", "audio2bucket", "sonic", "audio2bucket.pth", "audio2bucket", True, SONIC_REPO,
-                 (("Sonic/audio2bucket.pth", "audio2bucket.pth"),), SONIC_LICENCE, size=87_050_998),
-    CatalogEntry("whisper", "Whisper-tiny", "sonic", "whisper-tiny", "whisper_folder", True, WHISPER_REPO,
-                 (("config.json", "whisper-tiny/config.json"),
-                  ("preprocessor_config.json", "whisper-tiny/preprocessor_config.json"),
-                  ("model.safetensors", "whisper-tiny/model.safetensors")), "MIT"),
-    CatalogEntry("face_detector", "face detector", "sonic", "yoloface_v5m.pt", "torchscript", False,
-                 SONIC_REPO, (("yoloface_v5m.pt", "yoloface_v5m.pt"),),
-                 "upstream YOLOv5-face: GPL-3.0", size=84_574_759),
-    CatalogEntry("rife", "RIFE interpolation", "sonic", "RIFE/flownet.pkl", "rife_flownet", False, SONIC_REPO,
-                 (("RIFE/flownet.pkl", "RIFE/flownet.pkl"),),
-                 "upstream RIFE: MIT", size=12_186_817),
-    CatalogEntry("svd_checkpoint", "SVD-xt checkpoint", "checkpoints", "svd_xt_1_1.safetensors",
-                 "svd_checkpoint", True, SVD_REPO, (("svd_xt_1_1.safetensors", "svd_xt_1_1.safetensors"),),
-                 "Stability AI Community License",
-                 min_size=4_000_000_000, gated=True),
+    CatalogEntry("unet", "Sonic UNet", "sonic", "unet.pth", "sonic_unet", True, SONIC, ("Sonic/unet.pth",),
+                 SONIC_LICENCE, 6_303_636_358, description="the Sonic UNet weights"),
+    CatalogEntry("audio2token", "audio2token", "sonic", "audio2token.pth", "audio2token", True, SONIC,
+                 ("Sonic/audio2token.pth",), SONIC_LICENCE, 217_206_084, description="the Sonic audio2token weights"),
+    CatalogEntry("audio2bucket", "audio2bucket", "sonic", "audio2bucket.pth", "audio2bucket", True, SONIC,
+                 ("Sonic/audio2bucket.pth",), SONIC_LICENCE, 87_050_998,
+                 description="the Sonic audio2bucket weights"),
+    CatalogEntry("whisper", "Whisper-tiny", "sonic", "whisper-tiny", "whisper_folder", True, "openai/whisper-tiny",
+                 ("config.json", "preprocessor_config.json", "model.safetensors"), "MIT"),
+    CatalogEntry("face_detector", "face detector", "sonic", "yoloface_v5m.pt", "torchscript", False, SONIC,
+                 ("yoloface_v5m.pt",), "upstream YOLOv5-face: GPL-3.0", 84_574_759),
+    CatalogEntry("rife", "RIFE interpolation", "sonic", "RIFE/flownet.pkl", "rife_flownet", False, SONIC,
+                 ("RIFE/flownet.pkl",), "upstream RIFE: MIT", 12_186_817,
+                 description="the RIFE frame-interpolation weights"),
+    CatalogEntry("svd_checkpoint", "SVD-xt checkpoint", "checkpoints", "svd_xt_1_1.safetensors", "svd_checkpoint",
+                 True, "stabilityai/stable-video-diffusion-img2vid-xt-1-1", ("svd_xt_1_1.safetensors",),
+                 "Stability AI Community License", min_size=4_000_000_000, gated=True),
 )
 ENTRIES = {e.slot: e for e in CATALOG}
-
-
-# What one file is
 
 
 @dataclass(frozen=True)
@@ -85,89 +71,62 @@ class Inspection:
     label: str  # what it is, for people
     broken: bool = False  # a failed download (stub, web page, truncated): safe to replace
     unverified: bool = False  # too costly to open (big legacy pickle): judged by size only
-
-
-def _safetensors_shapes(path: Path, size: int) -> dict[str, tuple[int, ...]]:
-    """Key -> shape from the header alone (a 50 GB file is as quick as a small one)."""
-    with path.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > min(size - 8, 200 << 20):
-            raise ValueError(f"its header claims {n} bytes")
-        header = {k: v for k, v in json.loads(f.read(n)).items() if k != "__metadata__"}
-    end = max((v["data_offsets"][1] for v in header.values()), default=0)
-    if 8 + n + end > size:
-        raise ValueError(f"{size} bytes where its header needs {8 + n + end}: truncated")
-    return {k: tuple(v["shape"]) for k, v in header.items()}
+    warnings: tuple[str, ...] = ()
+    fetch: tuple[str, ...] | None = None  # a Whisper folder's repo files to (re)fetch; None: the entry's downloads
 
 
 def _shapes_kind(shapes: dict[str, tuple[int, ...]]) -> Inspection:
-    found = identify_kind(shapes)
-    if found is None:
-        return Inspection(None, f"a checkpoint with {len(shapes)} tensors that matches no known layout")
-    kind, label = found
-    if kind == "svd_single_file":
-        missing = [p.rstrip(".") for p in SVD_PREFIXES[1:] if not any(k.startswith(p) for k in shapes)]
-        if not missing:
-            return Inspection("svd_checkpoint", "an SVD single-file checkpoint (UNet, VAE and CLIP vision)")
-        label = f"an SVD checkpoint without {' and '.join(missing)} (VAE / CLIP vision)"
-    return Inspection(kind, label)
+    kind, label = identify_kind(shapes) or (None, f"a checkpoint with {len(shapes)} tensors that matches no known "
+                                                  "layout")
+    missing = [p.rstrip(".") for p in SVD_PARTS if not any(k.startswith(p) for k in shapes)]
+    if kind == "svd_single_file" and not missing:
+        return Inspection("svd_checkpoint", "an SVD single-file checkpoint (UNet, VAE and CLIP vision)")
+    return Inspection(kind, f"an SVD checkpoint without {' and '.join(missing)} (VAE / CLIP vision)"
+                      if kind == "svd_single_file" else label)
 
 
-def inspect_file(path: str | os.PathLike) -> Inspection:
-    """Recognise a weights file from its content; cheap for any size."""
-    path = Path(path)
-    size = path.stat().st_size
-    container = sniff_container(path)
-    what = CONTAINER_LABELS[container]
-    if container in ("empty", "lfs_pointer", "html"):
-        return Inspection(None, f"{what}, {size} bytes: a failed download", broken=True)
-    if container == "gguf":
-        return Inspection(None, what)
+def inspect_file(path: Path) -> Inspection:
+    """Recognise a weights file (or a Whisper folder) from its content; cheap for any size."""
+    if path.is_dir():
+        return _whisper_folder(path)
+    size, container = path.stat().st_size, sniff_container(path)
     if container == "safetensors":
         try:
-            return _shapes_kind(_safetensors_shapes(path, size))
-        except (ValueError, KeyError, TypeError, struct.error) as e:
+            return _shapes_kind({k: tuple(v["shape"]) for k, v in safetensors_header(path, size).items()})
+        except ValueError as e:
             return Inspection(None, f"a damaged safetensors file ({e})", broken=True)
-    if container == "zip":
+    if container == "zip":  # TorchScript: its top folder is named after the file, so only code paths are read
         try:
             with zipfile.ZipFile(path) as z:
                 code = [n.split("/", 1)[-1] for n in z.namelist() if "/code/" in n or n.endswith("/constants.pkl")]
         except (zipfile.BadZipFile, OSError):
             code = []
-        if code:  # TorchScript; its top folder is named after the file, so only the code's paths are looked at
+        if code:
             yolo = any("yolo" in n.lower() for n in code)
             return Inspection("torchscript", "a TorchScript YOLO model" if yolo else "a TorchScript model")
-    elif container == "pickle" and size > MAX_LEGACY_PICKLE:
+    if container == "pickle" and size > MAX_LEGACY_PICKLE:
         return Inspection(None, "a legacy-format PyTorch pickle (not opened: too big to read just for a check)",
                           unverified=True)
-    elif container != "pickle":  # nothing can load it, so a download may replace it
-        if path.suffix.lower() in (".safetensors", ".sft"):
-            return Inspection(None, f"not a valid safetensors file ({size} bytes): damaged or not weights", True)
-        return Inspection(None, f"{what} ({size} bytes)", broken=True)
     from .weights import WeightFileError, read_state_dict  # torch only when a PyTorch file is met
 
     try:
         state = read_state_dict(path)  # memory-mapped: the tensors' data is never read
     except WeightFileError as e:
-        text = str(e).replace(str(path), "this file")
-        return Inspection(None, text, broken="truncated or corrupt" in text)
+        return Inspection(None, str(e).replace(str(path), "this file"), broken=e.broken)
     return _shapes_kind({k: tuple(v.shape) for k, v in state.items()})
 
 
-def _inspect_whisper(folder: Path) -> tuple[Inspection, tuple[str, ...], list[str]]:
-    """(verdict, repo files to (re)fetch, warnings) for a Hugging Face Whisper folder."""
+def _whisper_folder(folder: Path) -> Inspection:
     fetch, problems, config = [], [], {}
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        fetch, problems = ["config.json"], ["no config.json"]
-    except (ValueError, UnicodeDecodeError):
-        fetch, problems = ["config.json"], ["config.json is not JSON (a failed download?)"]
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        fetch, problems = ["config.json"], ["no config.json" if isinstance(e, OSError) else
+                                            "config.json is not JSON (a failed download?)"]
     if config and config.get("model_type") != "whisper":
-        return Inspection(None, f"a {config.get('model_type', 'non-Whisper')} model folder, not Whisper"), (), []
+        return Inspection(None, f"a {config.get('model_type', 'non-Whisper')} model folder, not Whisper")
     if not (folder / "preprocessor_config.json").is_file():
-        fetch.append("preprocessor_config.json")
-        problems.append("no preprocessor_config.json")
+        fetch, problems = [*fetch, "preprocessor_config.json"], [*problems, "no preprocessor_config.json"]
     verdicts = [(w, inspect_file(folder / w)) for w in ("model.safetensors", "pytorch_model.bin")
                 if (folder / w).is_file()]
     if not any(v.kind == "whisper" for _, v in verdicts):
@@ -175,15 +134,11 @@ def _inspect_whisper(folder: Path) -> tuple[Inspection, tuple[str, ...], list[st
         problems += [v.label.replace("this file", w, 1) if v.label.startswith("this file") else f"{w} is {v.label}"
                      for w, v in verdicts] or ["no model.safetensors"]
     if problems:
-        return Inspection(None, "an incomplete Whisper folder: " + "; ".join(problems), broken=True), tuple(fetch), []
+        return Inspection(None, "an incomplete Whisper folder: " + "; ".join(problems), True, fetch=tuple(fetch))
     dims = {k: config.get(k) for k in WHISPER_TINY}
-    warnings = [] if dims == WHISPER_TINY else [
+    return Inspection("whisper_folder", "a Whisper model folder", warnings=() if dims == WHISPER_TINY else (
         f"not whisper-tiny's size (d_model {dims['d_model']}, {dims['encoder_layers']} encoder layers; whisper-tiny "
-        "has 384, 4): random test weights or another Whisper; the official audio2token.pth needs whisper-tiny"]
-    return Inspection("whisper_folder", "a Whisper model folder"), (), warnings
-
-
-# Checking a set of folders
+        "has 384, 4): random test weights or another Whisper; the official audio2token.pth needs whisper-tiny",))
 
 
 @dataclass
@@ -202,113 +157,71 @@ class FileReport:
         return self.status == FOUND
 
 
-class _Scanner:
-    """Every weights file in some folders, each recognised once (the look-around for renamed files)."""
-
-    def __init__(self, roots: list[Path], suffixes: tuple[str, ...]):
-        self.roots, self.suffixes, self._seen = roots, suffixes, {}
-        self._files: list[Path] | None = None
-
-    def inspect(self, path: Path) -> Inspection:
-        if path not in self._seen:
-            try:
-                self._seen[path] = inspect_file(path)
-            except OSError as e:  # unreadable: say so instead of failing the whole check
-                self._seen[path] = Inspection(None, f"an unreadable file ({e.strerror or e})")
-        return self._seen[path]
-
-    def files(self) -> list[Path]:
-        if self._files is None:
-            self._files = []
-            for root in self.roots:
-                for dirpath, dirs, names in os.walk(root, followlinks=True):
-                    # Hidden and Hugging Face model folders (whisper-tiny) hold nothing we look for; the depth
-                    # limit also ends symlink loops.
-                    deep = len(Path(dirpath).relative_to(root).parts) >= MAX_SCAN_DEPTH
-                    dirs[:] = [] if deep else sorted(d for d in dirs if not d.startswith(".")
-                                                     and not (Path(dirpath) / d / "config.json").is_file())
-                    self._files += [Path(dirpath) / n for n in sorted(names) if n.lower().endswith(self.suffixes)]
-            self._files = self._files[:MAX_SCAN_FILES]
-        return self._files
+def _candidates(roots: list[Path], suffixes: tuple[str, ...]) -> list[Path]:
+    """Weights files below the roots (Hugging Face model folders, holding config.json, count as one)."""
+    found = []
+    for root in roots:
+        for dirpath, dirs, names in os.walk(root, followlinks=True):
+            deep = len(Path(dirpath).relative_to(root).parts) >= MAX_SCAN_DEPTH
+            found += [Path(dirpath) / d for d in dirs if (Path(dirpath) / d / "config.json").is_file()]
+            dirs[:] = [] if deep else sorted(d for d in dirs if not d.startswith(".")
+                                             and not (Path(dirpath) / d / "config.json").is_file())
+            found += [Path(dirpath) / n for n in sorted(names) if n.lower().endswith(suffixes)]
+    return found[:MAX_SCAN_FILES]
 
 
-def _size_warnings(entry: CatalogEntry, path: Path) -> list[str]:
-    size = path.stat().st_size
+def _warnings(entry: CatalogEntry, seen: Inspection, path: Path) -> list[str]:
+    size, found = path.stat().st_size, list(seen.warnings)
     if entry.size is not None and size != entry.size:
-        return [f"not the official size ({size:,} bytes; official {entry.size:,}): random test weights, a re-saved "
-                "copy or another version"]
+        found.append(f"not the official size ({size:,} bytes; official {entry.size:,}): random test weights, a "
+                     "re-saved copy or another version")
     if entry.min_size is not None and size < entry.min_size:
-        return [f"{human_size(size)}: smaller than any official SVD-xt checkpoint (over "
-                f"{human_size(entry.min_size)}): random test weights or a stripped copy"]
-    return []
+        found.append(f"{human_size(size)}: smaller than any official SVD-xt checkpoint (over "
+                     f"{human_size(entry.min_size)}): random test weights or a stripped copy")
+    if entry.kind == "torchscript" and "YOLO" not in seen.label:
+        found.append("a TorchScript model, but not recognisably a YOLO one")
+    if entry.slot == "unet" and path.with_suffix(".config.json").is_file() and not found:
+        found.append(f"{path.with_suffix('.config.json').name} beside it describes a small test UNet: delete it, "
+                     "the official unet.pth needs none")
+    return found
 
 
-def _relative(path: Path, roots: list[Path]) -> str:
-    return next((path.relative_to(r).as_posix() for r in roots if path.is_relative_to(r)), str(path))
-
-
-def _check_file(entry: CatalogEntry, roots: list[Path], scan: _Scanner, present: Path | None) -> FileReport:
-    """`present`: the file at an official name (None: none there). A correct file under another name is pointed
-    at instead of downloading again."""
-    target, fetch = roots[0] / entry.relpath, tuple(f for f, _ in entry.downloads)
-    report = FileReport(entry, MISSING, target, fetch=fetch)
+def _check(entry: CatalogEntry, roots: list[Path], files: list[Path], inspect, present: Path | None) -> FileReport:
+    """`present`: what is at an official name (None: nothing). A correct file under another name is pointed at
+    instead of downloading again."""
+    target = roots[0] / entry.relpath
+    report = FileReport(entry, MISSING, target, fetch=entry.downloads)
     if present is not None:
-        seen = scan.inspect(present)
+        seen = inspect(present)
         if seen.kind == entry.kind:
-            warnings = _size_warnings(entry, present)
-            if entry.kind == "torchscript" and "YOLO" not in seen.label:
-                warnings.append("a TorchScript model, but not recognisably a YOLO one")
-            sidecar = present.with_suffix(".config.json")
-            if entry.slot == "unet" and sidecar.is_file() and not warnings:
-                warnings.append(f"{sidecar.name} beside it describes a small test UNet: delete it, the official "
-                                "unet.pth needs none")
-            return FileReport(entry, FOUND, present, present, seen.label, warnings)
+            return FileReport(entry, FOUND, present, present, seen.label, _warnings(entry, seen, present))
         if seen.unverified:  # cannot open it cheaply: the size is all there is to go on
-            matches = entry.size is not None and present.stat().st_size == entry.size
-            note = "the size matches the official file" if matches else "not verified, and not the official size"
+            note = "the size matches the official file" if present.stat().st_size == entry.size else \
+                "not verified, and not the official size"
             return FileReport(entry, FOUND, present, present, seen.label, [f"{seen.label}: {note}"])
         at_place = present.as_posix().endswith(entry.relpath)
         detail = seen.label if seen.label.startswith("this file") else (  # a loader message, already a sentence
             f"this is {seen.label}" + ("" if seen.kind is None else f", not {entry.title}"))
-        report = FileReport(entry, WRONG, present if at_place else target, present, detail, fetch=fetch)
-        if seen.broken:
-            report.replace = at_place
-        elif at_place:
-            report.fetch = ()
+        report = FileReport(entry, WRONG, present if at_place else target, present, detail,
+                            fetch=entry.downloads if seen.fetch is None else seen.fetch,
+                            replace=seen.broken and at_place)
+        if at_place and not seen.broken:
+            report.fetch = ()  # a real model under the wrong name is never overwritten
             report.detail += f"; move it out of the way, then download {Path(entry.relpath).name}"
-        else:
+        elif not (at_place or seen.broken):
             report.detail += "; rename or delete it: the loader picks svd_xt* files by name"
-    other = next((f for f in scan.files() if f != present and scan.inspect(f).kind == entry.kind), None)
+    other = next((f for f in files if f != present and inspect(f).kind == entry.kind), None)
     if other is not None:
-        name = _relative(other, roots)
+        name = next((other.relative_to(r).as_posix() for r in roots if other.is_relative_to(r)), str(other))
         advice = (f"select {name} as svd_checkpoint in the loader, or rename it to {entry.relpath}"
                   if entry.folder == "checkpoints" else f"rename it to {target}, or select {name} in the loader")
         report.fetch = ()  # a correct copy is already on disk: nothing to download
         if report.status == MISSING:
             report.status, report.path, report.detail = ELSEWHERE, other, advice
-            report.warnings += _size_warnings(entry, other)
+            report.warnings += _warnings(entry, inspect(other), other)
         else:
             report.detail += f". The right file is {name}: {advice}"
     return report
-
-
-def _check_whisper(entry: CatalogEntry, roots: list[Path]) -> FileReport:
-    target = roots[0] / entry.relpath
-    present = next((r / entry.relpath for r in roots if (r / entry.relpath).is_dir()), None)
-    if present is not None:
-        seen, fetch, warnings = _inspect_whisper(present)
-        if seen.kind == entry.kind:
-            return FileReport(entry, FOUND, present, present, seen.label, warnings)
-        return FileReport(entry, WRONG, present, present, f"this is {seen.label}", fetch=fetch, replace=True)
-    for root in roots:  # another Whisper folder, e.g. models/sonic/whisper/ or Sonic's checkpoints layout
-        for config in sorted([*root.glob("*/config.json"), *root.glob("*/*/config.json")]):
-            seen, _, warnings = _inspect_whisper(config.parent)
-            if seen.kind == entry.kind:
-                name = config.parent.relative_to(root).as_posix()
-                return FileReport(entry, ELSEWHERE, target, config.parent,
-                                  f"rename the folder to {entry.relpath} in {root}, or select {name} in the loader",
-                                  warnings)
-    return FileReport(entry, MISSING, target, fetch=tuple(f for f, _ in entry.downloads))
 
 
 def check_models(sonic_dirs: Iterable[str | os.PathLike],
@@ -317,20 +230,27 @@ def check_models(sonic_dirs: Iterable[str | os.PathLike],
     sonic, checkpoints = [Path(d) for d in sonic_dirs], [Path(d) for d in checkpoint_dirs]
     if not sonic or not checkpoints:
         raise ValueError("need at least one sonic folder and one checkpoints folder")
-    sonic_scan = _Scanner(sonic, WEIGHT_SUFFIXES)
-    # Checkpoints folders can be crowded: only safetensors there, whose headers are cheap to read.
-    svd_scan = _Scanner(checkpoints, (".safetensors", ".sft"))
+    seen: dict[Path, Inspection] = {}
+
+    def inspect(path: Path) -> Inspection:  # each file recognised once per check
+        if path not in seen:
+            try:
+                seen[path] = inspect_file(path)
+            except OSError as e:  # unreadable: say so instead of failing the whole check
+                seen[path] = Inspection(None, f"an unreadable file ({e.strerror or e})")
+        return seen[path]
+
+    sonic_files = _candidates(sonic, WEIGHT_SUFFIXES)
+    svd_files = _candidates(checkpoints, (".safetensors", ".sft"))  # crowded folders: cheap headers only
     reports = []
     for entry in CATALOG:
-        if entry.kind == "whisper_folder":
-            reports.append(_check_whisper(entry, sonic))
-        elif entry.kind == "svd_checkpoint":  # any svd_xt*.safetensors is in place; a correct one first
-            named = [f for f in svd_scan.files() if f.name.lower().startswith("svd_xt")]
-            named.sort(key=lambda f: svd_scan.inspect(f).kind != entry.kind)
-            reports.append(_check_file(entry, checkpoints, svd_scan, named[0] if named else None))
+        if entry.kind == "svd_checkpoint":  # any svd_xt*.safetensors is in place; a correct one first
+            named = sorted((f for f in svd_files if f.name.lower().startswith("svd_xt")),
+                           key=lambda f: inspect(f).kind != entry.kind)
+            reports.append(_check(entry, checkpoints, svd_files, inspect, named[0] if named else None))
         else:
-            present = next((r / entry.relpath for r in sonic if (r / entry.relpath).is_file()), None)
-            reports.append(_check_file(entry, sonic, sonic_scan, present))
+            present = next((r / entry.relpath for r in sonic if (r / entry.relpath).exists()), None)
+            reports.append(_check(entry, sonic, sonic_files, inspect, present))
     return reports
 
 
@@ -343,17 +263,6 @@ def all_required_found(reports: Iterable[FileReport]) -> bool:
     return all(r.ok for r in reports if r.entry.required)
 
 
-def destination(report: FileReport, repo_file: str) -> Path:
-    """Where a fetched repo file goes: the entry's folder (the parent of its official place) + the mapped path."""
-    root = report.target
-    for _ in Path(report.entry.relpath).parts:
-        root = root.parent
-    return root / dict(report.entry.downloads)[repo_file]
-
-
-# Text
-
-
 def human_size(n: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
@@ -362,15 +271,11 @@ def human_size(n: int) -> str:
 
 
 def _notes(r: FileReport) -> list[str]:
-    files = ", ".join(f for f, _ in r.entry.downloads)
-    notes = []
-    if r.status == MISSING and r.entry.kind == "whisper_folder":
-        notes.append(f"put the {r.entry.repo} files ({files}) in {r.target}{os.sep}")
-    elif r.status == MISSING:
-        notes.append(f"put {r.target.name} in {r.target.parent}{os.sep}")
-    elif r.detail and r.status != FOUND:
-        notes.append(r.detail)
-    if r.status == WRONG and r.fetch and r.entry.kind == "whisper_folder":
+    files, whisper = ", ".join(r.entry.downloads), r.entry.kind == "whisper_folder"
+    notes = [f"put the {r.entry.repo} files ({files}) in {r.target}{os.sep}" if whisper else
+             f"put {r.target.name} in {r.target.parent}{os.sep}"] if r.status == MISSING else \
+        [r.detail] if r.detail and r.status != FOUND else []
+    if r.status == WRONG and r.fetch and whisper:
         notes.append(f"missing or bad in the folder: {', '.join(r.fetch)}")
     notes += [f"warning: {w}" for w in r.warnings]
     if r.status in (MISSING, WRONG):
@@ -382,7 +287,7 @@ def _notes(r: FileReport) -> list[str]:
 
 def format_report(reports: list[FileReport], base: Path | None = None, download_command: str | None = None) -> str:
     """The table people read: one row per file, indented notes under it, then what to do."""
-    rows = []
+    rows = [("STATUS", "WHAT", "FILE", "SIZE", None)]
     for r in reports:
         shown = r.path if r.path is not None else r.target
         name = (shown.relative_to(base).as_posix() if base is not None and shown.is_relative_to(base)
@@ -391,19 +296,17 @@ def format_report(reports: list[FileReport], base: Path | None = None, download_
         rows.append((r.status, what, name, human_size(shown.stat().st_size) if shown.is_file() else "", r))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["Sonic model check" + (f": {base}" if base is not None else ""), ""]
-    for *cells, r in [("STATUS", "WHAT", "FILE", "SIZE", None), *rows]:
+    for *cells, r in rows:
         lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(cells, widths)).rstrip())
         lines += ["  " + " " * widths[0] + "  " + n for n in (_notes(r) if r else [])]
     bad = [r.entry.slot for r in reports if r.entry.required and not r.ok]
     optional = sum(not r.entry.required and not r.ok for r in reports)
-    more = f" {optional} optional file(s) not in place." if optional else ""
     lines += ["", f"{len(bad)} required file(s) not in place: {', '.join(bad)}." if bad else
-              "All required files are in place." + more]
+              "All required files are in place." + (f" {optional} optional file(s) not in place." if optional else "")]
     if any(r.fetch for r in reports) and download_command:
         lines.append(f"Download the missing files: {download_command}")
-        gated = next((r.entry for r in reports if r.fetch and r.entry.gated), None)
-        if gated is not None:
-            lines.append(f"The SVD checkpoint is gated: log in at {gated.url}, accept the licence, then pass "
-                         "--token hf_... (or set HF_TOKEN). Any svd_xt.safetensors / svd_xt_1_1.safetensors you "
-                         "already have works too: put it in the checkpoints folder.")
+        if any(r.fetch and r.entry.gated for r in reports):
+            lines.append(f"The SVD checkpoint is gated: log in at {ENTRIES['svd_checkpoint'].url}, accept the "
+                         "licence, then pass --token hf_... (or set HF_TOKEN). Any svd_xt.safetensors / "
+                         "svd_xt_1_1.safetensors you already have works too: put it in the checkpoints folder.")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ import torch
 
 from .audio_adapters import AudioToBuckets, AudioToTokens
 from .unet import SonicUNet, build_sonic_unet
-from .weights import SLOTS, WeightFileError, identity_hint, load_weights_into, read_state_dict
+from .weights import WeightFileError, identity_hint, load_weights_into, read_state_dict, slot_names
 
 BUCKET_WINDOW = 50  # Whisper tokens per frame window of the bucket predictor (official, not stored in the file)
 
@@ -39,8 +39,8 @@ def _need(shapes: dict, keys: list[str], path: Path, slot: str) -> None:
     """The keys a file must hold to be sized; if absent, say what the file is instead and what belongs here."""
     missing = [k for k in keys if k not in shapes]
     if missing:
-        expected = SLOTS[slot]
-        raise WeightFileError(f"{path} does not fit: expected {expected.description} ({expected.filename}), which "
+        description, filename, _ = slot_names(slot)
+        raise WeightFileError(f"{path} does not fit: expected {description} ({filename}), which "
                               f"has {', '.join(missing)}. {identity_hint(shapes, slot)}")
 
 

@@ -63,18 +63,18 @@ def rife(reference_dir: Path):
     return load_rife(read_golden(reference_dir / "golden" / "rife.json").weights("weights."))
 
 
-class StandInVAE:
-    """Only `decode(latents) → frames`: a fixed ×8 upsampling, frames depend on every latent channel."""
+@pytest.fixture()
+def vae(core_vae, monkeypatch):
+    """Core's VAE that records the frames of each decoder call (`vae.calls`)."""
+    real, calls = core_vae.first_stage_model.decode, []
 
-    calls: list[int]
+    def counted(z, **kwargs):
+        calls.append(z.shape[0])
+        return real(z, **kwargs)
 
-    def __init__(self) -> None:
-        self.calls = []
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        self.calls.append(latents.shape[0])
-        rgb = latents[:, :3] + 0.5 * latents[:, 3:4]
-        return torch.sigmoid(torch.nn.functional.interpolate(rgb, scale_factor=8, mode="nearest")).permute(0, 2, 3, 1)
+    monkeypatch.setattr(core_vae.first_stage_model, "decode", counted)
+    monkeypatch.setattr(core_vae, "calls", calls, raising=False)
+    return core_vae
 
 
 class Models:
@@ -152,12 +152,11 @@ def test_decode_node_output_and_schema(core_vae):
         SonicDecode.execute(core_vae, {"samples": torch.zeros(1, 4, 3, 2, 2)}, 8)
 
 
-def test_decode_progress_once_per_chunk_and_cancel(monkeypatch):
+def test_decode_progress_once_per_chunk_and_cancel(vae):
     events = []
     previous = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: events.append((value, total)))
     try:
-        vae = StandInVAE()
         frames = decode_latents(vae, _latents(10), chunk_size=4)
         assert vae.calls == [4, 4, 2] and frames.shape == (10, 16, 16, 3)
         assert events == [(1, 3), (2, 3), (3, 3)]
@@ -223,10 +222,10 @@ def _audio(seconds: float, rate: int = 16000, channels: int = 2) -> dict:
     return {"waveform": (0.3 * torch.sin(2 * math.pi * 330 * t)).repeat(1, channels, 1), "sample_rate": rate}
 
 
-def test_save_node_writes_video_with_audio_and_returns_its_path(output_dir, rife):
+def test_save_node_writes_video_with_audio_and_returns_its_path(output_dir, rife, vae):
     n = 11
     node = _node(SonicSaveVideo, PROMPT={"8": {"class_type": "SonicSaveVideo"}})
-    out = node.execute(vae=StandInVAE(), latent={"samples": _latents(n, 3, 2)}, sonic_model=Models(rife),
+    out = node.execute(vae=vae, latent={"samples": _latents(n, 3, 2)}, sonic_model=Models(rife),
                        audio=_audio(n / 12.5), decode_chunk_size=4, filename_prefix="sonic/Sonic")
     path = Path(out.args[0])
     assert path == output_dir / "sonic" / "Sonic_00001_.mp4" and path.is_file()
@@ -238,34 +237,34 @@ def test_save_node_writes_video_with_audio_and_returns_its_path(output_dir, rife
         assert float(video.duration * video.time_base) == pytest.approx(n / 12.5)
         assert float(audio.duration * audio.time_base) == pytest.approx(n / 12.5, abs=1e-3)
         assert audio.channels == 2 and '"SonicSaveVideo"' in container.metadata["prompt"]
-    again = node.execute(vae=StandInVAE(), latent={"samples": _latents(3)}, interpolate=False, audio=None)
+    again = node.execute(vae=vae, latent={"samples": _latents(3)}, interpolate=False, audio=None)
     assert Path(again.args[0]).name == "Sonic_00002_.mp4"  # core's numbering
     with av.open(again.args[0]) as container:
         assert container.streams.video[0].frames == 3 and not container.streams.audio
     assert _files(output_dir) == ["sonic/Sonic_00001_.mp4", "sonic/Sonic_00002_.mp4"]
 
 
-def test_save_node_pastes_back_into_the_original(output_dir):
+def test_save_node_pastes_back_into_the_original(output_dir, vae):
     original = torch.rand(1, 50, 40, 3, generator=torch.Generator().manual_seed(5))
     image = SonicImageEmbeds(concat_latent=torch.zeros(1, 4, 2, 2), image_embeds=torch.zeros(1, 8),
                              face_mask=torch.ones(1, 1, 16, 16), image=torch.zeros(1, 16, 16, 3),
                              original=original, crop_box=(6, 10, 30, 34))
-    out = _node(SonicSaveVideo).execute(vae=StandInVAE(), latent={"samples": _latents(4)}, image=image,
+    out = _node(SonicSaveVideo).execute(vae=vae, latent={"samples": _latents(4)}, image=image,
                                         interpolate=False, feather=4, filename_prefix="pasted")
     with av.open(out.args[0]) as container:
         stream = container.streams.video[0]
         assert (stream.width, stream.height, stream.frames) == (40, 50, 4)
 
 
-def test_save_node_refuses_interpolation_without_rife(output_dir):
+def test_save_node_refuses_interpolation_without_rife(output_dir, vae):
     with pytest.raises(ValueError, match=RIFE_MISSING.split(" —")[0]):
-        _node(SonicSaveVideo).execute(vae=StandInVAE(), latent={"samples": _latents(3)}, sonic_model=Models(None))
+        _node(SonicSaveVideo).execute(vae=vae, latent={"samples": _latents(3)}, sonic_model=Models(None))
     with pytest.raises(ValueError, match="needs the sonic_model input"):
-        _node(SonicSaveVideo).execute(vae=StandInVAE(), latent={"samples": _latents(3)})
+        _node(SonicSaveVideo).execute(vae=vae, latent={"samples": _latents(3)})
     assert _files(output_dir) == []
 
 
-def test_cancel_mid_write_leaves_no_file_and_the_next_run_succeeds(output_dir, rife):
+def test_cancel_mid_write_leaves_no_file_and_the_next_run_succeeds(output_dir, rife, vae):
     seen = []
 
     def hook(value, total, preview, node_id=None):
@@ -274,7 +273,6 @@ def test_cancel_mid_write_leaves_no_file_and_the_next_run_succeeds(output_dir, r
             assert list(output_dir.rglob(".*.partial.mp4")), "the file should be open by now"
             mm.interrupt_current_processing()  # what the Cancel button does
 
-    vae = StandInVAE()
     previous = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
@@ -311,15 +309,6 @@ def _out_of_memory(*args, **kwargs):
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
 
 
-class OutOfMemoryVAE(StandInVAE):
-    """Decodes the first chunk, runs out of memory on the second."""
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        if self.calls:
-            _out_of_memory()
-        return super().decode(latents)
-
-
 def _save_error(**kwargs) -> BaseException:
     with pytest.raises((torch.OutOfMemoryError, OSError)) as caught:
         _node(SonicSaveVideo).execute(latent={"samples": _latents(10)}, decode_chunk_size=4, audio=_audio(0.8),
@@ -327,8 +316,18 @@ def _save_error(**kwargs) -> BaseException:
     return caught.value
 
 
-def test_out_of_memory_in_the_decode_is_the_decodes_message_not_rifes(output_dir, rife):
-    error = _save_error(vae=OutOfMemoryVAE(), sonic_model=Models(rife))
+def test_out_of_memory_in_the_decode_is_the_decodes_message_not_rifes(output_dir, rife, vae, monkeypatch):
+    decode = vae.first_stage_model.decode
+
+    def second_chunk_fails(z, **kwargs):  # decodes the first chunk, runs out of memory on the second
+        if vae.calls:
+            vae.calls.append(z.shape[0])
+            _out_of_memory()
+        return decode(z, **kwargs)
+
+    monkeypatch.setattr(vae.first_stage_model, "decode", second_chunk_fails)
+    error = _save_error(vae=vae, sonic_model=Models(rife))
+    assert vae.calls == [4, 4, 4]  # the second chunk whole, and its one retry
     assert type(error) is torch.OutOfMemoryError
     assert str(error) == (
         "Sonic decode ran out of memory on a chunk of 4 frames at 16×16. The temporal decoder must see the whole "
@@ -337,9 +336,9 @@ def test_out_of_memory_in_the_decode_is_the_decodes_message_not_rifes(output_dir
     assert _files(output_dir) == []
 
 
-def test_out_of_memory_in_rife_is_rifes_message(output_dir, rife, monkeypatch):
+def test_out_of_memory_in_rife_is_rifes_message(output_dir, rife, vae, monkeypatch):
     monkeypatch.setattr(rife, "forward", _out_of_memory)
-    error = _save_error(vae=StandInVAE(), sonic_model=Models(rife))
+    error = _save_error(vae=vae, sonic_model=Models(rife))
     assert type(error) is torch.OutOfMemoryError
     assert str(error) == (
         "RIFE ran out of memory interpolating 16×16 frames 4 pairs at a time. Lower batch_size (Sonic Interpolate) "
@@ -350,28 +349,28 @@ def test_out_of_memory_in_rife_is_rifes_message(output_dir, rife, monkeypatch):
     assert str(caught.value).startswith("RIFE ran out of memory interpolating 32×16 frames 2 pairs at a time.")
 
 
-def test_out_of_memory_in_paste_back_is_paste_backs_message(output_dir, monkeypatch):
+def test_out_of_memory_in_paste_back_is_paste_backs_message(output_dir, vae, monkeypatch):
     from sonic_pack.sonic_model import video_pipeline
 
     monkeypatch.setattr(video_pipeline, "paste_back", _out_of_memory)
     image = SonicImageEmbeds(concat_latent=torch.zeros(1, 4, 2, 2), image_embeds=torch.zeros(1, 8),
                              face_mask=torch.ones(1, 1, 16, 16), image=torch.zeros(1, 16, 16, 3),
                              original=torch.rand(1, 50, 40, 3), crop_box=(6, 10, 30, 34))
-    error = _save_error(vae=StandInVAE(), image=image, interpolate=False)
+    error = _save_error(vae=vae, image=image, interpolate=False)
     assert type(error) is torch.OutOfMemoryError
     assert str(error) == ("Paste-back ran out of memory putting 8 frames into the 40×50 original picture. Lower "
                           "decode_chunk_size, or turn paste_back off (the video is then the cropped face).")
     assert _files(output_dir) == []
 
 
-def test_a_failed_write_is_the_muxers_message(output_dir, rife, monkeypatch):
+def test_a_failed_write_is_the_muxers_message(output_dir, rife, vae, monkeypatch):
     from sonic_pack.sonic_model.video_writer import StreamingMp4Writer
 
     def disk_full(self, frames):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(StreamingMp4Writer, "write_frames", disk_full)
-    error = _save_error(vae=StandInVAE(), sonic_model=Models(rife))
+    error = _save_error(vae=vae, sonic_model=Models(rife))
     assert type(error) is OSError
     path = output_dir / "sonic" / "Sonic_00001_.mp4"
     assert str(error) == (f"Writing the video {path} failed ([Errno 28] No space left on device). Check that the "

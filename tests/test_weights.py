@@ -282,6 +282,12 @@ def test_bad_safetensors_header(tmp_path: Path) -> None:
     broken_json.write_bytes((20).to_bytes(8, "little") + b'{"a": {"dtype": "F3' + b" " * 40)
     with pytest.raises(WeightFileError, match="not a valid safetensors file"):
         read_state_dict(broken_json)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}).encode()
+    header += b" " * (-len(header) % 8)  # aligned, so the hand-written mapping (not the library) reads it
+    too_short = tmp_path / "short.safetensors"
+    too_short.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    with pytest.raises(WeightFileError, match=r"not a valid safetensors file \(w: shape \[4\] does not match"):
+        read_state_dict(too_short)
     good = _save(_random_sd(TinyAudio2Token), tmp_path / "good.safetensors")
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(good.read_bytes()[:-100])

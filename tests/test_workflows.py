@@ -99,7 +99,7 @@ def _only_these_folders(monkeypatch, models):
 def test_shipped_workflows_name_the_svd_file_the_download_fetches():
     from tools.models import CATALOG
 
-    fetched = {dest for entry in CATALOG if entry.slot == "svd_checkpoint" for _, dest in entry.downloads}
+    fetched = {entry.relpath for entry in CATALOG if entry.slot == "svd_checkpoint"}
     for workflow in WORKFLOWS:
         named = {n["inputs"]["svd_checkpoint"] for n in json.loads(workflow.read_text()).values()
                  if n["class_type"] == "SonicLoader"}
