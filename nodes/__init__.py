@@ -10,6 +10,7 @@ from .model_files import register_sonic_folder
 from .motion import SonicMotionBucketsNode
 from .image import SonicReferenceImage
 from .sampling import SonicGuiderNode, SonicSampler
+from .speakers import SonicSpeakersNode, SonicSpeakersSampler, SonicSpeakersSaveVideo
 from .video import SonicInterpolate, SonicPasteBack, SonicSaveVideo
 
 register_sonic_folder()
@@ -17,7 +18,8 @@ register_sonic_folder()
 # In graph order: load → encode → sample → decode → video.
 NODES = [SonicLoader, SonicAudioEncode, SonicReferenceImage, SonicMotionBucketsNode, SonicSampler, SonicGuiderNode,
          SonicDecode, SonicInterpolate,
-         SonicPasteBack, SonicSaveVideo, SonicModelCheck]
+         SonicPasteBack, SonicSaveVideo, SonicSpeakersNode, SonicSpeakersSampler, SonicSpeakersSaveVideo,
+         SonicModelCheck]
 
 NODE_CLASS_MAPPINGS = {node.GET_SCHEMA().node_id: node for node in NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {node.GET_SCHEMA().node_id: node.GET_SCHEMA().display_name for node in NODES}

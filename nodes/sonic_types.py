@@ -17,6 +17,7 @@ SonicModel = io.Custom("SONIC_MODEL")
 SonicAudio = io.Custom("SONIC_AUDIO")
 SonicImage = io.Custom("SONIC_IMAGE")
 SonicMotion = io.Custom("SONIC_MOTION")
+SonicSpeakers = io.Custom("SONIC_SPEAKERS")
 
 GENERATION_FPS = FRAMES_PER_SECOND  # Sonic generates at 12.5 fps (80 ms per frame); RIFE doubles it to 25
 
@@ -61,3 +62,29 @@ class SonicMotionBuckets:
             return {"mean": round(float(col.mean()), 2), "min": round(float(col.min()), 2),
                     "max": round(float(col.max()), 2)}
         return {"motion": stats(self.buckets[:, 0]), "expression": stats(self.buckets[:, 1])}
+
+
+@dataclass
+class Speaker:
+    """One face of a several-speaker picture with its own track: what the single-face nodes pass separately."""
+
+    image: SonicImageEmbeds
+    audio: SonicAudioEmbeds
+    motion: SonicMotionBuckets
+    face: tuple[float, float, float, float]  # the face (or mask) box in the original's pixels
+    latents: torch.Tensor | None = None     # (N, 4, h, w) once sampled
+
+    @property
+    def crop_box(self) -> tuple[int, int, int, int]:
+        """Where the animated crop goes in the original (the whole picture when it could not be cropped)."""
+        if self.image.crop_box is not None:
+            return self.image.crop_box
+        return (0, 0, int(self.image.original.shape[2]), int(self.image.original.shape[1]))
+
+
+@dataclass
+class SonicSpeakersBundle:
+    """Every speaker of one picture, and the picture itself, through the SONIC_SPEAKERS socket."""
+
+    speakers: list[Speaker]
+    original: torch.Tensor                  # (1, H0, W0, 3)
