@@ -77,7 +77,8 @@ def paste_back(frames: torch.Tensor, original: torch.Tensor, box: Box, feather: 
     return out
 
 
-def face_owners(boxes: Sequence[Box], centres: Sequence[tuple[float, float]], image_hw: tuple[int, int]) -> torch.Tensor:
+def face_owners(boxes: Sequence[Box], centres: Sequence[tuple[float, float]],
+                image_hw: tuple[int, int]) -> torch.Tensor:
     """(H0, W0) long: which face each pixel belongs to, −1 outside every box. Where boxes overlap, the face whose
     centre is nearer owns the pixel, so one face's still copy inside another's crop never covers the animated face."""
     height, width = image_hw

@@ -250,8 +250,10 @@ VOICE = Path(__file__).resolve().parents[1] / "assets" / "sonic_voice.wav"
 
 
 def write_run_inputs(folders: ComfyFolders, seconds: float = 1.0) -> None:
-    """The picture (one face, painted for the stand-in detector) and the first `seconds` of the shipped voice."""
+    """The picture (one face, painted for the stand-in detector), a picture of two faces for the dialogue, and the
+    first `seconds` of the shipped voice."""
     portrait(320, 256, (FACE_LARGE,)).save(folders.input / "portrait.png")
+    portrait(320, 256, (FACE_SMALL, FACE_AT_BORDER)).save(folders.input / "dialogue.png")
     write_short_wav(VOICE, folders.input / "voice.wav", seconds)
 
 
@@ -260,17 +262,18 @@ def shipped_workflow(name: str, **sampler) -> dict:
     import json
 
     prompt = json.loads((WORKFLOWS_API / f"{name}.json").read_text())
+    speakers = any(node["class_type"] == "SonicSpeakers" for node in prompt.values())
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] == "SonicLoader":
             inputs.update(svd_checkpoint="svd_xt_random.safetensors", dtype="fp32", low_vram="off")
         elif node["class_type"] == "LoadImage":
-            inputs.update(image="portrait.png")
+            inputs.update(image="dialogue.png" if speakers else "portrait.png")
         elif node["class_type"] == "LoadAudio":
             inputs.update(audio="voice.wav")
-        elif node["class_type"] == "SonicReferenceImage":
+        elif node["class_type"] in ("SonicReferenceImage", "SonicSpeakers"):
             inputs.update(resolution=64)
-        elif node["class_type"] == "SonicSampler":
+        elif node["class_type"] in ("SonicSampler", "SonicSpeakersSampler"):
             inputs.update(steps=2, **sampler)
         elif node["class_type"] == "BasicScheduler":
             inputs.update(steps=2)

@@ -227,3 +227,17 @@ def test_dialogue_workflow_writes_one_video_of_the_picture_with_both_voices(tiny
     second = [_tone_level(sound, rate, 0.55, 0.92, f) for f in (440, 1200)]
     assert first[0] > 0.05 and first[0] > 20 * first[1], first  # speaker 1 speaks, 2 is silent
     assert second[1] > 0.05 and second[1] > 20 * second[0], second  # then the other way round
+
+
+def test_dialogue_assets_are_what_their_script_makes():
+    from PIL import Image
+
+    from tools.dialogue_assets import DIALOGUE_FACES, dialogue_picture, dialogue_tracks, read_wav
+
+    assert np.array_equal(np.asarray(dialogue_picture()), np.asarray(Image.open(ASSETS / "sonic_dialogue.png")))
+    first, second, rate = dialogue_tracks()
+    for made, name in ((first, "sonic_dialogue_1.wav"), (second, "sonic_dialogue_2.wav")):
+        shipped, shipped_rate = read_wav(ASSETS / name)
+        assert shipped_rate == rate and np.array_equal(shipped, np.clip(np.round(made), -32768, 32767))
+    assert (ASSETS / "sonic_dialogue.png").stat().st_size < 300_000
+    assert len(DIALOGUE_FACES) == 2

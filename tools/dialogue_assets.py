@@ -6,6 +6,8 @@
 - assets/sonic_dialogue_2.wav: speaker 2 is silent meanwhile, then says the second half a fourth higher.
 
     .venv/bin/python tools/dialogue_assets.py
+
+with_face_masks gives the dialogue workflow the faces as masks, for runs without a face detector.
 """
 from __future__ import annotations
 
@@ -13,8 +15,6 @@ import wave
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from scipy.signal import resample_poly
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SIZE = (640, 400)
@@ -35,7 +35,9 @@ def recoloured(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def dialogue_picture() -> Image.Image:
+def dialogue_picture():
+    from PIL import Image
+
     portrait = np.asarray(Image.open(ASSETS / "sonic_portrait.png").convert("RGB"))
     both = np.concatenate([portrait, recoloured(portrait[:, ::-1])], axis=1)
     return Image.fromarray(both).resize(SIZE, Image.LANCZOS)
@@ -55,6 +57,8 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
 
 
 def dialogue_tracks() -> tuple[np.ndarray, np.ndarray, int]:
+    from scipy.signal import resample_poly
+
     voice, rate = read_wav(ASSETS / "sonic_voice.wav")
     half = voice.size // 2
     first = voice[:half]
@@ -71,3 +75,23 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def with_face_masks(prompt: dict, faces: tuple = DIALOGUE_FACES, size: tuple[int, int] = SIZE) -> dict:
+    """An API prompt whose Sonic Speakers nodes get one mask per face (core SolidMask + MaskComposite nodes), for
+    runs without a face detector (the random weight sets): the masks stand where the dialogue picture's faces are."""
+    width, height = size
+    for node_id, node in list(prompt.items()):
+        if node["class_type"] != "SonicSpeakers":
+            continue
+        blank = f"{node_id}_blank"
+        prompt[blank] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": width, "height": height}}
+        for track, (cx, cy, w, h) in enumerate(faces, start=1):
+            face, mask = f"{node_id}_face_{track}", f"{node_id}_mask_{track}"
+            prompt[face] = {"class_type": "SolidMask",
+                            "inputs": {"value": 1.0, "width": round(w * width), "height": round(h * height)}}
+            prompt[mask] = {"class_type": "MaskComposite",
+                            "inputs": {"destination": [blank, 0], "source": [face, 0], "operation": "add",
+                                       "x": round((cx - w / 2) * width), "y": round((cy - h / 2) * height)}}
+            node["inputs"][f"mask_{track}"] = [mask, 0]
+    return prompt
