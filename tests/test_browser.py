@@ -41,7 +41,8 @@ MANUAL = 32  # where a bucket slider lands when its auto toggle is switched off 
 FRONTEND_ONLY = {"upload"}  # widgets the frontend adds to core nodes with a file upload
 OUTPUT_STAGE = {"SonicDecode", "SonicInterpolate", "SonicSaveVideo", "CreateVideo", "SaveVideo"}
 CLIENT_ONLY = {"SonicMotionBuckets": ["head_motion auto", "expression auto", "sonic_motion_readout"],
-               "SonicSampler": ["sonic_cfg_audio_hint"], "SonicAudioEncode": ["sonic_audio_readout"]}
+               "SonicSampler": ["sonic_cfg_audio_hint"], "SonicAudioEncode": ["sonic_audio_readout"],
+               "SonicSpeakers": ["sonic_speakers_readout"]}
 
 # Random weights on a CPU: the checkpoint that exists, no face detector, a small picture, 2 steps, a short clip.
 CPU_FRIENDLY = """(() => {{

@@ -186,7 +186,7 @@ def _tone_level(sound: np.ndarray, rate: int, start: float, end: float, freq: fl
 
 def test_dialogue_workflow_writes_one_video_of_the_picture_with_both_voices(tiny_models_dir, tmp_path):
     """Two faces found by a stand-in detector that knows the asset picture's faces; speaker 1 says a 440 Hz tone
-    (0.5 s, 16 kHz mono) while 2 is silent, then 2 says 1200 Hz (22.05 kHz stereo, 1 s long with its silence)."""
+    (0.24 s, 16 kHz mono) while 2 is silent, then 2 says 1200 Hz (22.05 kHz stereo, 0.48 s with its silence)."""
     import torch
     from reliability_runtime import RedRegionYolo, UseFolders, make_folders
     from tools.dialogue_assets import DIALOGUE_FACES
@@ -195,8 +195,8 @@ def test_dialogue_workflow_writes_one_video_of_the_picture_with_both_voices(tiny
     torch.jit.save(torch.jit.script(RedRegionYolo(torch.tensor(DIALOGUE_FACES))),
                    str(folders.sonic / "yoloface_v5m.pt"))
     shutil.copy(ASSETS / "sonic_dialogue.png", folders.input / "sonic_dialogue.png")
-    write_tone_wav(folders.input / "sonic_dialogue_1.wav", 16000, 1, 0.5, 440)
-    write_tone_wav(folders.input / "sonic_dialogue_2.wav", 22050, 2, 1.0, 1200, start=0.5)
+    write_tone_wav(folders.input / "sonic_dialogue_1.wav", 16000, 1, 0.24, 440)
+    write_tone_wav(folders.input / "sonic_dialogue_2.wav", 22050, 2, 0.48, 1200, start=0.24)
     prompt = json.loads(DIALOGUE.read_text())
     for node in prompt.values():
         if node["class_type"] == "SonicLoader":
@@ -218,13 +218,13 @@ def test_dialogue_workflow_writes_one_video_of_the_picture_with_both_voices(tiny
     with av.open(str(videos[0])) as container:
         audio = container.streams.audio[0]
         sound = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
-        rate, channels = audio.rate, audio.channels
+        rate, channels, audio_seconds = audio.rate, audio.channels, _duration(audio)
     assert size == (640, 400)  # the whole picture
-    assert frames / fps == Fraction(12, 25) * 2  # the longest track (1 s) to the 80 ms frame: 12 frames, RIFE ×2
+    assert frames / fps == Fraction(12, 25)  # the longest track (0.48 s): 6 frames, each lasting two after RIFE
     assert (rate, channels) == (22050, 2)  # the highest rate among the tracks; the mono one on both sides
-    assert abs(sound.shape[1] / rate - 0.96) < 0.03
-    first = [_tone_level(sound, rate, 0.05, 0.45, f) for f in (440, 1200)]
-    second = [_tone_level(sound, rate, 0.55, 0.92, f) for f in (440, 1200)]
+    assert abs(audio_seconds - 0.48) < 0.03, audio_seconds  # the mix trimmed to the video (AAC frames aside)
+    first = [_tone_level(sound, rate, 0.03, 0.22, f) for f in (440, 1200)]
+    second = [_tone_level(sound, rate, 0.27, 0.46, f) for f in (440, 1200)]
     assert first[0] > 0.05 and first[0] > 20 * first[1], first  # speaker 1 speaks, 2 is silent
     assert second[1] > 0.05 and second[1] > 20 * second[0], second  # then the other way round
 
