@@ -90,6 +90,36 @@ def test_each_face_moves_with_its_own_track_only(loaded, dialogue):
     assert not torch.allclose(motion[0], motion[1])
 
 
+def test_faces_are_sampled_in_turn_on_one_progress_bar_and_cancel_stops_them(loaded):
+    import comfy.model_management as mm
+    import comfy.utils
+
+    bundle, events = _speakers(loaded, [tone(220), tone(660)])[0], []
+
+    def hook(value, total, preview, node_id=None):
+        events.append((value, total))
+        mm.throw_exception_if_processing_interrupted()
+
+    def sample():
+        return sample_speakers(loaded[3], bundle, seed=3, steps=2, cfg_image=2.0, cfg_audio=7.5, shift=1, window=4,
+                               sampler_name="euler", scheduler="karras", denoise=1.0)
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        sample()
+        values, totals = [v for v, _ in events], {t for _, t in events}
+        assert values == sorted(values) and totals == {values[-1]} and values[-1] % 2 == 0
+        assert values[-1] // 2 in values  # the first face ends half-way
+        events.clear()
+        mm.interrupt_current_processing(True)
+        with pytest.raises(mm.InterruptProcessingException):
+            sample()
+        assert len(events) <= 1  # stopped at its first window: the second face never starts
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        mm.interrupt_current_processing(False)
+
+
 def test_each_face_is_pasted_into_its_own_box_and_the_rest_is_the_original(loaded, dialogue):
     vae, picture, bundle = loaded[1], loaded[4], dialogue
     left, right = (s.crop_box for s in bundle.speakers)
