@@ -39,11 +39,8 @@ def write_short_wav(source: Path, target: Path, seconds: float) -> None:
 
 def cpu_friendly(prompt: dict, models_dir: Path) -> dict:
     """A shipped API workflow adapted to random weights on a CPU: the checkpoint present, no face detector (the
-    random set has none, so the whole picture is animated, and the dialogue's faces are given as masks), a small
-    picture, two steps and a short clip."""
-    from tools.dialogue_assets import with_face_masks
-
-    prompt = with_face_masks(copy.deepcopy(prompt))
+    random set has none, so the whole picture is animated), a small picture, two steps and a short clip."""
+    prompt = copy.deepcopy(prompt)
     checkpoint = sorted(p.name for p in (models_dir / "checkpoints").glob("svd_xt*.safetensors"))[0]
     for node in prompt.values():
         inputs, kind = node["inputs"], node["class_type"]
@@ -51,9 +48,7 @@ def cpu_friendly(prompt: dict, models_dir: Path) -> dict:
             inputs.update(svd_checkpoint=checkpoint, face_detector="none")
         elif kind == "SonicReferenceImage":
             inputs.update(no_face="whole image", resolution=64)
-        elif kind == "SonicSpeakers":
-            inputs.update(resolution=64)
-        elif kind in ("SonicSampler", "BasicScheduler", "SonicSpeakersSampler"):
+        elif kind in ("SonicSampler", "BasicScheduler"):
             inputs.update(steps=2)
         elif kind == "LoadAudio":
             inputs.update(audio=SHORT_AUDIO)
