@@ -11,6 +11,7 @@ from .motion import SonicMotionBucketsNode
 from .motion_curve import SonicMotionCurveNode
 from .image import SonicReferenceImage
 from .sampling import SonicGuiderNode, SonicSampler
+from .speakers import SonicSpeakersNode, SonicSpeakersSampler, SonicSpeakersSaveVideo
 from .video import SonicInterpolate, SonicPasteBack, SonicSaveVideo
 
 register_sonic_folder()
@@ -18,6 +19,7 @@ register_sonic_folder()
 # In graph order: load → encode → sample → decode → video.
 NODES = [SonicLoader, SonicAudioEncode, SonicReferenceImage, SonicMotionCurveNode, SonicMotionBucketsNode,
          SonicSampler, SonicGuiderNode, SonicDecode, SonicInterpolate, SonicPasteBack, SonicSaveVideo,
+         SonicSpeakersNode, SonicSpeakersSampler, SonicSpeakersSaveVideo,
          SonicModelCheck]
 
 NODE_CLASS_MAPPINGS = {node.GET_SCHEMA().node_id: node for node in NODES}

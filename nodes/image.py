@@ -69,11 +69,13 @@ def size_rank(faces: list[FaceBox], face_index: int) -> int:
 @torch.no_grad()
 def prepare_sonic_image(models: SonicModels, vae, clip_vision, image: torch.Tensor, resolution: int = 512,
                         crop: bool = False, expand_ratio: float = 0.5, no_face: str = "error",
-                        face_index: int = -1, mask: torch.Tensor | None = None) -> SonicImageEmbeds:
-    """Everything the node does, without the ComfyUI node wrapper."""
+                        face_index: int = -1, mask: torch.Tensor | None = None,
+                        known_faces: list[FaceBox] | None = None) -> SonicImageEmbeds:
+    """Everything the node does, without the ComfyUI node wrapper. `known_faces` replaces the detection on the
+    whole picture (Sonic Speakers passes the one face it chose, or none for a mask)."""
     rgb = first_rgb_uint8(image)
     check_image_size(rgb.shape[1], rgb.shape[0])
-    faces = detect_faces(models, rgb, no_face)
+    faces = known_faces if known_faces is not None else detect_faces(models, rgb, no_face)
     detector = models.face_detector
     prepared = prepare_reference(rgb, faces, crop=crop, expand_ratio=expand_ratio, short_side=int(resolution),
                                  no_face=no_face, user_mask=first_mask(mask),

@@ -57,15 +57,19 @@ def schedule_sigmas(model, scheduler: str, steps: int, denoise: float = 1.0, sam
 
 
 class WindowProgress:
-    """One progress tick per UNet window with a preview; never backwards (2-evaluation samplers redo a step)."""
+    """One progress tick per UNet window with a preview; never backwards (2-evaluation samplers redo a step).
+    `part` = (index, count) puts one of several clips sampled in a row on one bar (Sonic Speakers KSampler)."""
 
-    def __init__(self, steps: int, windows_per_step: int, node_id: str | None):
-        self.total = steps * windows_per_step
-        self.done = 0
+    def __init__(self, steps: int, windows_per_step: int, node_id: str | None, part: tuple[int, int] = (0, 1)):
+        self.clip = steps * windows_per_step
+        self.offset = part[0] * self.clip
+        self.total = part[1] * self.clip
+        self.done = self.offset
         self.bar = comfy.utils.ProgressBar(self.total, node_id=node_id)
 
     def __call__(self, event: WindowEvent) -> None:
-        self.done = max(self.done, min(self.total, event.step * event.windows_per_step + event.window + 1))
+        done = self.offset + min(self.clip, event.step * event.windows_per_step + event.window + 1)
+        self.done = max(self.done, done)
         self.bar.update_absolute(self.done, self.total, preview=("JPEG", latent_preview(event.denoised[0]), 256))
 
 
@@ -73,10 +77,10 @@ def run_sonic_sampler(model, audio: SonicAudioEmbeds, image: SonicImageEmbeds, m
                       seed: int, steps: int, cfg_image: float, cfg_audio: float, shift: int, window: int,
                       sampler_name: str, scheduler: str, denoise: float, sampler: object | None = None,
                       sigmas: torch.Tensor | None = None, node_id: str | None = None,
-                      report: dict | None = None) -> torch.Tensor:
+                      report: dict | None = None, part: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Samples every frame of the clip as SamplerCustomAdvanced would with a Sonic Guider; returns core's unscaled
     LATENT samples (N, 4, h, w), frames on the batch axis, on the intermediate device. `report` receives the
-    sampling mode the guider chose (for the node's readout)."""
+    sampling mode the guider chose (for the node's readout); `part` places this clip on a shared progress bar."""
     cond = sonic_conditioning(audio, image, motion)
     if sampler is None:
         sampler = comfy.samplers.sampler_object(sampler_name)
@@ -85,7 +89,7 @@ def run_sonic_sampler(model, audio: SonicAudioEmbeds, image: SonicImageEmbeds, m
     if len(sigmas) < 2:
         raise ValueError("The σ schedule has no steps (denoise 0, or an empty SIGMAS input): raise steps/denoise.")
     guider = SonicGuider(model, cond, cfg_image=cfg_image, cfg_audio=cfg_audio, shift=shift, window=window)
-    guider.on_window = WindowProgress(len(sigmas) - 1, guider.fusion.windows_per_step, node_id)
+    guider.on_window = WindowProgress(len(sigmas) - 1, guider.fusion.windows_per_step, node_id, part)
     latent = start_latent(image, cond.num_frames)["samples"]
     noise = comfy.sample.prepare_noise(latent, seed)  # core's seeded noise: a seed means what it means in KSampler
     samples = guider.sample(noise, latent, sampler, sigmas, callback=None, disable_pbar=True, seed=seed)

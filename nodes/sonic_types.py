@@ -19,6 +19,7 @@ SonicAudio = io.Custom("SONIC_AUDIO")
 SonicImage = io.Custom("SONIC_IMAGE")
 SonicMotion = io.Custom("SONIC_MOTION")
 SonicMotionCurve = io.Custom("SONIC_MOTION_CURVE")  # keyframes, drawn on the frames by Motion Buckets
+SonicSpeakers = io.Custom("SONIC_SPEAKERS")
 
 GENERATION_FPS = FRAMES_PER_SECOND  # Sonic generates at 12.5 fps (80 ms per frame); RIFE doubles it to 25
 
@@ -76,3 +77,29 @@ class SonicMotionBuckets:
         report.update(seconds=[round(i / GENERATION_FPS, 3) for i in frames], predicted=columns(self.predicted),
                       used=columns(self.buckets), sources=dict(zip(("motion", "expression"), self.sources)))
         return report
+
+
+@dataclass
+class Speaker:
+    """One face of a several-speaker picture with its own track: what the single-face nodes pass separately."""
+
+    image: SonicImageEmbeds
+    audio: SonicAudioEmbeds
+    motion: SonicMotionBuckets
+    face: tuple[float, float, float, float]  # the face (or mask) box in the original's pixels
+    latents: torch.Tensor | None = None     # (N, 4, h, w) once sampled
+
+    @property
+    def crop_box(self) -> tuple[int, int, int, int]:
+        """Where the animated crop goes in the original (the whole picture when it could not be cropped)."""
+        if self.image.crop_box is not None:
+            return self.image.crop_box
+        return (0, 0, int(self.image.original.shape[2]), int(self.image.original.shape[1]))
+
+
+@dataclass
+class SonicSpeakersBundle:
+    """Every speaker of one picture, and the picture itself, through the SONIC_SPEAKERS socket."""
+
+    speakers: list[Speaker]
+    original: torch.Tensor                  # (1, H0, W0, 3)

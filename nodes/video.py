@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import torch
 
@@ -18,7 +18,7 @@ import folder_paths
 from comfy.cli_args import args
 from comfy_api.latest import io, ui
 
-from ..sonic_model.video_pipeline import PasteInto, WrittenVideo, interpolated, write_video
+from ..sonic_model.video_pipeline import PasteFaces, PasteInto, WrittenVideo, interpolated, write_video
 from .decode import DEFAULT_CHUNK, chunk_progress, check_latents, decode_chunk
 from .sonic_types import GENERATION_FPS, SonicImage, SonicImageEmbeds, SonicModel
 
@@ -67,23 +67,26 @@ def paste_function(image: Optional[SonicImageEmbeds], feather: int) -> Optional[
     return PasteInto(image.original, image.crop_box, feather)
 
 
-def save_sonic_video(vae: Any, samples: torch.Tensor, *, rife: Optional[torch.nn.Module] = None,
-                     image: Optional[SonicImageEmbeds] = None, audio: Optional[dict] = None, feather: int = 16,
-                     chunk_size: int = DEFAULT_CHUNK, filename_prefix: str = "sonic/Sonic", crf: int = 18,
-                     metadata: Optional[dict] = None, node_id: Optional[str] = None,
-                     output_dir: Optional[str] = None) -> WrittenVideo:
-    """video_pipeline.write_video with core's VAE, progress bar, Cancel and file numbering."""
+def save_sonic_video(vae: Any, samples: Union[torch.Tensor, list[torch.Tensor]], *,
+                     rife: Optional[torch.nn.Module] = None, image: Optional[SonicImageEmbeds] = None,
+                     audio: Optional[dict] = None, feather: int = 16, chunk_size: int = DEFAULT_CHUNK,
+                     filename_prefix: str = "sonic/Sonic", crf: int = 18, metadata: Optional[dict] = None,
+                     node_id: Optional[str] = None, output_dir: Optional[str] = None,
+                     faces: Optional[PasteFaces] = None) -> WrittenVideo:
+    """video_pipeline.write_video with core's VAE, progress bar, Cancel and file numbering. Several faces: a list
+    of latents and `faces`, which pastes them all into one picture."""
     output_dir = output_dir or folder_paths.get_output_directory()
 
     def path_for(width: int, height: int) -> str:
         folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, width, height)
         return os.path.join(folder, f"{name}_{counter:05}_.mp4")
 
-    frame_hw = (samples.shape[-2] * 8, samples.shape[-1] * 8)
+    first = samples if isinstance(samples, torch.Tensor) else samples[0]
+    frame_hw = (first.shape[-2] * 8, first.shape[-1] * 8)
     with rife_on_device(rife, frame_hw, chunk_size):
         written = write_video(samples, lambda latents: decode_chunk(vae, latents), path_for,
                               fps=INTERPOLATED_FPS if rife is not None else GENERATION_FPS, chunk_size=chunk_size,
-                              rife=rife, paste=paste_function(image, feather),
+                              rife=rife, paste=faces if faces is not None else paste_function(image, feather),
                               audio=None if audio is None else (audio["waveform"], audio["sample_rate"]), crf=crf,
                               metadata=metadata, on_chunk=chunk_progress(node_id))
     return written
@@ -120,7 +123,7 @@ def paste_images(images: torch.Tensor, image: Optional[SonicImageEmbeds], feathe
     return out
 
 
-_FEATHER_TOOLTIP = "Width in pixels of the soft edge blending the animated crop into the original picture (0 = hard)."
+FEATHER_TOOLTIP = "Width in pixels of the soft edge blending the animated crop into the original picture (0 = hard)."
 
 
 class SonicInterpolate(io.ComfyNode):
@@ -165,7 +168,7 @@ class SonicPasteBack(io.ComfyNode):
             inputs=[
                 io.Image.Input("images", tooltip="Frames generated from the cropped reference (any frame rate)."),
                 SonicImage.Input("image", tooltip="From 'Sonic Reference Image': holds the original and the crop box."),
-                io.Int.Input("feather", default=16, min=0, max=256, tooltip=_FEATHER_TOOLTIP),
+                io.Int.Input("feather", default=16, min=0, max=256, tooltip=FEATHER_TOOLTIP),
             ],
             outputs=[io.Image.Output(display_name="images",
                                      tooltip="Frames at the original picture's resolution (unchanged if not "
@@ -175,6 +178,28 @@ class SonicPasteBack(io.ComfyNode):
     @classmethod
     def execute(cls, images, image, feather=16) -> io.NodeOutput:
         return io.NodeOutput(paste_images(images, image, feather))
+
+
+def writer_inputs(prefix: str) -> list:
+    """The inputs every Sonic node that writes an mp4 has, in this order: feather, chunk size, file name, quality."""
+    return [
+        io.Int.Input("feather", default=16, min=0, max=256, tooltip=FEATHER_TOOLTIP),
+        io.Int.Input("decode_chunk_size", default=DEFAULT_CHUNK, min=1, max=64,
+                     tooltip="Frames decoded together (official: 8). The temporal decoder mixes frames "
+                             "within a chunk only; larger chunks need more VRAM."),
+        io.String.Input("filename_prefix", default=prefix,
+                        tooltip="File name prefix inside the output folder; a subfolder is allowed. A "
+                                "counter is appended as core's Save Video does."),
+        io.Int.Input("crf", default=18, min=0, max=51,
+                     tooltip="H.264 quality: lower is better and bigger (official 18; 0 = lossless)."),
+    ]
+
+
+def saved_video_schema() -> dict:
+    """The output, hidden inputs and output-node flag of every Sonic node that writes an mp4."""
+    return dict(outputs=[io.String.Output(display_name="path", tooltip="Full path of the saved mp4.")],
+                hidden=[io.Hidden.unique_id, io.Hidden.prompt, io.Hidden.extra_pnginfo], is_output_node=True)
+INTERPOLATE_TOOLTIP = "RIFE ×2: 12.5 → 25 fps (official). Needs sonic_model with RIFE loaded."
 
 
 class SonicSaveVideo(io.ComfyNode):
@@ -198,24 +223,13 @@ class SonicSaveVideo(io.ComfyNode):
                 io.Audio.Input("audio", optional=True,
                                tooltip="The audio to mux in: the trimmed audio from 'Sonic Encode Audio'. More than "
                                        "two channels (5.1, 7.1) are downmixed to stereo (ITU-R BS.775)."),
-                io.Boolean.Input("interpolate", default=True,
-                                 tooltip="RIFE ×2: 12.5 → 25 fps (official). Needs sonic_model with RIFE loaded."),
+                io.Boolean.Input("interpolate", default=True, tooltip=INTERPOLATE_TOOLTIP),
                 io.Boolean.Input("paste_back", default=True,
                                  tooltip="Paste the animated crop back into the original picture (only when the "
                                          "reference image was cropped)."),
-                io.Int.Input("feather", default=16, min=0, max=256, tooltip=_FEATHER_TOOLTIP),
-                io.Int.Input("decode_chunk_size", default=DEFAULT_CHUNK, min=1, max=64,
-                             tooltip="Frames decoded together (official: 8). The temporal decoder mixes frames "
-                                     "within a chunk only; larger chunks need more VRAM."),
-                io.String.Input("filename_prefix", default="sonic/Sonic",
-                                tooltip="File name prefix inside the output folder; a subfolder is allowed. A "
-                                        "counter is appended as core's Save Video does."),
-                io.Int.Input("crf", default=18, min=0, max=51,
-                             tooltip="H.264 quality: lower is better and bigger (official 18; 0 = lossless)."),
+                *writer_inputs("sonic/Sonic"),
             ],
-            outputs=[io.String.Output(display_name="path", tooltip="Full path of the saved mp4.")],
-            hidden=[io.Hidden.unique_id, io.Hidden.prompt, io.Hidden.extra_pnginfo],
-            is_output_node=True,
+            **saved_video_schema(),
         )
 
     @classmethod
@@ -225,15 +239,20 @@ class SonicSaveVideo(io.ComfyNode):
         rife = rife_model(sonic_model) if interpolate else None  # fail before any decoding
         saved = save_sonic_video(vae, samples, rife=rife, image=image if paste_back else None, audio=audio,
                                  feather=feather, chunk_size=decode_chunk_size, filename_prefix=filename_prefix,
-                                 crf=crf, metadata=_metadata(cls.hidden), node_id=cls.hidden.unique_id)
-        log.info("Sonic: saved %s (%d frames at %g fps)", saved.path, saved.frames, saved.fps)
-        folder, filename = os.path.split(saved.path)
-        subfolder = os.path.relpath(folder, folder_paths.get_output_directory())
-        return io.NodeOutput(saved.path, ui=ui.PreviewVideo([ui.SavedResult(
-            filename, "" if subfolder == "." else subfolder, io.FolderType.output)]))
+                                 crf=crf, metadata=video_metadata(cls.hidden), node_id=cls.hidden.unique_id)
+        return saved_video_output(saved)
 
 
-def _metadata(hidden: Any) -> Optional[dict]:
+def saved_video_output(saved: WrittenVideo) -> io.NodeOutput:
+    """The path, and the video shown on the node as core's Save Video shows it."""
+    log.info("Sonic: saved %s (%d frames at %g fps)", saved.path, saved.frames, saved.fps)
+    folder, filename = os.path.split(saved.path)
+    subfolder = os.path.relpath(folder, folder_paths.get_output_directory())
+    return io.NodeOutput(saved.path, ui=ui.PreviewVideo([ui.SavedResult(
+        filename, "" if subfolder == "." else subfolder, io.FolderType.output)]))
+
+
+def video_metadata(hidden: Any) -> Optional[dict]:
     """The prompt and workflow, stored in the mp4 as core's Save Video does (so the file reloads the graph)."""
     if hidden is None or args.disable_metadata:
         return None

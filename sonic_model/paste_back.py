@@ -75,3 +75,37 @@ def paste_back(frames: torch.Tensor, original: torch.Tensor, box: Box, feather: 
     # Weight 1 gives the generated value exactly (1·g + 0·o), so the box interior is not resampled twice.
     out[:, vy1:vy2, vx1:vx2] = weight * generated + (1 - weight) * below
     return out
+
+
+def face_owners(boxes: Sequence[Box], centres: Sequence[tuple[float, float]],
+                image_hw: tuple[int, int]) -> torch.Tensor:
+    """(H0, W0) long: which face each pixel belongs to, −1 outside every box. Where boxes overlap, the face whose
+    centre is nearer owns the pixel, so one face's still copy inside another's crop never covers the animated face."""
+    height, width = image_hw
+    ys = torch.arange(height, dtype=torch.float64)[:, None] + 0.5
+    xs = torch.arange(width, dtype=torch.float64)[None, :] + 0.5
+    owners = torch.full((height, width), -1, dtype=torch.long)
+    nearest = torch.full((height, width), float("inf"), dtype=torch.float64)
+    for index, (box, (cx, cy)) in enumerate(zip(boxes, centres)):
+        x1, y1, x2, y2 = (int(v) for v in box)
+        inside = (xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)
+        distance = (xs - cx) ** 2 + (ys - cy) ** 2
+        take = inside & (distance < nearest)
+        owners[take] = index
+        nearest[take] = distance[take]
+    return owners
+
+
+def paste_faces(frames: Sequence[torch.Tensor], original: torch.Tensor, boxes: Sequence[Box],
+                owners: torch.Tensor, feather: int = 16) -> torch.Tensor:
+    """Several faces' frames (each (n,H,W,3)) pasted into one copy of the original → (n,H0,W0,3) float32. Each face
+    is pasted with paste_back and keeps only the pixels `owners` (face_owners) gives it; every other pixel is the
+    original's, bit for bit."""
+    if not frames:
+        raise ValueError("no faces to paste")
+    still = original[0] if original.dim() == 4 else original
+    out = still[..., :3].float().cpu().unsqueeze(0).repeat(frames[0].shape[0], 1, 1, 1)
+    for index, (face_frames, box) in enumerate(zip(frames, boxes)):
+        mine = owners == index
+        out[:, mine] = paste_back(face_frames, original, box, feather)[:, mine]
+    return out

@@ -7,7 +7,7 @@ lower there, and an error writing the file says so, whatever stage pulled the fr
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -16,7 +16,7 @@ from typing import Optional, Union
 import torch
 
 from .chunked_decode import chunk_bounds, iter_decoded_chunks
-from .paste_back import paste_back
+from .paste_back import face_owners, paste_back, paste_faces
 from .rife import iter_interpolated
 from .video_writer import StreamingMp4Writer
 
@@ -138,6 +138,25 @@ class PasteInto:
             return paste_back(frames, self.original, self.crop_box, self.feather)
 
 
+@dataclass
+class PasteFaces:
+    """Several faces' frames pasted into one copy of the original picture (paste_back.paste_faces): each crop box
+    in the original's pixels, each face's centre deciding who owns the pixels where boxes overlap."""
+
+    original: torch.Tensor             # (1, H0, W0, 3)
+    crop_boxes: Sequence[tuple[int, int, int, int]]
+    centres: Sequence[tuple[float, float]]
+    feather: int = 16
+
+    def __post_init__(self) -> None:
+        self.owners = face_owners(self.crop_boxes, self.centres, tuple(self.original.shape[1:3]))
+
+    def __call__(self, frames: Sequence[Frames]) -> Frames:
+        height, width = self.original.shape[1:3]
+        with explained(lambda _: paste_out_of_memory(frames[0].shape[0] * len(frames), width, height)):
+            return paste_faces(frames, self.original, self.crop_boxes, self.owners, self.feather)
+
+
 def stream_frames(chunks: Iterable[Frames], rife: Optional[torch.nn.Module] = None, batch_size: int = 8,
                   paste: Optional[PasteInto] = None, hold_last: bool = False,
                   group_size: int = 16) -> Iterator[Frames]:
@@ -162,17 +181,58 @@ class WrittenVideo:
     fps: Fraction
 
 
-def write_video(latents: torch.Tensor, decode: Callable[[torch.Tensor], Frames],
+def _progress_over(on_chunk: Optional[Callable[[int, int, Frames], None]],
+                   streams: int) -> Optional[Callable[[int, int, Frames], None]]:
+    """One progress count over every face's decoded chunks."""
+    if on_chunk is None:
+        return None
+    done = [0]
+
+    def counted(_: int, total: int, frames: Frames) -> None:
+        done[0] += 1
+        on_chunk(done[0], total * streams, frames)
+
+    return counted
+
+
+def _composed(faces: list[Iterator[Frames]], paste: Callable[[list[Frames]], Frames]) -> Iterator[Frames]:
+    try:
+        for groups in zip(*faces):  # every face has the same frames, so the groups line up
+            yield paste(list(groups))
+    finally:
+        for face in faces:
+            face.close()
+
+
+def frame_batches(latents: Union[torch.Tensor, Sequence[torch.Tensor]], decode: Callable[[torch.Tensor], Frames],
+                  chunk_size: int, rife: Optional[torch.nn.Module], paste: Optional[Callable],
+                  on_chunk: Optional[Callable[[int, int, Frames], None]] = None) -> Iterator[Frames]:
+    """Batches of finished frames, lazily: one face's latents through decode → RIFE → paste, or a list of faces'
+    latents (same frame count) each decoded and interpolated in step, one group of each composed by `paste`
+    (a PasteFaces) into one picture."""
+    hold = rife is not None
+    if isinstance(latents, torch.Tensor):
+        chunks = decoded_chunks(latents, chunk_size, decode, on_chunk)
+        return stream_frames(chunks, rife, chunk_size, paste, hold_last=hold, group_size=2 * chunk_size)
+    if paste is None or len({int(face.shape[0]) for face in latents}) != 1:
+        raise ValueError("Several faces need a paste into one picture and the same number of frames each.")
+    progress = _progress_over(on_chunk, len(latents))
+    faces = [stream_frames(decoded_chunks(face, chunk_size, decode, progress), rife, chunk_size, None,
+                           hold_last=hold, group_size=2 * chunk_size) for face in latents]
+    return _composed(faces, paste)
+
+
+def write_video(latents: Union[torch.Tensor, Sequence[torch.Tensor]], decode: Callable[[torch.Tensor], Frames],
                 path_for: Callable[[int, int], str], *, fps: Union[Fraction, float], chunk_size: int = 8,
-                rife: Optional[torch.nn.Module] = None, paste: Optional[PasteInto] = None,
+                rife: Optional[torch.nn.Module] = None, paste: Optional[Union[PasteInto, PasteFaces]] = None,
                 audio: Optional[tuple[torch.Tensor, int]] = None, crf: int = 18, metadata: Optional[dict] = None,
                 on_chunk: Optional[Callable[[int, int, Frames], None]] = None) -> WrittenVideo:
     """Decode → (RIFE ×2) → (paste-back) → mp4, chunk by chunk. `path_for(width, height)` names the file once the
     first frames' size is known. Nothing is left on disk if anything fails or the run is cancelled. With RIFE the
     last frame is held one extra frame, so each of the N generated frames lasts two output frames and the video is
-    exactly as long as N frames at half `fps`, like the trimmed audio."""
-    chunks = decoded_chunks(latents, chunk_size, decode, on_chunk)
-    batches = stream_frames(chunks, rife, chunk_size, paste, hold_last=rife is not None, group_size=2 * chunk_size)
+    exactly as long as N frames at half `fps`, like the trimmed audio. A list of latents (several faces, with a
+    PasteFaces) streams every face in step into one video of the whole picture."""
+    batches = frame_batches(latents, decode, chunk_size, rife, paste, on_chunk)
     try:
         first = next(batches, None)
         if first is None:
@@ -186,5 +246,5 @@ def write_video(latents: torch.Tensor, decode: Callable[[torch.Tensor], Frames],
                 for batch in batches:
                     writer.write_frames(batch)
     finally:
-        batches.close()  # stop the decode generator now, not at garbage collection
+        batches.close()  # stop the decode generators now, not at garbage collection
     return WrittenVideo(path, writer.frames_written, writer.fps)

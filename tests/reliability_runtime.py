@@ -247,30 +247,37 @@ def assert_comfy_keeps_running(folders: ComfyFolders) -> None:
 
 WORKFLOWS_API = Path(__file__).resolve().parents[1] / "workflows" / "api"
 VOICE = Path(__file__).resolve().parents[1] / "assets" / "sonic_voice.wav"
+DIALOGUE_PICTURE = VOICE.with_name("sonic_dialogue.png")
 
 
 def write_run_inputs(folders: ComfyFolders, seconds: float = 1.0) -> None:
-    """The picture (one face, painted for the stand-in detector) and the first `seconds` of the shipped voice."""
+    """The picture (one face, painted for the stand-in detector), the dialogue's two-face picture, and the first
+    `seconds` of the shipped voice."""
     portrait(320, 256, (FACE_LARGE,)).save(folders.input / "portrait.png")
+    shutil.copy(DIALOGUE_PICTURE, folders.input / DIALOGUE_PICTURE.name)
     write_short_wav(VOICE, folders.input / "voice.wav", seconds)
 
 
 def shipped_workflow(name: str, **sampler) -> dict:
-    """A shipped API workflow on the random weights: CPU-sized (64-px short side, 2 steps), fp32, test inputs."""
+    """A shipped API workflow on the random weights: CPU-sized (64-px short side, 2 steps), fp32, test inputs. The
+    dialogue gets its faces as masks (the path of runs without a face detector)."""
     import json
 
-    prompt = json.loads((WORKFLOWS_API / f"{name}.json").read_text())
+    from tools.dialogue_assets import with_face_masks
+
+    prompt = with_face_masks(json.loads((WORKFLOWS_API / f"{name}.json").read_text()))
+    speakers = any(node["class_type"] == "SonicSpeakers" for node in prompt.values())
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] == "SonicLoader":
             inputs.update(svd_checkpoint="svd_xt_random.safetensors", dtype="fp32", low_vram="off")
         elif node["class_type"] == "LoadImage":
-            inputs.update(image="portrait.png")
+            inputs.update(image=DIALOGUE_PICTURE.name if speakers else "portrait.png")
         elif node["class_type"] == "LoadAudio":
             inputs.update(audio="voice.wav")
-        elif node["class_type"] == "SonicReferenceImage":
+        elif node["class_type"] in ("SonicReferenceImage", "SonicSpeakers"):
             inputs.update(resolution=64)
-        elif node["class_type"] == "SonicSampler":
+        elif node["class_type"] in ("SonicSampler", "SonicSpeakersSampler"):
             inputs.update(steps=2, **sampler)
         elif node["class_type"] == "BasicScheduler":
             inputs.update(steps=2)

@@ -44,7 +44,8 @@ FRONTEND_ONLY = {"upload"}  # widgets the frontend adds to core nodes with a fil
 OUTPUT_STAGE = {"SonicDecode", "SonicInterpolate", "SonicSaveVideo", "CreateVideo", "SaveVideo"}
 CLIENT_ONLY = {"SonicMotionBuckets": ["head_motion auto", "expression auto", "sonic_motion_readout",
                                       "sonic_motion_chart"],
-               "SonicSampler": ["sonic_cfg_audio_hint"], "SonicAudioEncode": ["sonic_audio_readout"]}
+               "SonicSampler": ["sonic_cfg_audio_hint"], "SonicAudioEncode": ["sonic_audio_readout"],
+               "SonicSpeakers": ["sonic_speakers_readout"]}
 
 # Random weights on a CPU: the checkpoint that exists, no face detector, a small picture, 2 steps, a short clip.
 CPU_FRIENDLY = """(() => {{

@@ -18,6 +18,8 @@ from comfy_server import write_short_wav
 from conftest import REPO
 
 WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
+DIALOGUE = REPO / "workflows" / "api" / "sonic_dialogue.json"
+ONE_FACE = [w for w in WORKFLOWS if w != DIALOGUE]  # the dialogue needs two faces found: its own test below
 ASSETS = REPO / "assets"
 
 
@@ -126,7 +128,7 @@ def test_a_missing_svd_checkpoint_validates_and_the_loader_names_the_fix(tiny_mo
         "clip_vision and choose 'none'.")
 
 
-@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("workflow", ONE_FACE, ids=lambda p: p.stem)
 def test_shipped_workflow_executes_and_writes_a_synced_video(workflow, tiny_models_dir, tmp_path, monkeypatch):
     inputs, rate = _inputs(tmp_path)
     # Only the file the download fetches, under the name it gives it: the workflows must run unchanged on it, and
@@ -162,3 +164,80 @@ def test_shipped_workflow_executes_and_writes_a_synced_video(workflow, tiny_mode
     left, right = np.abs(sound).max(axis=1)
     assert left > 0.05 and abs(left - right) < 0.02 * left, (left, right)
     assert abs(video_seconds - audio_seconds) <= 1 / fps + 0.03, (video_seconds, audio_seconds)
+
+
+def write_tone_wav(path: Path, rate: int, channels: int, seconds: float, freq: float, start: float = 0.0) -> None:
+    """A 16-bit sine from `start` seconds on, silent before (stdlib and numpy only)."""
+    t = np.arange(round(seconds * rate)) / rate
+    wave_ = (0.4 * np.sin(2 * np.pi * freq * t) * (t >= start) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(np.repeat(wave_[:, None], channels, axis=1).tobytes())
+
+
+def _tone_level(sound: np.ndarray, rate: int, start: float, end: float, freq: float) -> float:
+    part = sound.mean(axis=0)[int(start * rate):int(end * rate)]
+    spectrum = np.abs(np.fft.rfft(part * np.hanning(part.size)))
+    bins = np.fft.rfftfreq(part.size, 1 / rate)
+    return float(spectrum[np.abs(bins - freq) < 30].max() / part.size)
+
+
+def test_dialogue_workflow_writes_one_video_of_the_picture_with_both_voices(tiny_models_dir, tmp_path):
+    """Two faces found by a stand-in detector that knows the asset picture's faces; speaker 1 says a 440 Hz tone
+    (0.24 s, 16 kHz mono) while 2 is silent, then 2 says 1200 Hz (22.05 kHz stereo, 0.48 s with its silence)."""
+    import torch
+    from reliability_runtime import RedRegionYolo, UseFolders, make_folders
+    from tools.dialogue_assets import DIALOGUE_FACES
+
+    folders = make_folders(tmp_path / "comfy", tiny_models_dir)
+    torch.jit.save(torch.jit.script(RedRegionYolo(torch.tensor(DIALOGUE_FACES))),
+                   str(folders.sonic / "yoloface_v5m.pt"))
+    shutil.copy(ASSETS / "sonic_dialogue.png", folders.input / "sonic_dialogue.png")
+    write_tone_wav(folders.input / "sonic_dialogue_1.wav", 16000, 1, 0.24, 440)
+    write_tone_wav(folders.input / "sonic_dialogue_2.wav", 22050, 2, 0.48, 1200, start=0.24)
+    prompt = json.loads(DIALOGUE.read_text())
+    for node in prompt.values():
+        if node["class_type"] == "SonicLoader":
+            node["inputs"].update(svd_checkpoint="svd_xt_random.safetensors", dtype="fp32", low_vram="off")
+        if node["class_type"] == "SonicSpeakers":
+            node["inputs"].update(resolution=64)
+        if node["class_type"] == "SonicSpeakersSampler":
+            node["inputs"].update(steps=2)
+    with UseFolders(folders):
+        outputs = run_prompt(prompt)
+    readout = next(v["sonic_speakers"][0] for v in outputs.values() if "sonic_speakers" in v)
+    assert readout["faces"] == 2 and [t["face"] for t in readout["tracks"]] == [0, 1], readout
+    videos = sorted(folders.output.rglob("*.mp4"))
+    assert len(videos) == 1, outputs
+    with av.open(str(videos[0])) as container:
+        video = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(video=0))
+        size, fps = (video.width, video.height), Fraction(video.average_rate)
+    with av.open(str(videos[0])) as container:
+        audio = container.streams.audio[0]
+        sound = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
+        rate, channels, audio_seconds = audio.rate, audio.channels, _duration(audio)
+    assert size == (640, 400)  # the whole picture
+    assert frames / fps == Fraction(12, 25)  # the longest track (0.48 s): 6 frames, each lasting two after RIFE
+    assert (rate, channels) == (22050, 2)  # the highest rate among the tracks; the mono one on both sides
+    assert abs(audio_seconds - 0.48) < 0.03, audio_seconds  # the mix trimmed to the video (AAC frames aside)
+    first = [_tone_level(sound, rate, 0.03, 0.22, f) for f in (440, 1200)]
+    second = [_tone_level(sound, rate, 0.27, 0.46, f) for f in (440, 1200)]
+    assert first[0] > 0.05 and first[0] > 20 * first[1], first  # speaker 1 speaks, 2 is silent
+    assert second[1] > 0.05 and second[1] > 20 * second[0], second  # then the other way round
+
+
+def test_dialogue_assets_are_what_their_script_makes():
+    from PIL import Image
+
+    from tools.dialogue_assets import DIALOGUE_FACES, dialogue_picture, dialogue_tracks, read_wav
+
+    assert np.array_equal(np.asarray(dialogue_picture()), np.asarray(Image.open(ASSETS / "sonic_dialogue.png")))
+    first, second, rate = dialogue_tracks()
+    for made, name in ((first, "sonic_dialogue_1.wav"), (second, "sonic_dialogue_2.wav")):
+        shipped, shipped_rate = read_wav(ASSETS / name)
+        assert shipped_rate == rate and np.array_equal(shipped, np.clip(np.round(made), -32768, 32767))
+    assert (ASSETS / "sonic_dialogue.png").stat().st_size < 300_000
+    assert len(DIALOGUE_FACES) == 2

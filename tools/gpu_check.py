@@ -227,7 +227,10 @@ def write_audio(source: Path, target: Path, seconds: float) -> None:
 
 
 def prepared_prompt(path: Path, plan: Plan, checkpoint: str, audio: str, prefix: str) -> dict:
-    prompt = json.loads(path.read_text())
+    from tools.dialogue_assets import with_face_masks
+
+    prompt = with_face_masks(json.loads(path.read_text()))  # no face detector: the dialogue's faces as masks
+    speakers = any(node["class_type"] == "SonicSpeakers" for node in prompt.values())
     for node in prompt.values():
         inputs = node["inputs"]
         for name, value in plan.overrides.items():
@@ -236,7 +239,7 @@ def prepared_prompt(path: Path, plan: Plan, checkpoint: str, audio: str, prefix:
         if "svd_checkpoint" in inputs:
             inputs["svd_checkpoint"] = checkpoint
         if node["class_type"] == "LoadImage":
-            inputs["image"] = "sonic_portrait.png"
+            inputs["image"] = "sonic_dialogue.png" if speakers else "sonic_portrait.png"
         if node["class_type"] == "LoadAudio":
             inputs["audio"] = audio
         if "filename_prefix" in inputs:
@@ -307,7 +310,8 @@ def workflows_step(plan: Plan, out: Path, work: Path, clock: Clock, models: Path
     inputs, results = work / "input", work / "output"
     shutil.rmtree(results, ignore_errors=True)
     inputs.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ASSETS / "sonic_portrait.png", inputs / "sonic_portrait.png")
+    for picture in ("sonic_portrait.png", "sonic_dialogue.png"):
+        shutil.copy(ASSETS / picture, inputs / picture)
     for seconds in plan.audio_seconds:
         write_audio(ASSETS / "sonic_voice.wav", inputs / f"voice_{seconds:g}s.wav", seconds)
     checkpoint = sorted(p.name for p in (models / "checkpoints").glob("svd_xt*.safetensors"))[0]

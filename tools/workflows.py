@@ -131,8 +131,30 @@ def long_audio(image: str = "sonic_portrait.png", audio: str = "sonic_voice.wav"
     return nodes
 
 
+def dialogue(image: str = "sonic_dialogue.png", audio_1: str = "sonic_dialogue_1.wav",
+             audio_2: str = "sonic_dialogue_2.wav") -> list[Node]:
+    """Two faces in one picture, one voice each (a dialogue): each face animated by its own track and pasted back
+    into one video of the whole picture, with both tracks mixed into its sound."""
+    loader = _sonic_models(image, audio_1)[:3]
+    return loader + [
+        Node(4, "LoadAudio", {"audio": audio_2}, pos=(40, 1100)),
+        Node(5, "SonicSpeakers", {"face_order": "left to right", "faces": "", "resolution": 512, "expand_ratio": 0.5,
+                                  "motion_preset": "moderate (1.0)", "beta": 1.0},
+             {"sonic_model": (1, 0), "vae": (1, 1), "clip_vision": (1, 2), "image": (2, 0), "audio_1": (3, 0),
+              "audio_2": (4, 0)}, pos=(460, 420)),
+        Node(6, "PreviewImage", {}, {"images": (5, 3)}, pos=(880, 700)),
+        Node(7, "SonicSpeakersSampler", {"seed": 0, "steps": 25, "cfg_image": 2.0, "cfg_audio": 7.5, "shift": 7,
+                                         "window": 25, "sampler_name": "euler", "scheduler": "karras",
+                                         "denoise": 1.0},
+             {"model": (1, 3), "speakers": (5, 0)}, pos=(880, 300)),
+        Node(8, "SonicSpeakersSaveVideo", {"interpolate": True, "feather": 16, "decode_chunk_size": 8,
+                                           "filename_prefix": "sonic/Sonic_dialogue", "crf": 18},
+             {"vae": (1, 1), "speakers": (7, 0), "sonic_model": (1, 0), "audio": (5, 1)}, pos=(1300, 300)),
+    ]
+
+
 GRAPHS = {"sonic_basic": basic, "sonic_manual_motion": manual_motion, "sonic_long_audio": long_audio,
-          "sonic_custom_sampler": custom_sampler}
+          "sonic_custom_sampler": custom_sampler, "sonic_dialogue": dialogue}
 
 
 def to_api(nodes: list[Node]) -> dict:

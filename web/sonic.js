@@ -7,6 +7,7 @@
 //  - Sonic Encode Audio: duration -> frame counts after a run.
 //  - Sonic Reference Image: after a run, how many faces were found and which one is animated, whether a batch was
 //    cut to its first image, and the prepared size.
+//  - Sonic Speakers: after a run, how many faces were found and which face (or mask) each track drives.
 // Everything here is client-only: no widget added here is saved in the workflow or sent with the prompt.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -399,6 +400,20 @@ function setupReferenceImage(node) {
   };
 }
 
+// ---- Sonic Speakers -------------------------------------------------------------------------------------------
+
+function setupSpeakers(node) {
+  const readout = addReadout(node, "sonic_speakers_readout", ["faces: shown after a run"], { dim: true });
+  node.sonicOnExecuted = (output) => {
+    const info = output?.sonic_speakers?.[0];
+    if (!info || !Array.isArray(info.tracks)) return;
+    const masks = info.faces === null || info.faces === undefined;
+    const found = masks ? "faces given as masks" : `${info.faces} faces found`;
+    const drives = info.tracks.map((t) => `track ${t.track} → ${t.face === "mask" ? "its mask" : `face ${t.face}`}`);
+    readout.setLines([found, drives.join(", ")]);
+  };
+}
+
 // ---- wiring -----------------------------------------------------------------------------------------------------
 
 const SETUP = {
@@ -406,6 +421,7 @@ const SETUP = {
   SonicSampler: setupSampler,
   SonicAudioEncode: setupAudioEncode,
   SonicReferenceImage: setupReferenceImage,
+  SonicSpeakers: setupSpeakers,
 };
 
 function classOf(node) {
