@@ -23,13 +23,13 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .file_signatures import FAILED_DOWNLOADS, identify_kind, safetensors_header, sniff_container
+from .file_signatures import FAILED_DOWNLOADS, NO_MATCH, SIGNATURES, identify_kind, safetensors_header, sniff_container
 from .model_catalog import ENTRIES
 
 LOADABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
-              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}  # others: copied
+              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
 class WeightFileError(ValueError):
@@ -44,9 +44,8 @@ class WeightFileError(ValueError):
 def slot_names(slot: str) -> tuple[str, str, str | None]:
     """(description, file name, signature kind) of a loader slot; any other text is its own description."""
     e = ENTRIES.get(slot)
-    if e is None or not e.description:
-        return slot, "the right weights file", None
-    return e.description, Path(e.relpath).name, e.kind
+    label = next((label for kind, label, _ in SIGNATURES if e and kind == e.kind), None)
+    return (label.split(" (")[0], Path(e.relpath).name, e.kind) if label else (slot, "the right weights file", None)
 
 
 def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -66,7 +65,9 @@ def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -
     if container == "safetensors" or path.suffix.lower() in (".safetensors", ".sft") and container == "unknown":
         sd = _read_safetensors(path, size)
     else:
-        sd = _as_tensor_dict(path, _torch_load(path, size))
+        sd = _as_tensor_dict(path, _torch_load(path, size, mmap=container == "zip"))  # legacy pickles: read once
+    if not sd:
+        raise WeightFileError(f"{path} contains no tensors")
     if dtype is not None:
         _check_dtype(dtype)
         _cast_each(sd, path, lambda key, t: dtype if t.is_floating_point() else None)
@@ -78,16 +79,11 @@ def _check_dtype(dtype: torch.dtype) -> None:
         raise ValueError(f"weights can be loaded as float32, float16 or bfloat16, not {dtype}")
 
 
-def _torch_load(path: Path, size: int) -> object:
+def _torch_load(path: Path, size: int, mmap: bool) -> object:
     try:
         with warnings.catch_warnings():  # plain pickle.dump files warn before being refused; the error says it all
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if "mmap can only be used" not in str(e):
-                    raise
-                return torch.load(path, map_location="cpu", weights_only=True)  # legacy pickle: read once
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         refused = re.search(r"GLOBAL\s+(\S+)", str(e))
         if refused or re.search(r"unsupported|not an allowed|reduce", str(e), re.IGNORECASE):
@@ -124,39 +120,25 @@ def _as_tensor_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
         examples = ", ".join(f"{k!r} ({type(obj[k]).__name__})" for k in bad[:3])
         raise WeightFileError(f"{path} is not a dict of tensors: {len(bad)} of its {len(obj)} entries are not "
                               f"tensors, e.g. {examples}")
-    if not obj:
-        raise WeightFileError(f"{path} contains no tensors")
     return dict(obj)
 
 
 def _read_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
-    """Zero-copy views of one private mapping of the file."""
-    def invalid(why: object) -> WeightFileError:
-        return WeightFileError(f"{path} is not a valid safetensors file ({why}; {size} bytes) — it may be truncated "
-                               "or not weights; download it again", broken=True)
-
+    """Zero-copy views of one private mapping of the file (a tensor at an odd offset is copied out)."""
     try:
-        header = safetensors_header(path, size)
-    except ValueError as e:
-        raise invalid(e) from None
-    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
-    sd = {}
-    for key, info in header.items():
-        dt, shape = _ST_DTYPES.get(info["dtype"]), tuple(info["shape"])
-        if dt is None or info["begin"] % dt.itemsize:  # a rare layout: let the library copy it
-            from safetensors import safe_open
-
-            try:
-                with safe_open(str(path), framework="pt", device="cpu") as f:
-                    sd[key] = f.get_tensor(key)
-            except Exception as e:  # SafetensorError derives from Exception only
-                raise invalid(str(e).strip()[:160]) from None
-        elif math.prod(shape) * dt.itemsize != info["data_offsets"][1] - info["data_offsets"][0]:
-            raise invalid(f"{key}: shape {list(shape)} does not match its {info['data_offsets']} bytes")
-        else:
-            sd[key] = torch.empty(0, dtype=dt).set_(storage, info["begin"] // dt.itemsize, shape)
-    if not sd:
-        raise WeightFileError(f"{path} contains no tensors")
+        header, sd = safetensors_header(path, size), {}
+        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+        for key, info in header.items():
+            dt, (lo, hi) = _ST_DTYPES.get(info["dtype"]), info["data_offsets"]
+            if dt is None:
+                raise ValueError(f"{key}: unsupported dtype {info['dtype']}")
+            if math.prod(info["shape"]) * dt.itemsize != hi - lo:
+                raise ValueError(f"{key}: shape {info['shape']} does not match its {info['data_offsets']} bytes")
+            raw = torch.empty(0, dtype=torch.uint8).set_(storage, info["begin"], (hi - lo,))
+            sd[key] = (raw if info["begin"] % dt.itemsize == 0 else raw.clone()).view(dt).view(info["shape"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise WeightFileError(f"{path} is not a valid safetensors file ({e}; {size} bytes) — it may be truncated "
+                              "or not weights; download it again", broken=True) from None
     return sd
 
 
@@ -264,7 +246,7 @@ def identity_hint(shapes: Mapping[str, tuple[int, ...]], slot: str) -> str:
     _, filename, kind = slot_names(slot)
     found = identify_kind(shapes)
     if found is None:
-        return "The file matches no known checkpoint layout; `python tools/models.py check` lists the files."
+        return f"It is {NO_MATCH}; `python tools/models.py check` lists them."
     if found[0] == kind:
         return f"It looks like {found[1]}, but for a different model size or version."
     return f"This looks like {found[1]}; use {filename} here."
