@@ -70,8 +70,8 @@ def _mlp(s: Shapes, extra: tuple[str, ...] = ()) -> bool:
 # (kind, label, test): the first match wins, so the more specific rows come first. Only Sonic's files, and the
 # stock SVD UNet (the common mistake in unet.pth's place).
 SIGNATURES = (
-    ("svd_checkpoint", "an SVD single-file checkpoint (UNet, VAE and CLIP vision)", lambda s: _svd_single(s) and _any(
-        s, "first_stage_model.", start=True) and _any(s, "conditioner.embedders.0.open_clip.model.visual.", start=True)),
+    ("svd_checkpoint", "an SVD single-file checkpoint (UNet, VAE and CLIP vision)", lambda s: _svd_single(s)
+     and _any(s, "first_stage_model.", start=True) and _any(s, "conditioner.embedders.0.open_clip.", start=True)),
     ("svd_single_file", "an SVD single-file checkpoint without its VAE / CLIP vision, not Sonic's unet.pth",
      _svd_single),
     ("sonic_unet", "the Sonic UNet weights (unet.pth)",
@@ -88,12 +88,6 @@ SIGNATURES = (
 
 
 def identify_kind(shapes: Shapes) -> tuple[str, str] | None:
-    """(kind, label) of the first matching signature, also trying once with a shared first key part stripped
-    (a wrapped or re-saved state dict: every key 'unet.…')."""
-    firsts = {k.split(".", 1)[0] for k in shapes}
-    for prefix in ("", *(f"{p}." for p in firsts if len(firsts) == 1 and all("." in k for k in shapes))):
-        s = {k[len(prefix):]: tuple(v) for k, v in shapes.items()}
-        found = next(((kind, label) for kind, label, test in SIGNATURES if s and test(s)), None)
-        if found:
-            return (found[0], f"{found[1]}, with every key prefixed '{prefix}'") if prefix else found
-    return None
+    """(kind, label) of the first matching signature."""
+    s = {k: tuple(v) for k, v in shapes.items()}
+    return next(((kind, label) for kind, label, test in SIGNATURES if s and test(s)), None)

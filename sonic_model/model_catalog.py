@@ -4,6 +4,7 @@ as <name>", a web page or an LFS stub under the right name is "wrong". No networ
 (safetensors: header only; PyTorch zips: memory-mapped index only)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -84,15 +85,10 @@ def inspect_file(path: Path) -> Inspection:
             return _shapes_kind({k: v["shape"] for k, v in safetensors_header(path, size).items()})
         except ValueError as e:
             return Inspection(None, f"a damaged safetensors file ({e})", broken=True)
-    if container == "zip":  # TorchScript: its top folder is named after the file, so only code paths are read
-        try:
-            with zipfile.ZipFile(path) as z:
-                code = [n.split("/", 1)[-1].lower() for n in z.namelist() if "/code/" in n]
-        except (zipfile.BadZipFile, OSError):
-            code = []
-        if code:
-            return Inspection("torchscript", "a TorchScript YOLO model" if any("yolo" in n for n in code)
-                              else "a TorchScript model")
+    if container == "zip":  # a TorchScript archive holds its code: the zip index says so
+        with contextlib.suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(path) as z:
+            if any("/code/" in n for n in z.namelist()):
+                return Inspection("torchscript", "a TorchScript model")
     if container == "pickle" and size > MAX_LEGACY_PICKLE:
         return Inspection(None, "a legacy-format PyTorch pickle (too big to open just for a check)", unverified=True)
     from .weights import WeightFileError, read_state_dict  # torch only when a PyTorch file is met
@@ -146,20 +142,16 @@ def _candidates(roots: list[Path], suffixes: tuple[str, ...]) -> list[Path]:
             models = {d for d in dirs if (Path(here) / d / "config.json").is_file()}
             deep = len(Path(here).relative_to(root).parts) >= MAX_SCAN_DEPTH
             dirs[:] = [] if deep else sorted(d for d in set(dirs) - models if not d.startswith("."))
-            found += [Path(here) / n for n in sorted(models) + sorted(names) if n in models or n.lower().endswith(suffixes)]
+            found += [Path(here) / n for n in [*sorted(models), *sorted(names)]
+                      if n in models or n.lower().endswith(suffixes)]
     return found[:MAX_SCAN_FILES]
 
 
-def _warnings(entry: CatalogEntry, seen: Inspection, path: Path) -> list[str]:
+def _warnings(entry: CatalogEntry, path: Path) -> list[str]:
     size, found = path.stat().st_size, []
-    if entry.gated and size < entry.size:
-        found.append(f"{human_size(size)}: smaller than any official SVD-xt checkpoint: random test weights or a "
-                     "stripped copy")
-    elif entry.size is not None and size != entry.size and not entry.gated:
-        found.append(f"not the official size ({size:,} bytes; official {entry.size:,}): random test weights, a "
-                     "re-saved copy or another version")
-    if entry.kind == "torchscript" and "YOLO" not in seen.label:
-        found.append("a TorchScript model, but not recognisably a YOLO one")
+    if entry.size and (size < entry.size if entry.gated else size != entry.size):
+        found.append(f"not the official size ({size:,} bytes; official {'over ' * entry.gated}{entry.size:,}): "
+                     "random test weights, a re-saved or stripped copy, or another version")
     if entry.slot == "unet" and path.with_suffix(".config.json").is_file() and not found:
         found.append(f"{path.with_suffix('.config.json').name} beside it describes a small test UNet: delete it")
     return found
@@ -171,10 +163,9 @@ def _check(entry: CatalogEntry, roots: list[Path], files: list[Path], inspect, p
     report = FileReport(entry, MISSING, roots[0] / entry.relpath, fetch=entry.downloads)
     if present is not None:
         seen, at_place = inspect(present), present.as_posix().endswith(entry.relpath)
-        if seen.kind == entry.kind or seen.unverified:
-            size_note = [] if not seen.unverified else [f"{seen.label}: " + (
-                "the size matches the official file" if present.stat().st_size == entry.size else "not the official size")]
-            return FileReport(entry, FOUND, present, present, seen.label, size_note or _warnings(entry, seen, present))
+        if seen.kind == entry.kind or seen.unverified:  # too big to open: the size is all there is to go on
+            return FileReport(entry, FOUND, present, present, seen.label,
+                              [seen.label] * seen.unverified + _warnings(entry, present))
         detail = seen.label if seen.label.startswith("this file") else (  # a loader message, already a sentence
             f"this is {seen.label}" + ("" if seen.kind is None else f", not {entry.title}"))
         if not seen.broken:
@@ -191,7 +182,7 @@ def _check(entry: CatalogEntry, roots: list[Path], files: list[Path], inspect, p
         report.fetch = ()
         if report.status == MISSING:
             report.status, report.path, report.detail = ELSEWHERE, other, advice
-            report.warnings += _warnings(entry, inspect(other), other)
+            report.warnings += _warnings(entry, other)
         else:
             report.detail += f". The right file is {name}: {advice}"
     return report
@@ -248,12 +239,12 @@ def _notes(r: FileReport) -> list[str]:
 
 def format_report(reports: list[FileReport], base: Path | None = None, download_command: str | None = None) -> str:
     """The table people read: one row per file, indented notes under it, then what to do."""
-    lines = ["Sonic model check" + (f": {base}" if base is not None else ""), "", f"  {'STATUS':8}  {'WHAT':29}  FILE"]
+    lines = ["Sonic model check" + (f": {base}" if base else ""), "", f"  {'STATUS':8}  {'WHAT':29}  FILE"]
     for r in reports:
         shown = r.path or r.target
         name = shown.relative_to(base).as_posix() if base and shown.is_relative_to(base) else str(shown)
         what = r.entry.title + ("" if r.entry.required else " (optional)")
-        size = f" ({human_size(shown.stat().st_size)})" if shown.is_file() else "/" * (r.entry.kind == "whisper_folder")
+        size = f" ({human_size(shown.stat().st_size)})" if shown.is_file() else "/" * shown.is_dir()
         lines += [f"  {r.status:8}  {what:29}  {name}{size}", *(" " * 12 + n for n in _notes(r))]
     bad = [r.entry.slot for r in reports if r.entry.required and not r.ok]
     optional = sum(not r.entry.required and not r.ok for r in reports)

@@ -1,10 +1,8 @@
-"""Safe, memory-lean checkpoint loading with error messages that say what is wrong with the file and what to do.
+"""Safe, memory-lean checkpoint loading; bad files raise `WeightFileError` naming the file and what to do.
 
 Every `torch.load` is `weights_only=True`. Files are memory-mapped; tensors already in the target dtype stay views
 of the mapping, others are cast one at a time and their source pages handed back to the kernel at once
-(benchmarks/load_memory.py: 1.02x instead of 2.0x peak when casting), then assigned into a module whose parameters
-live on the meta device. Bad files raise `WeightFileError` naming the file and what it really looks like.
-"""
+(benchmarks/load_memory.py: 1.02x instead of 2.0x peak when casting), then assigned into a meta-device module."""
 from __future__ import annotations
 
 import ctypes
@@ -49,13 +47,13 @@ def slot_names(slot: str) -> tuple[str, str, str | None]:
 
 
 def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """A `.pth/.pt/.pkl/.bin/.ckpt` or `.safetensors/.sft` state dict, memory-mapped where the format allows, read
-    by content (a renamed file still loads). With `dtype`, floating tensors are cast one at a time."""
+    """A PyTorch or safetensors state dict, memory-mapped where the format allows, read by content (a renamed file
+    still loads). With `dtype`, floating tensors are cast one at a time."""
     path = Path(path)
-    if path.is_dir() or not path.is_file():
-        where = f"Put {path.name} in {path.absolute().parent}"
-        raise WeightFileError(f"{path} is a folder; expected a weights file. {where}." if path.is_dir() else
-                              f"Weights file not found: {path}. {where}.")
+    _check_dtype(dtype)
+    if not path.is_file():
+        raise WeightFileError(f"{path} is a folder; expected a weights file." if path.is_dir() else
+                              f"Weights file not found: {path}. Put {path.name} in {path.absolute().parent}.")
     size, container = path.stat().st_size, sniff_container(path)
     if container in (*FAILED_DOWNLOADS, "gguf"):
         what = FAILED_DOWNLOADS.get(container, "a GGUF file")
@@ -69,13 +67,12 @@ def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -
     if not sd:
         raise WeightFileError(f"{path} contains no tensors")
     if dtype is not None:
-        _check_dtype(dtype)
         _cast_each(sd, path, lambda key, t: dtype if t.is_floating_point() else None)
     return sd
 
 
-def _check_dtype(dtype: torch.dtype) -> None:
-    if dtype not in LOADABLE_DTYPES:
+def _check_dtype(dtype: torch.dtype | None) -> None:
+    if dtype not in (None, *LOADABLE_DTYPES):
         raise ValueError(f"weights can be loaded as float32, float16 or bfloat16, not {dtype}")
 
 
@@ -110,16 +107,14 @@ def _corrupt(path: Path, size: int, cause: object) -> WeightFileError:
 
 
 def _as_tensor_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping) and len(obj) == 1:
-        (key, inner), = obj.items()
-        obj = inner if key in ("state_dict", "module", "model") and isinstance(inner, Mapping) else obj
+    if isinstance(obj, Mapping) and len(obj) == 1 and next(iter(obj)) in ("state_dict", "module", "model"):
+        obj = next(iter(obj.values()))  # a training wrapper around the state dict
     if not isinstance(obj, Mapping):
         raise WeightFileError(f"{path} holds a {type(obj).__name__}, not a dict of tensors (a state dict)")
-    bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    bad = [f"{k!r} ({type(v).__name__})" for k, v in obj.items() if not (isinstance(k, str) and torch.is_tensor(v))]
     if bad:
-        examples = ", ".join(f"{k!r} ({type(obj[k]).__name__})" for k in bad[:3])
         raise WeightFileError(f"{path} is not a dict of tensors: {len(bad)} of its {len(obj)} entries are not "
-                              f"tensors, e.g. {examples}")
+                              f"tensors, e.g. {_examples(bad)}")
     return dict(obj)
 
 
@@ -179,23 +174,17 @@ _MADVISE = getattr(ctypes.CDLL(None), "madvise", None) if sys.platform.startswit
 
 
 def load_weights_into(module: nn.Module, path: str | os.PathLike, slot: str, dtype: torch.dtype | None = None,
-                      device: str | torch.device = "cpu", strip_prefix: str | None = None) -> nn.Module:
-    """Strictly load `path` into `module` (ideally built on the meta device) without a second host copy.
-
-    `slot`: a catalog slot ("unet", "audio2token", "audio2bucket", "rife") or a free description, for messages.
-    `dtype` casts floating tensors (None keeps the module's own); `strip_prefix` is removed from keys (RIFE's
-    "module."). Returns the module, on `device`.
-    """
-    description, filename, _ = slot_names(slot)
-    path = Path(path)
-    if dtype is not None:
-        _check_dtype(dtype)
+                      device: str | torch.device = "cpu") -> nn.Module:
+    """Strictly load `path` into `module` (ideally built on the meta device) without a second host copy; `slot`
+    (a catalog slot, or a free description) names what belongs there in messages, `dtype` casts floating tensors
+    (None keeps the module's own). Returns the module, on `device`."""
+    (description, filename, _), path = slot_names(slot), Path(path)
+    _check_dtype(dtype)
     try:
         sd = read_state_dict(path)
     except WeightFileError as e:
         text = str(e).replace(f"Put {path.name} in", f"Put {filename} ({description}) in")
         raise WeightFileError(f"Cannot load {description}: {text}", e.broken) from None
-    sd = {k.removeprefix(strip_prefix): v for k, v in sd.items()} if strip_prefix else sd
     expected = module.state_dict()  # meta tensors: shapes and dtypes only
     check_fits(sd, expected, path, slot)
     for prefix, sub in module.named_modules():  # free materialised tensors before the file's arrive
@@ -225,14 +214,13 @@ def check_fits(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tens
     missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
     wrong = sorted(k for k in set(shapes) & set(expected) if shapes[k] != tuple(expected[k].shape))
     if missing or unexpected or wrong:
-        parts = [f"{path} does not fit: expected {description} ({filename}). {len(missing)} missing, "
-                 f"{len(unexpected)} unexpected and {len(wrong)} wrong-shape keys (the file has {len(shapes)} "
-                 f"tensors, the model expects {len(expected)})."]
-        parts += [f"{what} e.g. {_examples(keys)}." for what, keys in (("Missing", missing), ("Unexpected",
-                                                                                            unexpected)) if keys]
-        parts += [f"Wrong shape e.g. {k}: file {list(shapes[k])} vs model {list(expected[k].shape)}."
-                  for k in wrong[:1]]
-        raise WeightFileError(" ".join([*parts, identity_hint(shapes, slot)]))
+        raise WeightFileError(" ".join([
+            f"{path} does not fit: expected {description} ({filename}). {len(missing)} missing, {len(unexpected)} "
+            f"unexpected and {len(wrong)} wrong-shape keys (the file has {len(shapes)} tensors, the model expects "
+            f"{len(expected)}).", *(f"{what} e.g. {_examples(keys)}." for what, keys in (
+                ("Missing", missing), ("Unexpected", unexpected)) if keys),
+            *(f"Wrong shape e.g. {k}: file {list(shapes[k])} vs model {list(expected[k].shape)}." for k in wrong[:1]),
+            identity_hint(shapes, slot)]))
     mistyped = sorted(k for k in sd if expected[k].dtype.is_floating_point and not sd[k].dtype.is_floating_point)
     if mistyped:
         found = "/".join(sorted({str(sd[k].dtype).removeprefix("torch.") for k in mistyped}))
@@ -243,13 +231,10 @@ def check_fits(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tens
 
 def identity_hint(shapes: Mapping[str, tuple[int, ...]], slot: str) -> str:
     """What a file that does not fit `slot` looks like, and what belongs there instead."""
-    _, filename, kind = slot_names(slot)
-    found = identify_kind(shapes)
-    if found is None:
-        return f"It is {NO_MATCH}; `python tools/models.py check` lists them."
-    if found[0] == kind:
-        return f"It looks like {found[1]}, but for a different model size or version."
-    return f"This looks like {found[1]}; use {filename} here."
+    (_, filename, kind), found = slot_names(slot), identify_kind(shapes)
+    return (f"It is {NO_MATCH}; `python tools/models.py check` lists them." if found is None else
+            f"It looks like {found[1]}, but for a different model size or version." if found[0] == kind else
+            f"This looks like {found[1]}; use {filename} here.")
 
 
 def _examples(keys: list[str]) -> str:

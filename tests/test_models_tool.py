@@ -105,7 +105,7 @@ def test_the_random_weight_set_is_found_with_size_warnings(models):
         assert reports[slot].status == mc.FOUND, (slot, reports[slot].detail)
         assert reports[slot].warnings or slot == "whisper", slot  # random weights never pass for the official files
     assert "not the official size (10" in reports["unet"].warnings[0]
-    assert "smaller than any official SVD-xt" in reports["svd_checkpoint"].warnings[0]
+    assert "official over 4,000,000,000)" in reports["svd_checkpoint"].warnings[0]
     assert reports["face_detector"].status == mc.MISSING and not reports["face_detector"].entry.required
     assert mc.all_required_found(reports.values())
 
@@ -206,7 +206,6 @@ def test_face_detector_must_be_torchscript_and_whisper_parts_are_checked(models)
     _torchscript(sonic / "yoloface_v5m.pt")
     r = _check(models)
     assert r["face_detector"].status == mc.FOUND
-    assert any("not recognisably a YOLO" in w for w in r["face_detector"].warnings)
 
     torch.save({"weight": torch.zeros(2)}, sonic / "yoloface_v5m.pt")  # a plain state dict is not the detector
     data = (sonic / "whisper-tiny" / "model.safetensors").read_bytes()
@@ -406,8 +405,8 @@ def test_silent_hub_times_out(sparse_models, tmp_path):
         listener.listen(8)
         port = listener.getsockname()[1]
         start = time.perf_counter()
-        done = _run("download", "--models-dir", str(sparse_models), "--timeout", "1",
-                    env=_hub_env(f"http://127.0.0.1:{port}", tmp_path))
+        done = _run("download", "--models-dir", str(sparse_models),
+                    env={**_hub_env(f"http://127.0.0.1:{port}", tmp_path), "HF_HUB_ETAG_TIMEOUT": "1"})
         elapsed = time.perf_counter() - start
     assert done.returncode == 1 and "Cannot reach the Hugging Face hub" in done.stdout
     assert "timed out" in done.stdout
@@ -441,10 +440,13 @@ def test_error_messages_cover_the_hub_failures():
 
     assert "lost the connection" in tool.explain_error(LocalEntryNotFoundError("x"), unet, "https://h")
 
-    class RemoteEntryNotFoundError(OSError):
-        pass
+    class Missing:
+        status_code = 404
 
-    assert "not in the repository" in tool.explain_error(RemoteEntryNotFoundError("x"), unet, "https://h")
+    class RemoteEntryNotFoundError(OSError):
+        response = Missing()
+
+    assert "HTTP 404" in tool.explain_error(RemoteEntryNotFoundError("x"), unet, "https://h")
 
 
 # ----------------------------------------------------------------------------------------------------------------

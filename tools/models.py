@@ -5,7 +5,8 @@ check     reads file headers only (no network): found / missing / wrong files, r
           folder each belongs in and where to get it. Exit code 0 only when every required file is in place.
 download  fetches from Hugging Face exactly what check reports missing or broken (web pages, LFS stubs, truncated
           files); the only command that uses the network. The SVD-xt repo is gated: accept its licence on the
-          website and pass --token (or set HF_TOKEN). HF_ENDPOINT picks a mirror.
+          website and pass --token (or set HF_TOKEN). HF_ENDPOINT picks a mirror, HF_HUB_ETAG_TIMEOUT how
+          long to wait for it (seconds, default 10).
 
 The models folder: --models-dir, else $SONIC_MODELS_DIR, else ComfyUI's models/ when this pack is installed as
 ComfyUI/custom_nodes/<pack>/. Sonic's files go to <models>/sonic/, the SVD checkpoint to <models>/checkpoints/.
@@ -79,10 +80,6 @@ def explain_error(exc: BaseException, item: Download, endpoint: str) -> str:
     if "GatedRepoError" in names or (entry.gated and (status in (401, 403) or "RepositoryNotFoundError" in names)):
         return (f"{head}: the repository is gated. Log in at {entry.url}, accept the licence, create a read token at "
                 "https://huggingface.co/settings/tokens and pass --token hf_... (or set HF_TOKEN).")
-    if "RepositoryNotFoundError" in names:
-        return f"{head}: repository not found at {endpoint} (or it needs a token: pass --token)."
-    if names & {"RemoteEntryNotFoundError", "EntryNotFoundError"} and "LocalEntryNotFoundError" not in names:
-        return f"{head}: the file is not in the repository (its layout changed?). Download it by hand from {entry.url}."
     if names & {"ConnectError", "ConnectionError", "TimeoutException", "Timeout", "NetworkError", "ReadTimeout",
                 "LocalEntryNotFoundError", "OfflineModeIsEnabled", "RemoteProtocolError"}:
         return f"{head}: lost the connection to {endpoint}. {AGAIN.capitalize()} to continue; fetched files are kept."
@@ -91,14 +88,14 @@ def explain_error(exc: BaseException, item: Download, endpoint: str) -> str:
     return f"{head}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
 
 
-def fetch(item: Download, models: Path, token: str | None, endpoint: str, timeout: float) -> None:
+def fetch(item: Download, models: Path, token: str | None, endpoint: str) -> None:
     """One repo file via huggingface_hub (its progress bar, retries and resume) into a staging folder, then moved
     into place; shutil.move copies across disks (a linked sonic/ folder)."""
     from huggingface_hub import hf_hub_download
 
     staging = models / STAGING / item.report.entry.repo.replace("/", "--")
     fetched = hf_hub_download(item.report.entry.repo, item.repo_file, local_dir=staging, token=token,
-                              endpoint=endpoint, etag_timeout=timeout)
+                              endpoint=endpoint)
     item.dest.parent.mkdir(parents=True, exist_ok=True)
     if item.dest.exists() and not item.report.replace:
         raise FileExistsError(f"{item.dest} appeared meanwhile; left as it is")
@@ -122,7 +119,7 @@ def _cannot_start(endpoint: str, timeout: float) -> str | None:
             f"https://hf-mirror.com), then {AGAIN}: files already fetched are kept.")
 
 
-def download_missing(models: Path, token: str | None = None, endpoint: str | None = None, timeout: float = 10.0,
+def download_missing(models: Path, token: str | None = None, endpoint: str | None = None,
                      only: Iterable[str] | None = None, required_only: bool = False, dry_run: bool = False,
                      out: Callable[[str], None] = print) -> int:
     """Fetch what the check says is missing; exit code 0 when every planned file arrived and checks out."""
@@ -141,7 +138,7 @@ def download_missing(models: Path, token: str | None = None, endpoint: str | Non
         if entry.gated and not (token or os.environ.get("HF_TOKEN")):
             out(f"  {entry.repo} is gated: accept its licence at {entry.url} and pass --token hf_... (or set "
                 "HF_TOKEN), unless `hf auth login` saved a token already.")
-    problem = None if dry_run else _cannot_start(endpoint, timeout)
+    problem = None if dry_run else _cannot_start(endpoint, float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10))
     if dry_run or problem:
         out(problem or "(dry run: nothing fetched)")
         return 1 if problem else 0
@@ -149,7 +146,7 @@ def download_missing(models: Path, token: str | None = None, endpoint: str | Non
     for i, item in enumerate(plan, 1):
         out(f"[{i}/{len(plan)}] {item.repo_file} -> {item.dest}")
         try:
-            fetch(item, models, token or None, endpoint, timeout)
+            fetch(item, models, token or None, endpoint)
         except KeyboardInterrupt:
             out(f"Interrupted: {AGAIN} to continue; files already fetched are kept.")
             return 1
@@ -179,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=[e.slot for e in CATALOG], metavar="SLOT",
                         help="download only these: " + ", ".join(e.slot for e in CATALOG))
     parser.add_argument("--required-only", action="store_true", help="download: skip the face detector and RIFE")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the hub (default 10)")
     args = parser.parse_args(argv)
     try:
         models = Path(args.models_dir).expanduser() if args.models_dir else default_models_dir()
@@ -187,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             if not models.is_dir():
                 raise UsageError(f"{models} is not a folder: pass --models-dir /path/to/ComfyUI/models")
             return run_check(models.resolve())
-        os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(max(10, args.timeout))))  # read once, on import
-        return download_missing(models.resolve(), token=args.token, timeout=args.timeout, only=args.only,
+        return download_missing(models.resolve(), token=args.token, only=args.only,
                                 required_only=args.required_only, dry_run=args.dry_run)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
