@@ -1,16 +1,10 @@
 #!/usr/bin/env python
-"""Check, and on request fetch, every file the Sonic workflows need.
-
-check     reads file headers only (no network): found / missing / wrong files, recognised by content, with the
-          folder each belongs in and where to get it. Exit code 0 only when every required file is in place.
-download  fetches from Hugging Face exactly what check reports missing or broken (web pages, LFS stubs, truncated
-          files); the only command that uses the network. The SVD-xt repo is gated: accept its licence on the
-          website and pass --token (or set HF_TOKEN). HF_ENDPOINT picks a mirror, HF_HUB_ETAG_TIMEOUT how
-          long to wait for it (seconds, default 10).
-
-The models folder: --models-dir, else $SONIC_MODELS_DIR, else ComfyUI's models/ when this pack is installed as
-ComfyUI/custom_nodes/<pack>/. Sonic's files go to <models>/sonic/, the SVD checkpoint to <models>/checkpoints/.
-"""
+"""check: which files the Sonic workflows need are found / missing / wrong, by content, no network (exit 0 when
+every required one is in place). download: fetch from Hugging Face exactly what check reports missing or broken;
+the SVD-xt repo is gated (accept its licence, pass --token or set HF_TOKEN). HF_ENDPOINT picks a mirror,
+HF_HUB_ETAG_TIMEOUT how long to wait for it. The models folder: --models-dir, else $SONIC_MODELS_DIR, else
+ComfyUI's models/ for a pack in ComfyUI/custom_nodes/; Sonic's files go to sonic/, the SVD checkpoint to
+checkpoints/."""
 from __future__ import annotations
 
 import argparse
@@ -73,10 +67,8 @@ def plan_downloads(reports: Iterable[FileReport], only: Iterable[str] | None = N
 def explain_error(exc: BaseException, item: Download, endpoint: str) -> str:
     """One line: what failed and what to do (matched by exception class name, across huggingface_hub versions)."""
     entry, head = item.report.entry, f"{item.repo_file} from {item.report.entry.repo} failed"
-    status, chain = getattr(getattr(exc, "response", None), "status_code", None), [exc]
-    while chain[-1] is not None and chain[-1] not in chain[:-1]:  # the exception and every cause behind it
-        chain.append(chain[-1].__cause__ or chain[-1].__context__)
-    names = {c.__name__ for e in chain[:-1] for c in type(e).__mro__}
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    names = {c.__name__ for e in (exc, exc.__cause__ or exc.__context__) if e for c in type(e).__mro__}
     if "GatedRepoError" in names or (entry.gated and (status in (401, 403) or "RepositoryNotFoundError" in names)):
         return (f"{head}: the repository is gated. Log in at {entry.url}, accept the licence, create a read token at "
                 "https://huggingface.co/settings/tokens and pass --token hf_... (or set HF_TOKEN).")
