@@ -18,10 +18,8 @@ class SonicModelCheck(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SonicModelCheck", display_name="Sonic Model Check", category="Sonic", is_output_node=True,
-            description="Lists every file the Sonic workflows need (Sonic UNet, audio2token, audio2bucket, "
-                        "Whisper-tiny, face detector, RIFE, the SVD-xt checkpoint) as found / missing / wrong, "
-                        "recognised by content rather than name, with the folder each belongs in and where to get "
-                        "it. It never downloads: it prints the command that does.",
+            description="Lists every file the Sonic workflows need as found / missing / wrong, recognised by content, "
+                        "with the folder each belongs in and where to get it; prints the command that downloads them.",
             inputs=[],
             outputs=[io.String.Output(display_name="report", tooltip="The check as text (also shown on the node): "
                                                                      "one line per file, then what to do."),
@@ -33,8 +31,7 @@ class SonicModelCheck(io.ComfyNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        """The check over every registered sonic and checkpoints folder (no network, no weights loaded), with the
-        exact download command for this ComfyUI: its Python, this pack's tool, its models folder."""
+        """The check over every registered sonic and checkpoints folder, with this ComfyUI's download command."""
         model_files.register_sonic_folder()
         reports = check_models(folder_paths.get_folder_paths(model_files.FOLDER),
                                folder_paths.get_folder_paths("checkpoints"))

@@ -53,8 +53,7 @@ def resolve(slot: str, name: str) -> Path | None:
     if found is None:
         skip = f", or choose '{NONE}' in '{slot}'" if slot in OPTIONAL else ""
         raise FileNotFoundError(f"Sonic {slot} file '{name}' not found. Put {EXPECTED[slot]} in {' or '.join(roots)}"
-                                f"{skip}: run {FETCH}` in the Sonic node folder to fetch the missing files "
-                                "(`python tools/models.py check` lists them).")
+                                f"{skip}: run {FETCH}` in the Sonic node folder to fetch the missing files.")
     return found
 
 
@@ -76,8 +75,7 @@ def svd_path(name: str) -> Path | None:
 
 
 def resolve_svd(name: str) -> Path:
-    path = svd_path(name)
-    if path is None:
+    if (path := svd_path(name)) is None:
         raise FileNotFoundError(
             f"SVD-xt checkpoint '{name}' not found. Put {SVD_OFFICIAL[0]} (or {SVD_OFFICIAL[1]}) in "
             f"{' or '.join(folder_paths.get_folder_paths('checkpoints'))}: run {FETCH} --token hf_...` in the Sonic "

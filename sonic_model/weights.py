@@ -1,10 +1,8 @@
-"""Safe, memory-lean checkpoint loading with error messages that say what is wrong with the file and what to do.
+"""Safe, memory-lean checkpoint loading; bad files raise `WeightFileError` naming the file and what to do.
 
 Every `torch.load` is `weights_only=True`. Files are memory-mapped; tensors already in the target dtype stay views
 of the mapping, others are cast one at a time and their source pages handed back to the kernel at once
-(benchmarks/load_memory.py: 1.02x instead of 2.0x peak when casting), then assigned into a module whose parameters
-live on the meta device. Bad files raise `WeightFileError` naming the file and what it really looks like.
-"""
+(benchmarks/load_memory.py: 1.02x instead of 2.0x peak when casting), then assigned into a meta-device module."""
 from __future__ import annotations
 
 import ctypes
@@ -23,13 +21,13 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .file_signatures import FAILED_DOWNLOADS, identify_kind, safetensors_header, sniff_container
+from .file_signatures import FAILED_DOWNLOADS, NO_MATCH, SIGNATURES, identify_kind, safetensors_header, sniff_container
 from .model_catalog import ENTRIES
 
 LOADABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
-              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}  # others: copied
+              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
 class WeightFileError(ValueError):
@@ -44,19 +42,18 @@ class WeightFileError(ValueError):
 def slot_names(slot: str) -> tuple[str, str, str | None]:
     """(description, file name, signature kind) of a loader slot; any other text is its own description."""
     e = ENTRIES.get(slot)
-    if e is None or not e.description:
-        return slot, "the right weights file", None
-    return e.description, Path(e.relpath).name, e.kind
+    label = next((label for kind, label, _ in SIGNATURES if e and kind == e.kind), None)
+    return (label.split(" (")[0], Path(e.relpath).name, e.kind) if label else (slot, "the right weights file", None)
 
 
 def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """A `.pth/.pt/.pkl/.bin/.ckpt` or `.safetensors/.sft` state dict, memory-mapped where the format allows, read
-    by content (a renamed file still loads). With `dtype`, floating tensors are cast one at a time."""
+    """A PyTorch or safetensors state dict, memory-mapped where the format allows, read by content (a renamed file
+    still loads). With `dtype`, floating tensors are cast one at a time."""
     path = Path(path)
-    if path.is_dir() or not path.is_file():
-        where = f"Put {path.name} in {path.absolute().parent}"
-        raise WeightFileError(f"{path} is a folder; expected a weights file. {where}." if path.is_dir() else
-                              f"Weights file not found: {path}. {where}.")
+    _check_dtype(dtype)
+    if not path.is_file():
+        raise WeightFileError(f"{path} is a folder; expected a weights file." if path.is_dir() else
+                              f"Weights file not found: {path}. Put {path.name} in {path.absolute().parent}.")
     size, container = path.stat().st_size, sniff_container(path)
     if container in (*FAILED_DOWNLOADS, "gguf"):
         what = FAILED_DOWNLOADS.get(container, "a GGUF file")
@@ -66,28 +63,24 @@ def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -
     if container == "safetensors" or path.suffix.lower() in (".safetensors", ".sft") and container == "unknown":
         sd = _read_safetensors(path, size)
     else:
-        sd = _as_tensor_dict(path, _torch_load(path, size))
+        sd = _as_tensor_dict(path, _torch_load(path, size, mmap=container == "zip"))  # legacy pickles: read once
+    if not sd:
+        raise WeightFileError(f"{path} contains no tensors")
     if dtype is not None:
-        _check_dtype(dtype)
         _cast_each(sd, path, lambda key, t: dtype if t.is_floating_point() else None)
     return sd
 
 
-def _check_dtype(dtype: torch.dtype) -> None:
-    if dtype not in LOADABLE_DTYPES:
+def _check_dtype(dtype: torch.dtype | None) -> None:
+    if dtype not in (None, *LOADABLE_DTYPES):
         raise ValueError(f"weights can be loaded as float32, float16 or bfloat16, not {dtype}")
 
 
-def _torch_load(path: Path, size: int) -> object:
+def _torch_load(path: Path, size: int, mmap: bool) -> object:
     try:
         with warnings.catch_warnings():  # plain pickle.dump files warn before being refused; the error says it all
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if "mmap can only be used" not in str(e):
-                    raise
-                return torch.load(path, map_location="cpu", weights_only=True)  # legacy pickle: read once
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         refused = re.search(r"GLOBAL\s+(\S+)", str(e))
         if refused or re.search(r"unsupported|not an allowed|reduce", str(e), re.IGNORECASE):
@@ -114,49 +107,33 @@ def _corrupt(path: Path, size: int, cause: object) -> WeightFileError:
 
 
 def _as_tensor_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping) and len(obj) == 1:
-        (key, inner), = obj.items()
-        obj = inner if key in ("state_dict", "module", "model") and isinstance(inner, Mapping) else obj
+    if isinstance(obj, Mapping) and len(obj) == 1 and next(iter(obj)) in ("state_dict", "module", "model"):
+        obj = next(iter(obj.values()))  # a training wrapper around the state dict
     if not isinstance(obj, Mapping):
         raise WeightFileError(f"{path} holds a {type(obj).__name__}, not a dict of tensors (a state dict)")
-    bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    bad = [f"{k!r} ({type(v).__name__})" for k, v in obj.items() if not (isinstance(k, str) and torch.is_tensor(v))]
     if bad:
-        examples = ", ".join(f"{k!r} ({type(obj[k]).__name__})" for k in bad[:3])
         raise WeightFileError(f"{path} is not a dict of tensors: {len(bad)} of its {len(obj)} entries are not "
-                              f"tensors, e.g. {examples}")
-    if not obj:
-        raise WeightFileError(f"{path} contains no tensors")
+                              f"tensors, e.g. {_examples(bad)}")
     return dict(obj)
 
 
 def _read_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
-    """Zero-copy views of one private mapping of the file."""
-    def invalid(why: object) -> WeightFileError:
-        return WeightFileError(f"{path} is not a valid safetensors file ({why}; {size} bytes) — it may be truncated "
-                               "or not weights; download it again", broken=True)
-
+    """Zero-copy views of one private mapping of the file (a tensor at an odd offset is copied out)."""
     try:
-        header = safetensors_header(path, size)
-    except ValueError as e:
-        raise invalid(e) from None
-    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
-    sd = {}
-    for key, info in header.items():
-        dt, shape = _ST_DTYPES.get(info["dtype"]), tuple(info["shape"])
-        if dt is None or info["begin"] % dt.itemsize:  # a rare layout: let the library copy it
-            from safetensors import safe_open
-
-            try:
-                with safe_open(str(path), framework="pt", device="cpu") as f:
-                    sd[key] = f.get_tensor(key)
-            except Exception as e:  # SafetensorError derives from Exception only
-                raise invalid(str(e).strip()[:160]) from None
-        elif math.prod(shape) * dt.itemsize != info["data_offsets"][1] - info["data_offsets"][0]:
-            raise invalid(f"{key}: shape {list(shape)} does not match its {info['data_offsets']} bytes")
-        else:
-            sd[key] = torch.empty(0, dtype=dt).set_(storage, info["begin"] // dt.itemsize, shape)
-    if not sd:
-        raise WeightFileError(f"{path} contains no tensors")
+        header, sd = safetensors_header(path, size), {}
+        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+        for key, info in header.items():
+            dt, (lo, hi) = _ST_DTYPES.get(info["dtype"]), info["data_offsets"]
+            if dt is None:
+                raise ValueError(f"{key}: unsupported dtype {info['dtype']}")
+            if math.prod(info["shape"]) * dt.itemsize != hi - lo:
+                raise ValueError(f"{key}: shape {info['shape']} does not match its {info['data_offsets']} bytes")
+            raw = torch.empty(0, dtype=torch.uint8).set_(storage, info["begin"], (hi - lo,))
+            sd[key] = (raw if info["begin"] % dt.itemsize == 0 else raw.clone()).view(dt).view(info["shape"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise WeightFileError(f"{path} is not a valid safetensors file ({e}; {size} bytes) — it may be truncated "
+                              "or not weights; download it again", broken=True) from None
     return sd
 
 
@@ -197,23 +174,17 @@ _MADVISE = getattr(ctypes.CDLL(None), "madvise", None) if sys.platform.startswit
 
 
 def load_weights_into(module: nn.Module, path: str | os.PathLike, slot: str, dtype: torch.dtype | None = None,
-                      device: str | torch.device = "cpu", strip_prefix: str | None = None) -> nn.Module:
-    """Strictly load `path` into `module` (ideally built on the meta device) without a second host copy.
-
-    `slot`: a catalog slot ("unet", "audio2token", "audio2bucket", "rife") or a free description, for messages.
-    `dtype` casts floating tensors (None keeps the module's own); `strip_prefix` is removed from keys (RIFE's
-    "module."). Returns the module, on `device`.
-    """
-    description, filename, _ = slot_names(slot)
-    path = Path(path)
-    if dtype is not None:
-        _check_dtype(dtype)
+                      device: str | torch.device = "cpu") -> nn.Module:
+    """Strictly load `path` into `module` (ideally built on the meta device) without a second host copy; `slot`
+    (a catalog slot, or a free description) names what belongs there in messages, `dtype` casts floating tensors
+    (None keeps the module's own). Returns the module, on `device`."""
+    (description, filename, _), path = slot_names(slot), Path(path)
+    _check_dtype(dtype)
     try:
         sd = read_state_dict(path)
     except WeightFileError as e:
         text = str(e).replace(f"Put {path.name} in", f"Put {filename} ({description}) in")
         raise WeightFileError(f"Cannot load {description}: {text}", e.broken) from None
-    sd = {k.removeprefix(strip_prefix): v for k, v in sd.items()} if strip_prefix else sd
     expected = module.state_dict()  # meta tensors: shapes and dtypes only
     check_fits(sd, expected, path, slot)
     for prefix, sub in module.named_modules():  # free materialised tensors before the file's arrive
@@ -243,14 +214,13 @@ def check_fits(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tens
     missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
     wrong = sorted(k for k in set(shapes) & set(expected) if shapes[k] != tuple(expected[k].shape))
     if missing or unexpected or wrong:
-        parts = [f"{path} does not fit: expected {description} ({filename}). {len(missing)} missing, "
-                 f"{len(unexpected)} unexpected and {len(wrong)} wrong-shape keys (the file has {len(shapes)} "
-                 f"tensors, the model expects {len(expected)})."]
-        parts += [f"{what} e.g. {_examples(keys)}." for what, keys in (("Missing", missing), ("Unexpected",
-                                                                                            unexpected)) if keys]
-        parts += [f"Wrong shape e.g. {k}: file {list(shapes[k])} vs model {list(expected[k].shape)}."
-                  for k in wrong[:1]]
-        raise WeightFileError(" ".join([*parts, identity_hint(shapes, slot)]))
+        raise WeightFileError(" ".join([
+            f"{path} does not fit: expected {description} ({filename}). {len(missing)} missing, {len(unexpected)} "
+            f"unexpected and {len(wrong)} wrong-shape keys (the file has {len(shapes)} tensors, the model expects "
+            f"{len(expected)}).", *(f"{what} e.g. {_examples(keys)}." for what, keys in (
+                ("Missing", missing), ("Unexpected", unexpected)) if keys),
+            *(f"Wrong shape e.g. {k}: file {list(shapes[k])} vs model {list(expected[k].shape)}." for k in wrong[:1]),
+            identity_hint(shapes, slot)]))
     mistyped = sorted(k for k in sd if expected[k].dtype.is_floating_point and not sd[k].dtype.is_floating_point)
     if mistyped:
         found = "/".join(sorted({str(sd[k].dtype).removeprefix("torch.") for k in mistyped}))
@@ -261,13 +231,10 @@ def check_fits(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tens
 
 def identity_hint(shapes: Mapping[str, tuple[int, ...]], slot: str) -> str:
     """What a file that does not fit `slot` looks like, and what belongs there instead."""
-    _, filename, kind = slot_names(slot)
-    found = identify_kind(shapes)
-    if found is None:
-        return "The file matches no known checkpoint layout; `python tools/models.py check` lists the files."
-    if found[0] == kind:
-        return f"It looks like {found[1]}, but for a different model size or version."
-    return f"This looks like {found[1]}; use {filename} here."
+    (_, filename, kind), found = slot_names(slot), identify_kind(shapes)
+    return (f"It is {NO_MATCH}; `python tools/models.py check` lists them." if found is None else
+            f"It looks like {found[1]}, but for a different model size or version." if found[0] == kind else
+            f"This looks like {found[1]}; use {filename} here.")
 
 
 def _examples(keys: list[str]) -> str:

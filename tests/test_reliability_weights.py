@@ -129,11 +129,12 @@ def _sd15_unet_part() -> dict[str, torch.Tensor]:
 
 
 @case("Weights", "Wrong shapes (an SD1.5 UNet)",
-      "\"... does not fit: expected the Sonic UNet weights (unet.pth) ... This looks like a Stable Diffusion 1.5 UNet; "
-      "use unet.pth here.\"")
+      "\"... does not fit: expected the Sonic UNet weights (unet.pth) ... It is a checkpoint that matches none of "
+      "Sonic's files; `python tools/models.py check` lists them.\"")
 def test_weights_wrong_shapes_sd15_unet(broken, healthy):
     save_file(_sd15_unet_part(), str(broken.sonic / "sd15_unet.safetensors"))
     message = _load_error(unet="sd15_unet.safetensors")
     assert "does not fit: expected the Sonic UNet weights (unet.pth)" in message
-    assert message.endswith("This looks like a Stable Diffusion 1.5 UNet; use unet.pth here.")
+    assert message.endswith("It is a checkpoint that matches none of Sonic's files; `python tools/models.py check` "
+                            "lists them.")
     assert_comfy_keeps_running(healthy)
