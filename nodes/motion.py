@@ -28,15 +28,18 @@ def motion_buckets(raw: torch.Tensor, scale: float, head_motion: int, expression
                    curves: tuple[MotionCurve | None, MotionCurve | None] = (None, None)) -> SonicMotionBuckets:
     """Per column: a connected curve (drawn on the frames, ×β like the prediction) > a fixed value > the prediction."""
     predicted = postprocess_buckets(raw, scale)
-    buckets = predicted.clone()
+    buckets, sources = predicted.clone(), []
     for column, (override, curve) in enumerate(zip((head_motion, expression), curves)):
         if curve is not None:
             buckets[:, column] = curve.sample(buckets.shape[0]) * float(scale)
+            sources.append("curve")
         elif override != AUTO:
             buckets[:, column] = float(override)
-    sources = tuple("curve" if c is not None else "prediction" if o == AUTO else "fixed"
-                    for o, c in zip((head_motion, expression), curves))
-    return SonicMotionBuckets(buckets=buckets.to(mm.intermediate_device()), predicted=predicted, sources=sources)
+            sources.append("fixed")
+        else:
+            sources.append("prediction")
+    return SonicMotionBuckets(buckets=buckets.to(mm.intermediate_device()), predicted=predicted,
+                              sources=tuple(sources))
 
 
 class SonicMotionBucketsNode(io.ComfyNode):

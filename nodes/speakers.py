@@ -6,7 +6,6 @@ import dataclasses
 
 import torch
 
-import comfy.model_management as mm
 import comfy.samplers
 from comfy_api.latest import io
 
@@ -181,7 +180,7 @@ def sample_speakers(model, bundle: SonicSpeakersBundle, seed: int, steps: int, c
         latents = run_sonic_sampler(model, speaker.audio, speaker.image, speaker.motion, seed, steps, cfg_image,
                                     cfg_audio, shift, window, sampler_name, scheduler, denoise, node_id=node_id,
                                     part=(index, len(bundle.speakers)))
-        sampled.append(dataclasses.replace(speaker, latents=latents.to(mm.intermediate_device())))
+        sampled.append(dataclasses.replace(speaker, latents=latents))  # already on the intermediate device
     return SonicSpeakersBundle(sampled, bundle.original)
 
 

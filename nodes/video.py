@@ -199,6 +199,8 @@ def saved_video_schema() -> dict:
     """The output, hidden inputs and output-node flag of every Sonic node that writes an mp4."""
     return dict(outputs=[io.String.Output(display_name="path", tooltip="Full path of the saved mp4.")],
                 hidden=[io.Hidden.unique_id, io.Hidden.prompt, io.Hidden.extra_pnginfo], is_output_node=True)
+
+
 INTERPOLATE_TOOLTIP = "RIFE ×2: 12.5 → 25 fps (official). Needs sonic_model with RIFE loaded."
 
 
