@@ -1,8 +1,11 @@
 """Sonic's shift fusion and three-way guidance as a core GUIDER (a CFGGuider subclass).
 
-Core's CFGGuider.sample loads the MODEL, moves σ, noise and latents to its device and drives any core SAMPLER; this
-guider only replaces `predict_noise`: every evaluation covers the clip with the step's shifted windows, one model call
-of the three guidance rows per window through core's BaseModel.apply_model, and the per-frame x0 average.
+Core's CFGGuider.sample loads the MODEL, moves σ, noise and latents to its device and drives any core SAMPLER. This
+guider replaces `predict_noise` (every evaluation covers the clip with the step's shifted windows, one model call of
+the three guidance rows per window through core's BaseModel.apply_model, and the per-frame x0 average) and
+`inner_sample`, which hands the sampler its latents on ComfyUI's intermediate device instead: the sampler's clip-long
+buffers then live in host RAM and only one window's work is on the GPU, so minutes of audio fit the cards users
+have. The per-step latent arithmetic on the host is cheap next to the UNet windows.
 """
 from __future__ import annotations
 
@@ -68,6 +71,8 @@ class SonicGuider(comfy.samplers.CFGGuider):
         self.on_window = on_window
         self._tracker: StepTracker | None = None
         self._mask: torch.Tensor | None = None
+        self._start: tuple[torch.Tensor, torch.Tensor] | None = None  # the caller's noise and latent, host copies
+        self._compute_device: torch.device | None = None
 
     @property
     def unet_calls(self) -> int:
@@ -91,6 +96,7 @@ class SonicGuider(comfy.samplers.CFGGuider):
             if callback is not None:
                 callback(step, denoised, x, total_steps)
 
+        self._start = (noise, latent_image)
         try:
             samples = super().sample(noise, latent_image, sampler, sigmas, denoise_mask, tracked, *args, **kwargs)
         except torch.OutOfMemoryError as error:  # not core's OOM_EXCEPTION: that may be Exception, Cancel too
@@ -100,10 +106,35 @@ class SonicGuider(comfy.samplers.CFGGuider):
                 f"Sonic ran out of GPU memory while sampling {n} frames at {w}×{h} with windows of "
                 f"{self.fusion.window}. Set the loader's low_vram to 'on', lower the Reference Image resolution, "
                 f"or use a smaller window. ({error})") from None
+        finally:
+            self._start = self._mask = None
+            self.fusion.release()
         if not torch.isfinite(samples).all():
             raise FloatingPointError("Sampling produced NaN/Inf latents: the UNet overflowed in this precision. "
                                      "Reload the Sonic models with dtype bf16 or fp32 and run again.")
         return samples
+
+    def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, *args, **kwargs):
+        """Core's inner sampling, on the intermediate device: the UNet still runs on `device`, a window at a time.
+        Core's outer loop keeps its own device copies of the noise and start latent until sampling ends (two fp32
+        latents per frame, the floor a guider cannot lower); every other clip-long buffer is in host RAM."""
+        host = mm.intermediate_device()
+        self._compute_device = torch.device(device)
+        noise, latent_image = (self._on_host(moved, given, host)
+                               for moved, given in zip((noise, latent_image), self._start or (None, None)))
+        if denoise_mask is not None:
+            denoise_mask = denoise_mask.to(host)
+        return super().inner_sample(noise, latent_image, host, sampler, sigmas.to(host), denoise_mask,
+                                    *args, **kwargs)
+
+    @staticmethod
+    def _on_host(moved: torch.Tensor, given: torch.Tensor | None, host: torch.device) -> torch.Tensor:
+        """`moved` (core's device copy) on the host: the caller's own tensor when it already is that, so host RAM
+        holds it once."""
+        if (given is not None and given.device == host and given.dtype == moved.dtype
+                and given.shape == moved.shape):
+            return given
+        return moved.to(host)
 
     def _prepare_memory(self, latent_shape) -> None:
         """Pick the sampling mode for the free VRAM before core loads the model (it reads our memory estimate)."""
@@ -133,7 +164,9 @@ class SonicGuider(comfy.samplers.CFGGuider):
         sigma = float(timestep.reshape(-1)[0])
         step = self.first_step + (self._tracker.step_for(sigma) if self._tracker else 0)
         transformer_options = model_options.get("transformer_options", {})
-        fused = self.fusion.denoise(x, sigma, step, lambda rows: self._apply_model(rows, transformer_options))
+        fused = self.fusion.denoise(x, sigma, step, lambda rows: self._apply_model(rows, transformer_options),
+                                    device=self._compute_device,
+                                    with_rows=bool(model_options.get("sampler_post_cfg_function")))
         return self._post_cfg(fused, x, timestep, model_options)
 
     def _face_mask(self, mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:

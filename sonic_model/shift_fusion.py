@@ -7,8 +7,10 @@ v-prediction and converting once (EDM's x0 is affine in v for a fixed x and σ).
 and every window starts from the same x, averaging x0 and stepping once equals the official "step every window, then
 average" (sonic-reference §6.5).
 
-Every tensor is moved to the device of the noisy latents before it is indexed or combined with them, so the caller
-may keep the conditioning on the CPU (ComfyUI's intermediate device) while the latents live on the GPU.
+Where things live: the clip-long state (the noisy latents, the fused x0, the audio tokens and motion buckets) stays
+on the device of the noisy latents, ComfyUI's intermediate device (host RAM) when sampling; each window's slices go
+to the compute device for its model call and its x0 comes back. So the GPU holds one window's work, whatever the
+length of the audio. Without a compute device everything runs where the latents are (the library used alone).
 """
 from __future__ import annotations
 
@@ -76,11 +78,12 @@ RowsDenoiser = Callable[[GuidanceRows], torch.Tensor]
 
 @dataclass
 class FusedPrediction:
-    """The clip's x0 after fusion: guided, and the uncond and full rows' own (what post-CFG hooks read)."""
+    """The clip's x0 after fusion: guided, and the uncond and full rows' own (what post-CFG hooks read; None when
+    the caller did not ask for them, which saves two clip-long buffers)."""
 
     guided: torch.Tensor
-    uncond: torch.Tensor
-    full: torch.Tensor
+    uncond: torch.Tensor | None
+    full: torch.Tensor | None
 
 
 @dataclass
@@ -92,8 +95,8 @@ class WindowEvent:
     windows_per_step: int
     frame_indices: list[int]
     sigma: float
-    x: torch.Tensor         # (f, 4, h, w) the window's noisy latents
-    denoised: torch.Tensor  # (f, 4, h, w) its guided x0
+    x: torch.Tensor         # (f, 4, h, w) the window's noisy latents, where the clip's latents are
+    denoised: torch.Tensor  # (f, 4, h, w) its guided x0, there too
 
 
 def combine_guidance(u: torch.Tensor, i: torch.Tensor, c: torch.Tensor, cfg_image: float,
@@ -119,36 +122,54 @@ class ShiftFusion:
         self.batched_cfg = batched_cfg
         self.on_window = on_window
         self.unet_calls = 0
-        self._on_device: SonicConditioning | None = None
+        self._on_host: SonicConditioning | None = None
+        self._per_run: tuple[torch.device, dict] | None = None
 
     @property
     def windows_per_step(self) -> int:
         return num_windows(self.cond.num_frames, self.window, self.stride)
 
     def _cond_on(self, device: torch.device) -> SonicConditioning:
-        """The conditioning on the latents' device, moved once per run (and again only if the device changes)."""
-        if self._on_device is None or self._on_device.audio_tokens.device != device:
-            self._on_device = self.cond.to(device)
-        return self._on_device
+        """The conditioning beside the clip's latents, moved once per run (and again only if their device changes)."""
+        if self._on_host is None or self._on_host.audio_tokens.device != device:
+            self._on_host = self.cond.to(device)
+        return self._on_host
 
-    def _rows(self, cond: SonicConditioning, x: torch.Tensor, sigma: torch.Tensor,
-              idx: torch.Tensor) -> GuidanceRows:
+    def release(self) -> None:
+        """Drop the per-run copies (a guider outlives its run in ComfyUI's cache: its copies must not hold VRAM)."""
+        self._on_host = self._per_run = None
+
+    def _per_run_on(self, cond: SonicConditioning, device: torch.device) -> dict:
+        """What every window uses whole (reference latent, CLIP embedding, face mask, a shared null token set), on
+        the compute device: moved once per run, not per window."""
+        if self._per_run is None or self._per_run[0] != device:
+            null = cond.null_audio_tokens
+            self._per_run = (device, {
+                "concat": cond.concat_latent.to(device), "embeds": cond.image_embeds.to(device),
+                "mask": None if cond.face_mask is None else cond.face_mask.to(device),
+                "null": None if null.dim() == 3 else null.to(device)})
+        return self._per_run[1]
+
+    def _rows(self, cond: SonicConditioning, x: torch.Tensor, sigma: torch.Tensor, idx: torch.Tensor,
+              device: torch.device) -> GuidanceRows:
+        """One window's three guidance rows on `device`, from the clip's latents and conditioning where they are."""
         f = len(idx)
-        xw = x[idx]
-        z = cond.concat_latent.to(x.dtype).expand(f, -1, -1, -1)
-        e = cond.image_embeds.reshape(1, 1, -1).expand(f, 1, -1)
-        null = cond.null_audio_tokens
-        null = null[idx] if null.dim() == 3 else null.unsqueeze(0).expand(f, -1, -1)
+        whole = self._per_run_on(cond, device)
+        xw = x[idx].to(device)
+        z = whole["concat"].to(x.dtype).expand(f, -1, -1, -1)
+        e = whole["embeds"].reshape(1, 1, -1).expand(f, 1, -1)
+        null = cond.null_audio_tokens[idx].to(device) if whole["null"] is None \
+            else whole["null"].unsqueeze(0).expand(f, -1, -1)
         buckets = cond.motion_buckets[idx].float().mean(dim=0)  # window mean, fp32
-        ids = torch.cat([torch.full((1,), cond.fps, dtype=torch.float32, device=x.device), buckets])
+        ids = torch.cat([torch.full((1,), cond.fps, dtype=torch.float32, device=buckets.device), buckets])
         return GuidanceRows(
             x=xw.repeat(GUIDANCE_ROWS, 1, 1, 1),
-            sigma=sigma.expand(GUIDANCE_ROWS * f),
+            sigma=sigma.to(device).expand(GUIDANCE_ROWS * f),
             concat=torch.cat([torch.zeros_like(z), z, z]),
             clip=torch.cat([torch.zeros_like(e), e, e]),
-            audio=torch.cat([null, null, cond.audio_tokens[idx]]),
-            time_ids=ids.unsqueeze(0).expand(GUIDANCE_ROWS, -1),
-            face_mask=cond.face_mask, frames=f)
+            audio=torch.cat([null, null, cond.audio_tokens[idx].to(device)]),
+            time_ids=ids.to(device).unsqueeze(0).expand(GUIDANCE_ROWS, -1),
+            face_mask=whole["mask"], frames=f)
 
     def _denoise_rows(self, rows: GuidanceRows, denoise: RowsDenoiser) -> torch.Tensor:
         if self.batched_cfg:
@@ -161,33 +182,40 @@ class ShiftFusion:
         return torch.cat(parts)
 
     @torch.no_grad()
-    def denoise(self, x: torch.Tensor, sigma: float, step: int, denoise: RowsDenoiser) -> FusedPrediction:
-        """x: (N, 4, h, w) noisy latents at `sigma`, `step` counted over the whole schedule; returns fused x0."""
+    def denoise(self, x: torch.Tensor, sigma: float, step: int, denoise: RowsDenoiser, *,
+                device: torch.device | None = None, with_rows: bool = True) -> FusedPrediction:
+        """x: (N, 4, h, w) noisy latents at `sigma`, `step` counted over the whole schedule; returns fused x0 where
+        x is. `device`: where the model calls run (None: where x is). `with_rows`: also fuse the uncond and full
+        rows' x0 (post-CFG hooks read them)."""
         n = x.shape[0]
         if n != self.cond.num_frames:
             raise ValueError(f"latents have {n} frames but the audio conditioning has {self.cond.num_frames}")
-        device = x.device
-        cond = self._cond_on(device)
+        host = x.device
+        device = host if device is None else torch.device(device)
+        cond = self._cond_on(host)
         x32 = x.float()
-        sigma_t = torch.full((1,), float(sigma), dtype=torch.float32, device=device)
+        sigma_t = torch.full((1,), float(sigma), dtype=torch.float32, device=host)
         guided = torch.zeros_like(x32)
-        uncond = torch.zeros_like(x32)
-        full = torch.zeros_like(x32)
-        count = torch.zeros(n, device=device, dtype=torch.float32)
+        uncond = torch.zeros_like(x32) if with_rows else None
+        full = torch.zeros_like(x32) if with_rows else None
+        count = torch.zeros(n, device=host, dtype=torch.float32)
         windows = shifted_windows(n, self.window, self.shift, step, self.stride)
         for w, frames in enumerate(windows):
-            idx = torch.tensor(frames, device=device)
-            rows = self._rows(cond, x32, sigma_t, idx)
+            idx = torch.tensor(frames, device=host)
+            rows = self._rows(cond, x32, sigma_t, idx, device)
             u, i, c = self._denoise_rows(rows, denoise).float().reshape(GUIDANCE_ROWS, len(frames), *x.shape[1:])
-            x0 = combine_guidance(u, i, c, self.cfg_image, self.cfg_audio)
+            # The window's x0 goes back beside the clip: the one copy to the host per window.
+            x0 = combine_guidance(u, i, c, self.cfg_image, self.cfg_audio).to(host)
             guided.index_add_(0, idx, x0)
-            uncond.index_add_(0, idx, u)
-            full.index_add_(0, idx, c)
-            count.index_add_(0, idx, torch.ones(len(frames), device=device))
+            if with_rows:
+                uncond.index_add_(0, idx, u.to(host))
+                full.index_add_(0, idx, c.to(host))
+            count.index_add_(0, idx, torch.ones(len(frames), device=host))
             if self.on_window is not None:
                 self.on_window(WindowEvent(step, w, len(windows), frames, float(sigma), x32[idx], x0))
         count = count.view(-1, 1, 1, 1)
-        return FusedPrediction(guided / count, uncond / count, full / count)
+        return FusedPrediction(guided.div_(count), uncond.div_(count) if with_rows else None,
+                               full.div_(count) if with_rows else None)
 
 
 def edm_rows_denoiser(unet: torch.nn.Module) -> RowsDenoiser:

@@ -6,6 +6,11 @@ How: `StandInTensor` is a wrapper subclass (it holds a CPU tensor and reports th
 `TorchFunctionMode` turns `.to(device)`, `.cuda()` and factory calls with `device=` the stand-in into
 `StandInTensor`s, so `Module.to(device)` (ComfyUI's ModelPatcher) and `torch.zeros(..., device=device)` work.
 
+It also counts device memory as CUDA's caching allocator reports it to `torch.cuda.memory_allocated()`: the bytes
+of every storage some stand-in tensor still holds (views share their storage's bytes), and the peak since the last
+reset (`torch.cuda.max_memory_allocated()` / `reset_peak_memory_stats()`, answered from `device_memory` inside
+`stand_in_device()`). No caching, no rounding to blocks: the figure is the live set, the floor of a real GPU's.
+
 What it refuses, with CUDA's wording:
 - non-scalar tensors of two devices in one operation (0-dim CPU tensors beside device tensors are allowed);
 - indexing a CPU tensor with device indices (CPU indices into a device tensor stay allowed);
@@ -15,6 +20,7 @@ What it refuses, with CUDA's wording:
 from __future__ import annotations
 
 from collections import Counter
+import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -45,6 +51,40 @@ _NUMPY = {torch.Tensor.numpy, torch.Tensor.__array__}
 _GRAD_SWITCHES = {torch.Tensor.requires_grad_, torch.Tensor.requires_grad.__set__}
 
 
+class DeviceMemory:
+    """Bytes of the storages that live stand-in tensors hold, and their peak since `reset_peak()`."""
+
+    def __init__(self) -> None:
+        self.allocated = 0
+        self.peak = 0
+        self._holders: dict[int, int] = {}  # storage key → live stand-in tensors on it
+        self._bytes: dict[int, int] = {}
+
+    def hold(self, wrapper: torch.Tensor, host: torch.Tensor) -> None:
+        storage = host.untyped_storage()
+        key = storage._cdata  # the storage's own address: stable while any wrapper (and so `host`) lives
+        if key not in self._holders:
+            self._holders[key] = 0
+            self._bytes[key] = storage.nbytes()
+            self.allocated += self._bytes[key]
+            self.peak = max(self.peak, self.allocated)
+        self._holders[key] += 1
+        weakref.finalize(wrapper, self._release, key)
+
+    def _release(self, key: int) -> None:
+        self._holders[key] -= 1
+        if not self._holders[key]:
+            del self._holders[key]
+            self.allocated -= self._bytes.pop(key)
+
+    def reset_peak(self) -> None:
+        self.peak = self.allocated
+
+
+# The stand-in's allocator: tests and benchmarks read it directly or through torch.cuda's memory functions.
+device_memory = DeviceMemory()
+
+
 def is_stand_in(device: Any) -> bool:
     """True for the stand-in device however it is spelled ('cuda', 'cuda:0', torch.device, 0)."""
     if device is None or isinstance(device, bool):
@@ -72,6 +112,7 @@ class StandInTensor(torch.Tensor):
             cls, host.size(), strides=host.stride(), storage_offset=host.storage_offset(), dtype=host.dtype,
             layout=host.layout, device=STAND_IN, requires_grad=False)
         wrapper.host = host
+        device_memory.hold(wrapper, host)
         return wrapper
 
     def __repr__(self, *, tensor_contents=None) -> str:
@@ -330,9 +371,22 @@ def stand_in_device() -> Iterator[torch.device]:
     overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
     torch.__future__.set_overwrite_module_params_on_conversion(True)
     torch.Generator = GeneratorFor
+    memory_functions = {name: getattr(torch.cuda, name) for name in _MEMORY_FUNCTIONS}
+    for name, answer in _MEMORY_FUNCTIONS.items():
+        setattr(torch.cuda, name, answer)
     try:
         with StandInMode():
             yield STAND_IN
     finally:
         torch.Generator = _REAL_GENERATOR
+        for name, function in memory_functions.items():
+            setattr(torch.cuda, name, function)
         torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
+
+
+# torch.cuda's allocator statistics, answered by the stand-in's (the device argument is the one stand-in device).
+_MEMORY_FUNCTIONS = {
+    "memory_allocated": lambda device=None: device_memory.allocated,
+    "max_memory_allocated": lambda device=None: device_memory.peak,
+    "reset_peak_memory_stats": lambda device=None: device_memory.reset_peak(),
+}

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stand_in_device import STAND_IN, StandInTensor, device_ops, stand_in_device
+from stand_in_device import STAND_IN, StandInTensor, device_memory, device_ops, stand_in_device
 
 pytestmark = pytest.mark.device
 
@@ -156,3 +156,51 @@ def test_copies_between_devices_are_allowed(device):
     assert torch.equal(cpu, moved.cpu())
     moved.copy_(torch.ones(3))
     assert moved.device == STAND_IN and moved.cpu().tolist() == [1.0, 1.0, 1.0]
+
+
+MIB = 2**20
+
+
+def test_device_memory_counts_live_storages_once_and_frees_them(device):
+    before = torch.cuda.memory_allocated()
+    a = torch.zeros(MIB // 4, device=device)  # 1 MiB of fp32
+    assert torch.cuda.memory_allocated() - before == MIB
+    views = (a[: MIB // 8], a.view(2, -1), a.reshape(-1))  # views share the storage: no new bytes
+    assert torch.cuda.memory_allocated() - before == MIB
+    b = a.half().to(device)  # a computed result is a new allocation
+    assert torch.cuda.memory_allocated() - before == MIB + MIB // 2
+    del a, b, views
+    assert torch.cuda.memory_allocated() == before
+    host = torch.ones(MIB // 4)
+    assert torch.cuda.memory_allocated() == before  # CPU tensors are not device memory
+
+
+def test_device_memory_catches_a_leak_and_a_transient_peak(device):
+    kept = []
+
+    def step(leak: bool) -> None:
+        scratch = torch.ones(MIB, device=device)  # 4 MiB while the step runs
+        kept.append((scratch.sum() * 1).reshape(1)) if not leak else kept.append(scratch)
+
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    for _ in range(3):
+        step(leak=False)
+    assert torch.cuda.memory_allocated() - start == 3 * 4  # three 4-byte results stay, the scratch is gone
+    assert 4 * MIB < torch.cuda.max_memory_allocated() - start < 4 * MIB + 64  # one scratch at a time, at its peak
+    torch.cuda.reset_peak_memory_stats()
+    assert torch.cuda.max_memory_allocated() == torch.cuda.memory_allocated()
+    for _ in range(3):
+        step(leak=True)
+    assert torch.cuda.memory_allocated() - start == 3 * 4 + 3 * 4 * MIB  # every scratch kept: the leak shows
+    kept.clear()
+    assert torch.cuda.memory_allocated() == start and device_memory.allocated == start
+
+
+def test_module_weights_count_while_on_the_device(device):
+    layer = torch.nn.Linear(256, 256)  # 256·257 fp32 parameters
+    start = torch.cuda.memory_allocated()
+    layer.to(device)
+    assert torch.cuda.memory_allocated() - start == (256 * 256 + 256) * 4
+    layer.to("cpu")
+    assert torch.cuda.memory_allocated() == start

@@ -102,9 +102,9 @@ def test_heun_keeps_one_window_offset_per_step():
     steps_seen = []
     original = ShiftFusion.denoise
 
-    def spy(self, x, sigma, step, denoise):
+    def spy(self, x, sigma, step, denoise, **options):
         steps_seen.append(step)
-        return original(self, x, sigma, step, denoise)
+        return original(self, x, sigma, step, denoise, **options)
 
     ShiftFusion.denoise = spy
     try:
@@ -144,9 +144,9 @@ def test_initial_latent_is_reference_plus_sigma_max_noise():
     first_x = []
     original = ShiftFusion.denoise
 
-    def spy(self, x, sigma, step, denoise):
+    def spy(self, x, sigma, step, denoise, **options):
         first_x.append((x.clone(), sigma))
-        return original(self, x, sigma, step, denoise)
+        return original(self, x, sigma, step, denoise, **options)
 
     ShiftFusion.denoise = spy
     try:

@@ -83,9 +83,9 @@ def run(golden: Golden) -> list[Comparison]:
                          window=f, stride=stride, on_window=windows.append)
     original_denoise = guider.fusion.denoise
 
-    def recording_denoise(x, sigma, step, denoise):
+    def recording_denoise(x, sigma, step, denoise, **options):
         step_starts.append(x.detach().float().clone())
-        return original_denoise(x, sigma, step, denoise)
+        return original_denoise(x, sigma, step, denoise, **options)
 
     guider.fusion.denoise = recording_denoise
     # The guided v of each window, from the UNet's own outputs in this path (x0 at small σ keeps too few of v's bits).

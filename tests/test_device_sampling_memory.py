@@ -1,0 +1,89 @@
+"""Device memory of sampling, on the stand-in accelerator's byte counter: what grows with the audio stays on
+ComfyUI's intermediate device; the GPU holds one window's work, the weights and core's own start buffers.
+
+Core's CFGGuider.outer_sample moves the noise and the start latent to the model's device before the guider sees
+them and keeps them there until sampling ends: two fp32 latents per frame are the floor a guider cannot lower.
+Everything else that is N frames long (the sampler's x and step buffers, the fused x0, audio tokens, motion
+buckets) must not be on the device: the old placement held about eight such buffers there.
+"""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from sonic_fakes import RecordingUNet, make_conditioning
+from tools.comfy_runtime import import_pack
+
+import_pack()
+import comfy.model_management as mm  # noqa: E402
+from comfy_extras import nodes_custom_sampler as custom  # noqa: E402
+from sonic_pack.nodes.native_model import sonic_model_patcher  # noqa: E402
+from sonic_pack.nodes.sampling import SonicGuiderNode, run_sonic_sampler  # noqa: E402
+from sonic_pack.nodes.sonic_types import SonicAudioEmbeds, SonicImageEmbeds, SonicMotionBuckets  # noqa: E402
+from stand_in_device import device_memory  # noqa: E402
+
+pytestmark = pytest.mark.device
+
+LATENT = 16  # latent side: 4·16·16 fp32 = 4 KiB per frame per latent buffer
+TOKENS, WIDTH = 8, 64  # audio tokens per frame: 2 KiB per frame
+FRAME_LATENT_BYTES = 4 * LATENT * LATENT * 4
+CORE_BUFFERS = 2  # core's device copies of the noise and the start latent
+
+
+def _inputs(n: int):
+    cond = make_conditioning(n, h=LATENT, w=LATENT, d=WIDTH, t=TOKENS)
+    audio = SonicAudioEmbeds(tokens=cond.audio_tokens, null_tokens=cond.null_audio_tokens,
+                             bucket_windows=torch.zeros(n, 50, 1, 8), num_frames=n)
+    image = SonicImageEmbeds(concat_latent=cond.concat_latent, image_embeds=cond.image_embeds,
+                             face_mask=cond.face_mask, image=torch.zeros(1, 32, 32, 3))
+    motion = SonicMotionBuckets(buckets=cond.motion_buckets, predicted=cond.motion_buckets)
+    return audio, image, motion
+
+
+def _sampled_peak(n: int, sampler_name: str = "euler", custom_advanced: bool = False) -> tuple[int, torch.Tensor]:
+    """Device bytes above what was there before (the weights are a scalar) at the peak of one sampling run."""
+    model = sonic_model_patcher(RecordingUNet(dim=WIDTH))
+    audio, image, motion = _inputs(n)
+    mm.unload_all_models()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    if custom_advanced:
+        guider, latent = SonicGuiderNode.execute(model, audio, image, motion, 2.0, 7.5, 1, 5, 0).result
+        sigmas = torch.tensor([700.0, 10.0, 0.5, 0.0])
+        noise = custom.Noise_RandomNoise(3)
+        sampler = custom.comfy.samplers.sampler_object(sampler_name)
+        samples = guider.sample(noise.generate_noise(latent), latent["samples"], sampler, sigmas, seed=3)
+    else:
+        samples = run_sonic_sampler(model, audio, image, motion, seed=3, steps=3, cfg_image=2.0, cfg_audio=7.5,
+                                    shift=1, window=5, sampler_name=sampler_name, scheduler="karras", denoise=1.0)
+    peak = torch.cuda.max_memory_allocated() - start
+    assert samples.device.type == "cpu"
+    mm.unload_all_models()
+    return peak, samples
+
+
+@pytest.mark.parametrize("sampler_name", ["euler", "dpmpp_2m", "res_multistep_cfg_pp"])
+def test_device_peak_grows_only_by_cores_two_start_buffers(stand_in_gpu, sampler_name):
+    short, _ = _sampled_peak(20, sampler_name)
+    long, samples = _sampled_peak(100, sampler_name)
+    assert torch.isfinite(samples).all()
+    per_frame = (long - short) / 80
+    assert per_frame <= CORE_BUFFERS * FRAME_LATENT_BYTES * 1.02, (
+        f"{sampler_name}: the device peak grows by {per_frame / FRAME_LATENT_BYTES:.2f} latent buffers per frame "
+        f"({short} → {long} bytes for 20 → 100 frames); only core's {CORE_BUFFERS} may")
+
+
+def test_sampler_custom_advanced_keeps_the_clip_off_the_device_too(stand_in_gpu):
+    short, _ = _sampled_peak(20, custom_advanced=True)
+    long, _ = _sampled_peak(100, custom_advanced=True)
+    assert (long - short) / 80 <= CORE_BUFFERS * FRAME_LATENT_BYTES * 1.02, (short, long)
+
+
+def test_nothing_of_a_run_stays_on_the_device(stand_in_gpu):
+    gc.collect()
+    before = device_memory.allocated
+    _sampled_peak(40)
+    gc.collect()  # a few hundred bytes of sampler scalars sit in reference cycles until Python's collector runs
+    assert device_memory.allocated == before  # models unloaded, no latent, token or mask left behind
