@@ -12,6 +12,16 @@ AAC). The decoder is a stand-in (a fixed ×8 transposed conv: the
 SVD VAE is too slow on a CPU for 7500 frames); RIFE is the real full-size IFNet with random weights. Measured: the
 child's RSS once models and inputs exist (base), the peak RSS during the write (VmHWM, reset right before it), and
 peak VRAM when CUDA is used. Target: peak grows < 10 % from 60 s to 600 s.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/long_audio_memory.py --device-peak   # 10 s and 600 s (~6 min)
+
+`--device-peak` measures the sampling instead: the shipped sampler path (core's euler sampler through the Sonic
+guider on a Sonic MODEL, `run_sonic_sampler` as the KSampler node runs it) on the stand-in accelerator
+(tests/stand_in_device.py, which counts the bytes of live device tensors as torch.cuda.max_memory_allocated does),
+at 64×64 latents (512² pixels), window 25, shift 7, 2 steps, the released audio tokens' size (32 × 1024 per frame).
+The UNet is a cheap stand-in inside the real Sonic MODEL (one multiply per window: the UNet's own activations are
+one window's, the same for any audio length). It prints the device peak and the host RSS above the inputs per
+length and ends with `device peak growth 10 s -> 600 s at 512x512: <MiB> MiB (<ratio>x)`. Target: ≤ 256 MiB.
 """
 from __future__ import annotations
 
@@ -101,6 +111,92 @@ def child(args: argparse.Namespace) -> None:
                       "file_bytes": size, "device": str(device)}))
 
 
+class WindowUNet:
+    """Sonic UNet call signature, one multiply: a stand-in whose activations are a window's, as the real UNet's are."""
+
+    @staticmethod
+    def build():
+        import torch
+
+        class _UNet(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv_in = torch.nn.Conv2d(8, 4, 1)  # the Sonic MODEL reads the weights' dtype from conv_in
+
+            def forward(self, sample, timestep, added_time_ids, clip_states, audio_tokens, face_mask=None):
+                return sample[:, :, :4] * self.conv_in.weight.mean()
+
+        return _UNet().requires_grad_(False)
+
+
+def sampling_child(args: argparse.Namespace) -> None:
+    """One sampling run of `args.frames` frames on the stand-in device; prints its peaks as JSON."""
+    import torch
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(REPO / "tests"))
+    from tools.comfy_runtime import import_pack
+
+    import_pack(cpu=True)
+    from stand_in_comfy import comfy_on_stand_in
+
+    from sonic_pack.nodes.native_model import sonic_model_patcher
+    from sonic_pack.nodes.sampling import run_sonic_sampler
+    from sonic_pack.nodes.sonic_types import SonicAudioEmbeds, SonicImageEmbeds, SonicMotionBuckets
+    from sonic_pack.sonic_model import memory_model
+
+    n, side = args.frames, args.size // 8
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(n, memory_model.AUDIO_TOKENS, memory_model.CONTEXT_DIM, generator=g)
+    audio = SonicAudioEmbeds(tokens=tokens, null_tokens=torch.zeros_like(tokens[0]),
+                             bucket_windows=torch.zeros(1), num_frames=n)
+    image = SonicImageEmbeds(concat_latent=torch.randn(1, 4, side, side, generator=g),
+                             image_embeds=torch.randn(1, memory_model.CONTEXT_DIM, generator=g),
+                             face_mask=torch.ones(1, 1, args.size, args.size), image=torch.zeros(1, 8, 8, 3))
+    motion = SonicMotionBuckets(buckets=torch.full((n, 2), 32.0), predicted=torch.full((n, 2), 32.0))
+    with comfy_on_stand_in():
+        model = sonic_model_patcher(WindowUNet.build())
+        base = status_kib("VmRSS")
+        exact = reset_peak_rss()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        samples = run_sonic_sampler(model, audio, image, motion, seed=1, steps=args.steps, cfg_image=2.0,
+                                    cfg_audio=7.5, shift=7, window=25, sampler_name="euler", scheduler="karras",
+                                    denoise=1.0)
+        seconds = time.perf_counter() - t0
+        device_peak = torch.cuda.max_memory_allocated() - start
+    peak = status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"frames": n, "device_peak": device_peak, "base_kib": base, "peak_kib": peak, "exact": exact,
+                      "seconds": seconds, "finite": bool(torch.isfinite(samples).all()),
+                      "latent_bytes": memory_model.latent_bytes(n, side * side)}))
+
+
+def device_peak_report(lengths: list[float], size: int, steps: int) -> None:
+    rows = []
+    for seconds in lengths:
+        frames = round(seconds * 12.5)
+        cmd = [sys.executable, __file__, "--sampling-child", "--frames", str(frames), "--size", str(size),
+               "--steps", str(steps)]
+        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"sampling child failed ({seconds} s):\n{result.stdout}\n{result.stderr}")
+        rows.append({**json.loads(result.stdout.strip().splitlines()[-1]), "audio_s": seconds})
+        r = rows[-1]
+        r["host"] = (r["peak_kib"] - r["base_kib"]) * 1024 - r["device_peak"]  # the stand-in's bytes are RAM too
+        print(f"  {seconds:>5.0f} s of audio ({frames} frames): device peak {r['device_peak'] / MIB:.1f} MiB, "
+              f"host RSS +{r['host'] / MIB:.0f} MiB above the models and inputs, less the stand-in's device bytes "
+              f"({r['host'] / r['latent_bytes']:.1f} clip latents), {r['seconds']:.0f} s", flush=True)
+        if not r["finite"]:
+            raise SystemExit("sampling produced NaN/Inf latents")
+    a, b = rows[0], rows[-1]
+    growth = b["device_peak"] - a["device_peak"]
+    print(f"host RSS for {b['audio_s']:.0f} s: {b['host'] / 2**30:.2f} GiB above the models and inputs "
+          f"(target <= 4 GB = 3.73 GiB)")
+    print(f"device peak growth {a['audio_s']:.0f} s -> {b['audio_s']:.0f} s at {size}x{size}: {growth / MIB:.0f} MiB "
+          f"({b['device_peak'] / a['device_peak']:.1f}x)")
+
+
 def _hold_everything(vae, latents, rife, image, audio, out: str) -> tuple[int, int]:
     """The non-streaming graph: every stage returns the whole clip (what 'OOM at 100 %' comes from)."""
     from fractions import Fraction
@@ -163,12 +259,24 @@ def main() -> None:
     ap.add_argument("--seconds", default=None, help="comma-separated audio lengths (default 10,60,600)")
     ap.add_argument("--baseline", type=float, default=0.0,
                     help="also run the hold-everything path for lengths up to this many seconds")
+    ap.add_argument("--device-peak", action="store_true",
+                    help="measure sampling's device peak on the stand-in accelerator (10 s and 600 s by default)")
+    ap.add_argument("--steps", type=int, default=2, help="sampling steps for --device-peak")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--sampling-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--frames", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="streaming", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args)
+        return
+    if args.sampling_child:
+        sampling_child(args)
+        return
+    if args.device_peak:
+        seconds = args.seconds or ("2,8" if args.quick else "10,600")
+        device_peak_report([float(s) for s in seconds.split(",")], args.size or (64 if args.quick else 512),
+                           args.steps)
         return
     size = args.size or (32 if args.quick else 64)
     if size % 16:

@@ -253,8 +253,39 @@ def table() -> None:
               f"{auto_line(height, width, weights, vae_dtype=vae)}; sampling only: "
               f"{auto_line(height, width, weights, decode_chunk=None, rife_batch=None)}; decode chunk {chunk}: "
               f"{auto_line(height, width, weights, decode_chunk=chunk, vae_dtype=vae)}")
+    print("\nBy audio length (12.5 generated frames per second), sampling phase, fp16 weights, auto mode (decode and "
+          "RIFE stream chunk by chunk: their peaks above do not grow with the audio). On the GPU the only clip-long "
+          "state is core's two start copies; the sampler's latents and the audio tokens are in host RAM:\n")
+    length_table(SIZES[:2])
     chosen = mm.choose_mode(CARD_8GB, 512, 512, vae_dtype="bf16")
     print(f"\n512x512 auto: {_gib(chosen.peak)} GiB peak ({chosen.mode})")
+    long = mm.choose_mode(CARD_8GB, 512, 512, vae_dtype="bf16", frames_total=round(600 * mm.FRAMES_PER_SECOND))
+    print(f"512x512 auto 600 s: {_gib(long.peak)} GiB peak ({long.mode})")
+
+
+AUDIO_LENGTHS = ((10, "10 s"), (60, "1 min"), (300, "5 min"), (600, "10 min"), (3600, "1 h"))
+
+
+def _sampling_on(card: int, height: int, width: int, frames: int) -> str:
+    try:
+        chosen = mm.choose_mode(card, height, width, frames_total=frames, decode_chunk=None, rife_batch=None)
+    except mm.DoesNotFit:
+        return "does not fit"
+    return f"{_gib(chosen.sampling)} ({chosen.mode})"
+
+
+def length_table(sizes: tuple) -> None:
+    cards = {"8 GB": CARD_8GB, "12 GB": mm.card_free_vram(12 * mm.GIB, "windows")}
+    print("| size | audio | frames | GPU clip state | " + " | ".join(f"sampling on {c} (mode)" for c in cards)
+          + " | host RAM for sampling |")
+    print("|---|---|---|---|" + "---|" * len(cards) + "---|")
+    for height, width in sizes:
+        for seconds, label in AUDIO_LENGTHS:
+            frames = round(seconds * mm.FRAMES_PER_SECOND)
+            tokens = mm.RunShape(height, width).tokens
+            fits = " | ".join(_sampling_on(card, height, width, frames) for card in cards.values())
+            print(f"| {width}x{height} | {label} | {frames} | {_gib(mm.clip_state_bytes(frames, tokens))} | {fits} "
+                  f"| {_gib(mm.host_state_bytes(frames, tokens))} |")
 
 
 def main() -> None:

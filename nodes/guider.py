@@ -141,10 +141,16 @@ class SonicGuider(comfy.samplers.CFGGuider):
         patcher, model = self.model_patcher, self.model_patcher.model
         device = torch.device(patcher.load_device)
         free = 0 if device.type == "cpu" else mm.get_free_memory(device) + patcher.loaded_size()
+        height, width = latent_shape[-2] * 8, latent_shape[-1] * 8
+        try:  # the clip's latents and tokens are in RAM (inner_sample): refuse before sampling if they cannot be
+            memory_model.check_host_ram(mm.get_free_memory(mm.intermediate_device()), self.cond.num_frames,
+                                        height, width, *self.cond.audio_tokens.shape[1:])
+        except memory_model.DoesNotFit as error:
+            raise MemoryError(f"Sonic does not fit this computer's free RAM: {error}") from None
         try:
-            mode, working = choose_sampling_mode(model.low_vram, device.type == "cpu", free, latent_shape[-2] * 8,
-                                                 latent_shape[-1] * 8, self.fusion.window, self.cond.num_frames,
-                                                 model.compute_dtype, model.get_dtype())
+            mode, working = choose_sampling_mode(model.low_vram, device.type == "cpu", free, height, width,
+                                                 self.fusion.window, self.cond.num_frames, model.compute_dtype,
+                                                 model.get_dtype())
         except memory_model.DoesNotFit as error:
             raise torch.OutOfMemoryError(f"Sonic does not fit this GPU's free memory: {error}") from None
         from ..sonic_model.speed import set_attention_slices  # diffusers: on first use, not at ComfyUI start

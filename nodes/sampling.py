@@ -41,10 +41,11 @@ def sonic_conditioning(audio: SonicAudioEmbeds, image: SonicImageEmbeds,
                              motion_buckets=motion.buckets, face_mask=image.face_mask, fps=audio.fps)
 
 
-def start_latent(image: SonicImageEmbeds, num_frames: int) -> dict:
-    """Core LATENT of the reference latent for every frame: the official start is this plus σ·noise."""
-    samples = image.concat_latent.float().expand(num_frames, -1, -1, -1).contiguous()
-    return {"samples": samples.to(mm.intermediate_device())}
+def start_latent(image: SonicImageEmbeds, num_frames: int, view: bool = False) -> dict:
+    """Core LATENT of the reference latent for every frame: the official start is this plus σ·noise. `view`: one
+    frame's memory seen N times (for the sampler's own use: no node can write into it), not N copies."""
+    samples = image.concat_latent.float().to(mm.intermediate_device()).expand(num_frames, -1, -1, -1)
+    return {"samples": samples if view else samples.contiguous()}
 
 
 def schedule_sigmas(model, scheduler: str, steps: int, denoise: float = 1.0, sampler_name: str = "euler") -> torch.Tensor:
@@ -90,7 +91,7 @@ def run_sonic_sampler(model, audio: SonicAudioEmbeds, image: SonicImageEmbeds, m
         raise ValueError("The σ schedule has no steps (denoise 0, or an empty SIGMAS input): raise steps/denoise.")
     guider = SonicGuider(model, cond, cfg_image=cfg_image, cfg_audio=cfg_audio, shift=shift, window=window)
     guider.on_window = WindowProgress(len(sigmas) - 1, guider.fusion.windows_per_step, node_id, part)
-    latent = start_latent(image, cond.num_frames)["samples"]
+    latent = start_latent(image, cond.num_frames, view=True)["samples"]  # a clip-long buffer less in RAM
     noise = comfy.sample.prepare_noise(latent, seed)  # core's seeded noise: a seed means what it means in KSampler
     samples = guider.sample(noise, latent, sampler, sigmas, callback=None, disable_pbar=True, seed=seed)
     if report is not None:

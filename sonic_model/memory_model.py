@@ -12,8 +12,11 @@ The run has three phases that never overlap, so the peak is the largest of them,
    UNet weights resident on the GPU (all, or what is left after offloading) + the per-layer cast copies when the
    storage dtype is not the compute dtype (fp8) or weights are offloaded (comfy.ops casts one layer at a time; we
    allow two of the largest layer, the current one and one prefetched) + one UNet call's activations + that call's
-   inputs and outputs + the clip-long state (latents, sampler buffers, audio tokens) + whatever else the caller says
-   stays resident (`other_resident_bytes`).
+   inputs and outputs + the clip-long state on the GPU + whatever else the caller says stays resident
+   (`other_resident_bytes`). The sampler's own buffers, the fused x0, the audio tokens and the motion buckets live
+   on the intermediate device (host RAM, `host_state_bytes`); only core's device copies of the noise and the start
+   latent, two fp32 latents per frame, stay on the GPU for the whole run, so the GPU's clip-long state is
+   0.03 GiB per minute at 512².
 2. **VAE decode** of one chunk (SVD's temporal decoder mixes the chunk's frames, default 8): VAE weights + the
    decoder's activations. The UNet is not counted: the decode asks core's model manager for room and core evicts
    the UNet when the card is short.
@@ -41,6 +44,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+
+from .whisper_features import FRAMES_PER_SECOND
 
 GIB = 2**30
 MIB = 2**20
@@ -74,9 +79,13 @@ RIFE_PARAMS = 3_038_015
 RIFE_ELEMENTS_PER_PAIR_PIXEL = 138.25
 DEFAULT_RIFE_BATCH = 8
 
-# Clip-long fp32 latent buffers alive through sampling: the sampler's x, noise, denoised and step buffer, the
-# denoiser's fp32 copy and its window accumulator.
-LATENT_BUFFERS = 6
+# Clip-long fp32 latents on the GPU through sampling: core's CFGGuider.outer_sample moves the noise and the start
+# latent to the model's device before a guider sees them and holds them until sampling ends.
+DEVICE_LATENT_BUFFERS = 2
+# Clip-long fp32 latents in host RAM at the peak of a step (measured by benchmarks/long_audio_memory.py
+# --device-peak on 600 s: the caller's noise and start latent, core's scaled start, the sampler's x, denoised, its
+# step temporaries, the fused x0).
+HOST_LATENT_BUFFERS = 8
 ATTENTION_SLICES = 8  # sonic_model.speed.LOW_VRAM_ATTENTION_SLICES
 SAFETY_MARGIN = 0.10
 
@@ -214,10 +223,21 @@ def window_io_bytes(window: int, tokens: int, dtype: str) -> int:
     return rows * window * (per_row_frame + context) + window * fp32_slices
 
 
+def latent_bytes(frames_total: int, tokens: int) -> int:
+    """One fp32 latent of the whole clip."""
+    return frames_total * LATENT_CHANNELS * tokens * 4
+
+
 def clip_state_bytes(frames_total: int, tokens: int) -> int:
-    latents = LATENT_BUFFERS * frames_total * LATENT_CHANNELS * tokens * 4
-    audio = frames_total * AUDIO_TOKENS * CONTEXT_DIM * 4
-    return latents + audio
+    """What of the clip sits on the GPU through sampling (core's two start copies; everything else is on the host)."""
+    return DEVICE_LATENT_BUFFERS * latent_bytes(frames_total, tokens)
+
+
+def host_state_bytes(frames_total: int, tokens: int, audio_tokens: int = AUDIO_TOKENS,
+                     context_dim: int = CONTEXT_DIM) -> int:
+    """Host RAM of sampling the clip: the sampler's latents at a step's peak plus the fp32 audio tokens."""
+    return (HOST_LATENT_BUFFERS * latent_bytes(frames_total, tokens)
+            + frames_total * audio_tokens * context_dim * 4)
 
 
 def cast_buffer_bytes(dtype: str) -> int:
@@ -297,10 +317,36 @@ def choose_mode(free_vram_bytes: int, height: int, width: int, window: int = 25,
     raise DoesNotFit(_what_to_lower(run, best, budget))
 
 
+def _minutes(frames: int) -> str:
+    return f"{frames / FRAMES_PER_SECOND / 60:.1f} minutes"
+
+
+def check_host_ram(free_ram_bytes: int, frames_total: int, height: int, width: int,
+                   audio_tokens: int = AUDIO_TOKENS, context_dim: int = CONTEXT_DIM) -> int:
+    """The host RAM sampling the clip needs (`host_state_bytes`); raises DoesNotFit, naming the longest audio that
+    fits, when it is more than `free_ram_bytes`."""
+    tokens = RunShape(height, width).tokens
+    needed = host_state_bytes(frames_total, tokens, audio_tokens, context_dim)
+    if needed <= free_ram_bytes:
+        return needed
+    longest = int(free_ram_bytes // (needed / frames_total))
+    raise DoesNotFit(f"Sampling {frames_total} frames ({_minutes(frames_total)} of audio) at {width}×{height} needs "
+                     f"about {needed / GIB:.1f} GiB of RAM for the clip's latents and audio tokens, and "
+                     f"{free_ram_bytes / GIB:.1f} GiB is free. Split the audio into parts of at most "
+                     f"{_minutes(longest)} (or lower the resolution), or free RAM.")
+
+
 def _what_to_lower(run: RunShape, est: MemoryEstimate, budget: int) -> str:
     size = f"{run.width}×{run.height}"
     gib = lambda n: f"{n / GIB:.2f} GiB"  # noqa: E731
     usable = f"the {gib(budget)} usable (free VRAM less the safety margin)"
+    rest = est.sampling - est.clip_state
+    if est.sampling > budget and rest <= budget:  # the clip's length is what does not fit
+        per_frame = est.clip_state / run.frames_total
+        return (f"Sonic cannot sample {run.frames_total} frames ({_minutes(run.frames_total)} of audio) at {size} in "
+                f"{usable}: ComfyUI keeps the clip's noise and start latent on the GPU ({gib(est.clip_state)}). "
+                f"Split the audio into parts of at most {_minutes(int((budget - rest) // per_frame))}, or lower the "
+                "resolution.")
     if est.sampling > budget:
         return (f"Sonic cannot sample {size} with a {run.window}-frame window in {usable}, even with the whole "
                 f"UNet offloaded: one guidance row needs {gib(est.sampling)}. Lower the resolution or the window "

@@ -211,6 +211,7 @@ class ShiftFusion:
                 uncond.index_add_(0, idx, u.to(host))
                 full.index_add_(0, idx, c.to(host))
             count.index_add_(0, idx, torch.ones(len(frames), device=host))
+            del rows, u, i, c  # before the next window's rows exist: one window's work on the device, not two
             if self.on_window is not None:
                 self.on_window(WindowEvent(step, w, len(windows), frames, float(sigma), x32[idx], x0))
         count = count.view(-1, 1, 1, 1)

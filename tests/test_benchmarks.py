@@ -32,3 +32,14 @@ def test_load_memory_measures_sonic_loading_against_the_libraries_own_readers(tm
     assert set(rows) == {"lean", "library", "naive"}, out
     assert len({row[-1] for row in rows.values()}) == 1, "the three loads must give the same weights (checksum)"
     assert "lean target (<= 1.2x model size):" in out  # at 2 % of the UNet fixed overheads decide: not asserted
+
+
+def test_long_audio_device_peak_runs_the_shipped_sampler_on_the_stand_in_and_ends_with_the_growth_line():
+    import re
+
+    out = _run("benchmarks/long_audio_memory.py", "--device-peak", "--quick")
+    last = out.strip().splitlines()[-1]
+    found = re.fullmatch(r"device peak growth 2 s -> 8 s at 64x64: (\d+) MiB \((\d+\.\d)x\)", last)
+    assert found, out
+    assert "host RSS for 8 s:" in out
+    assert int(found.group(1)) <= 1, out  # 75 frames of 8×8 latents: core's two copies are 0.15 MiB

@@ -87,3 +87,35 @@ def test_nothing_of_a_run_stays_on_the_device(stand_in_gpu):
     _sampled_peak(40)
     gc.collect()  # a few hundred bytes of sampler scalars sit in reference cycles until Python's collector runs
     assert device_memory.allocated == before  # models unloaded, no latent, token or mask left behind
+
+
+def test_a_clip_too_long_for_the_ram_or_the_gpu_is_refused_before_sampling(stand_in_gpu, monkeypatch):
+    model = sonic_model_patcher(RecordingUNet(dim=WIDTH))
+    audio, image, motion = _inputs(30)
+    original = mm.get_free_memory
+
+    def free(dev=None, torch_free_too=False, ram=2**19, vram=24 * 2**30):  # 30 frames need 1 MiB of RAM
+        answer = ram if dev is not None and torch.device(dev).type == "cpu" else vram
+        return (answer, answer) if torch_free_too else answer
+
+    monkeypatch.setattr(mm, "get_free_memory", lambda dev=None, torch_free_too=False: free(dev, torch_free_too))
+    run = dict(seed=3, steps=2, cfg_image=2.0, cfg_audio=7.5, shift=1, window=5, sampler_name="euler",
+               scheduler="karras", denoise=1.0)
+    with pytest.raises(MemoryError, match=r"free RAM: .* needs about .* GiB of RAM .* Split the audio into parts"):
+        run_sonic_sampler(model, audio, image, motion, **run)
+    assert model.model.diffusion_model.unet.calls == []  # refused before the first window
+    monkeypatch.setattr(mm, "get_free_memory", original)
+
+
+def test_an_hour_at_512_is_refused_with_the_memory_it_needs_and_ten_minutes_fit_8_gb():
+    from sonic_pack.sonic_model import memory_model
+
+    card = memory_model.card_free_vram(8 * memory_model.GIB)
+    ten_minutes = memory_model.choose_mode(card, 512, 512, frames_total=7500, decode_chunk=None, rife_batch=None)
+    assert ten_minutes.peak * 1.1 <= card
+    with pytest.raises(memory_model.DoesNotFit, match=r"45000 frames \(60.0 minutes of audio\).* noise and start "
+                                                      r"latent on the GPU \(5.49 GiB\)\. Split the audio"):
+        memory_model.choose_mode(card, 512, 512, frames_total=45000, decode_chunk=None, rife_batch=None)
+    with pytest.raises(memory_model.DoesNotFit, match=r"needs about 27.5 GiB of RAM"):
+        memory_model.check_host_ram(16 * memory_model.GIB, 45000, 512, 512)
+    assert memory_model.check_host_ram(16 * memory_model.GIB, 7500, 512, 512) < 5 * memory_model.GIB

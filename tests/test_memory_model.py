@@ -176,13 +176,26 @@ def test_nothing_fits_names_what_to_lower():
         mm.choose_mode(8 * GIB, 512, 512, dtype="fp8_e4m3fn")
 
 
-def test_the_table_ends_with_the_512_auto_line_within_8_gib(capsys):
+def test_the_table_ends_with_the_512_auto_lines_within_8_gib_for_10_s_and_10_minutes(capsys):
     bench.table()
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    found = re.fullmatch(r"512x512 auto: (\d+\.\d\d) GiB peak \((.+)\)", last)
-    assert found, last
-    assert float(found.group(1)) <= 8
-    assert any(found.group(2).startswith(mode.name) for mode in mm.MODES)
+    short, long = capsys.readouterr().out.strip().splitlines()[-2:]
+    found = re.fullmatch(r"512x512 auto: (\d+\.\d\d) GiB peak \((.+)\)", short)
+    found_long = re.fullmatch(r"512x512 auto 600 s: (\d+\.\d\d) GiB peak \((.+)\)", long)
+    assert found and found_long, (short, long)
+    for line in (found, found_long):
+        assert float(line.group(1)) <= 8
+        assert any(line.group(2).startswith(mode.name) for mode in mm.MODES)
+    # Ten minutes add only core's two start copies on the GPU: 7500 frames × 2 × 64 KiB.
+    grown = float(found_long.group(1)) - float(found.group(1))
+    assert abs(grown - mm.clip_state_bytes(7500 - 125, 64 * 64) / GIB) < 0.011, grown
+
+
+def test_gpu_clip_state_is_two_latents_per_frame_and_the_rest_is_host_ram():
+    tokens = 64 * 64
+    assert mm.clip_state_bytes(7500, tokens) == 2 * 7500 * 4 * tokens * 4  # 0.92 GiB at 10 min, 512²
+    assert mm.clip_state_bytes(7500, tokens) < 1 * GIB
+    host = mm.host_state_bytes(7500, tokens)
+    assert host == mm.HOST_LATENT_BUFFERS * mm.latent_bytes(7500, tokens) + 7500 * 32 * 1024 * 4
 
 
 def test_the_gpu_calibration_runs_the_sampling_path_and_orders_the_modes():
