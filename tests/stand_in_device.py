@@ -371,22 +371,27 @@ def stand_in_device() -> Iterator[torch.device]:
     overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
     torch.__future__.set_overwrite_module_params_on_conversion(True)
     torch.Generator = GeneratorFor
-    memory_functions = {name: getattr(torch.cuda, name) for name in _MEMORY_FUNCTIONS}
-    for name, answer in _MEMORY_FUNCTIONS.items():
+    cuda_functions = {name: getattr(torch.cuda, name) for name in _CUDA_FUNCTIONS}
+    for name, answer in _CUDA_FUNCTIONS.items():
         setattr(torch.cuda, name, answer)
     try:
         with StandInMode():
             yield STAND_IN
     finally:
         torch.Generator = _REAL_GENERATOR
-        for name, function in memory_functions.items():
+        for name, function in cuda_functions.items():
             setattr(torch.cuda, name, function)
         torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
 
 
-# torch.cuda's allocator statistics, answered by the stand-in's (the device argument is the one stand-in device).
-_MEMORY_FUNCTIONS = {
+# torch.cuda's allocator statistics, answered by the stand-in's (the device argument is the one stand-in device), and
+# the calls core 0.33 makes around sampling: synchronize after loading a model (the stand-in computes as it is
+# asked, so there is never work in flight) and the current-device guard (the stand-in is device 0, the only one).
+_CUDA_FUNCTIONS = {
     "memory_allocated": lambda device=None: device_memory.allocated,
     "max_memory_allocated": lambda device=None: device_memory.peak,
     "reset_peak_memory_stats": lambda device=None: device_memory.reset_peak(),
+    "synchronize": lambda device=None: None,
+    "current_device": lambda: STAND_IN.index,
+    "set_device": lambda device: None,
 }
