@@ -31,7 +31,8 @@ import torch  # noqa: E402
 
 from sonic_model.shift_fusion import ShiftFusion, SonicConditioning, edm_rows_denoiser  # noqa: E402
 from sonic_model.shift_windows import shifted_windows  # noqa: E402
-from sonic_model.speed import LOW_VRAM_ATTENTION_SLICES, apply_speed_options, compile_report  # noqa: E402
+from sonic_model.memory_model import ATTENTION_SLICES  # noqa: E402
+from sonic_model.speed import apply_speed_options, compile_report  # noqa: E402
 from sonic_model.unet import build_sonic_unet  # noqa: E402
 
 FPS = 12.5
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (compile time reported apart)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune (with --compile)")
     parser.add_argument("--attention-slices", type=int, default=None, metavar="N",
-                        help=f"attention in N pieces in every mode (default: none, {LOW_VRAM_ATTENTION_SLICES} in "
+                        help=f"attention in N pieces in every mode (default: none, {ATTENTION_SLICES} in "
                              "low-VRAM rows; 0 or 1: none anywhere)")
     parser.add_argument("--no-compile-compare", action="store_true",
                         help="CPU --quick: skip the eager vs compiled timing (its first compile takes minutes)")
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in settings:
         s.frames, s.steps = args.frames or s.frames, args.steps or s.steps
         s.compile, s.compile_mode = args.compile, args.compile_mode
-        s.attention_slices = LOW_VRAM_ATTENTION_SLICES if s.low_vram else None
+        s.attention_slices = ATTENTION_SLICES if s.low_vram else None
         if args.attention_slices is not None:
             s.attention_slices = args.attention_slices if args.attention_slices > 1 else None
     where = torch.cuda.get_device_name(device) if cuda else "CPU (tiny Sonic UNet, random weights)"

@@ -10,7 +10,8 @@ have. The per-step latent arithmetic on the host is cheap next to the UNet windo
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 
@@ -89,7 +90,6 @@ class SonicGuider(comfy.samplers.CFGGuider):
             raise ValueError(f"The latent has {latent_image.shape[0]} frames but the Sonic audio has {n}: connect "
                              "the Sonic Guider's start latent (or one of as many frames) to the sampler.")
         self._tracker = StepTracker(sigmas.float().cpu().tolist(), sampler_name_of(sampler))
-        self._prepare_memory(latent_image.shape)
 
         def tracked(step, denoised, x, total_steps):
             self._tracker.on_step_callback(step)
@@ -98,7 +98,8 @@ class SonicGuider(comfy.samplers.CFGGuider):
 
         self._start = (noise, latent_image)
         try:
-            samples = super().sample(noise, latent_image, sampler, sigmas, denoise_mask, tracked, *args, **kwargs)
+            with self._memory_settings(latent_image.shape):
+                samples = super().sample(noise, latent_image, sampler, sigmas, denoise_mask, tracked, *args, **kwargs)
         except torch.OutOfMemoryError as error:  # not core's OOM_EXCEPTION: that may be Exception, Cancel too
             mm.soft_empty_cache(True)  # ComfyUI also unloads models for this exception type: the next run starts clean
             h, w = (s * 8 for s in latent_image.shape[-2:])
@@ -136,8 +137,25 @@ class SonicGuider(comfy.samplers.CFGGuider):
             return given
         return moved.to(host)
 
-    def _prepare_memory(self, latent_shape) -> None:
-        """Pick the sampling mode for the free VRAM before core loads the model (it reads our memory estimate)."""
+    @contextmanager
+    def _memory_settings(self, latent_shape) -> Iterator[None]:
+        """This run's sampling mode on the MODEL for the run only: one loader feeds many workflows, and what one
+        run chose (its memory estimate, sliced attention) must not be found by the next."""
+        from ..sonic_model.speed import attention_slices  # diffusers: on first use, not at ComfyUI start
+
+        mode, working = self._choose_memory(latent_shape)
+        model = self.model_patcher.model
+        self.sampling_mode = mode
+        self.fusion.batched_cfg = mode.batched_guidance
+        before, model.working_memory = model.working_memory, working
+        try:
+            with attention_slices(model.diffusion_model.unet, mode.attention_slices):
+                yield
+        finally:
+            model.working_memory = before
+
+    def _choose_memory(self, latent_shape) -> tuple[memory_model.SamplingMode, int | None]:
+        """The sampling mode for the free VRAM, before core loads the model (it reads our memory estimate)."""
         patcher, model = self.model_patcher, self.model_patcher.model
         device = torch.device(patcher.load_device)
         free = 0 if device.type == "cpu" else mm.get_free_memory(device) + patcher.loaded_size()
@@ -153,14 +171,9 @@ class SonicGuider(comfy.samplers.CFGGuider):
                                                  model.get_dtype())
         except memory_model.DoesNotFit as error:
             raise torch.OutOfMemoryError(f"Sonic does not fit this GPU's free memory: {error}") from None
-        from ..sonic_model.speed import set_attention_slices  # diffusers: on first use, not at ComfyUI start
-
-        self.sampling_mode = mode
-        self.fusion.batched_cfg = mode.batched_guidance
-        set_attention_slices(model.diffusion_model.unet, mode.attention_slices)
-        model.working_memory = working
         logging.info("Sonic: sampling with %s%s", mode,
                      f" ({free / memory_model.GIB:.1f} GiB of VRAM free)" if device.type != "cpu" else "")
+        return mode, working
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (core's signature)
         for patch in _TWO_WAY_CFG_PATCHES:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from .shift_fusion import GUIDANCE_ROWS
 from .whisper_features import FRAMES_PER_SECOND
 
 GIB = 2**30
@@ -86,7 +87,9 @@ DEVICE_LATENT_BUFFERS = 2
 # --device-peak on 600 s: the caller's noise and start latent, core's scaled start, the sampler's x, denoised, its
 # step temporaries, the fused x0).
 HOST_LATENT_BUFFERS = 8
-ATTENTION_SLICES = 8  # sonic_model.speed.LOW_VRAM_ATTENTION_SLICES
+# Attention pieces in low-VRAM mode: at 576x1024 the math kernel's self-attention scores of one 25-frame row are
+# 25·5·9216² fp16 values (21 GB); in 8 pieces 2.7 GB. The flash / memory-efficient kernels barely notice the cut.
+ATTENTION_SLICES = 8
 SAFETY_MARGIN = 0.10
 
 # ComfyUI 0.3.75 comfy/model_management.py: EXTRA_RESERVED_VRAM is 400 MiB, 600 MiB on Windows; core keeps it free.
@@ -216,7 +219,7 @@ def window_io_bytes(window: int, tokens: int, dtype: str) -> int:
     """One window's UNet inputs and outputs: the 3 rows' 8-channel sample, concat latent, CLIP and audio tokens,
     each row's output (all three are held before the guidance combines them) and the fp32 window slices."""
     b = DTYPE_BYTES[dtype]
-    rows = 3
+    rows = GUIDANCE_ROWS
     per_row_frame = ((LATENT_CHANNELS + CONCAT_CHANNELS) + CONCAT_CHANNELS + LATENT_CHANNELS) * tokens * b
     context = (1 + AUDIO_TOKENS) * CONTEXT_DIM * b
     fp32_slices = 4 * LATENT_CHANNELS * tokens * 4  # the window of x, the guided v, its x0 and one combine temp
@@ -271,7 +274,7 @@ def estimate(shape: RunShape, mode: SamplingMode) -> MemoryEstimate:
     weights = unet_weight_bytes(shape.weight_dtype or shape.dtype)
     offloaded = min(mode.offload_bytes, weights) if mode.offload else 0
     casting = mode.offload or shape.weight_bytes_per_param != shape.compute_bytes
-    frames = shape.window * (3 if mode.batched_guidance else 1)
+    frames = shape.window * (GUIDANCE_ROWS if mode.batched_guidance else 1)
     tokens = shape.tokens
     return MemoryEstimate(
         mode=mode,

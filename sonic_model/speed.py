@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import Tensor, nn
 
 from .audio_attention import SonicAudioAttnProcessor, project_out, sliced_sdpa, split_heads
+from .memory_model import ATTENTION_SLICES
 from .unet import SonicUNet
 
 log = logging.getLogger(__name__)
 
-# Attention pieces in low-VRAM mode: at 576x1024 the math kernel's self-attention scores of one 25-frame row are
-# 25·5·9216² fp16 values (21 GB); in 8 pieces 2.7 GB. The flash / memory-efficient kernels barely notice the cut.
-LOW_VRAM_ATTENTION_SLICES = 8
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,23 @@ def set_attention_slices(unet: nn.Module, slices: int | None) -> None:
                 log.warning("Sonic: attention slicing skips %s (unknown processor)", type(processor).__name__)
         elif isinstance(processor, SlicedAttnProcessor):
             module.set_processor(AttnProcessor2_0())
+
+
+@contextmanager
+def attention_slices(unet: nn.Module, slices: int | None) -> Iterator[None]:
+    """`set_attention_slices` for the length of the block, then every attention as it was: a run's memory choice
+    must not stay on a UNet that other workflows share."""
+    saved = [(module, module.processor, getattr(module.processor, "slices", None))
+             for module in unet.modules() if isinstance(module, Attention)]
+    set_attention_slices(unet, slices)
+    try:
+        yield
+    finally:
+        for module, processor, before in saved:
+            if isinstance(processor, SonicAudioAttnProcessor):
+                processor.slices = before
+            elif module.processor is not processor:
+                module.set_processor(processor)
 
 
 def _signature(args: tuple) -> tuple:
@@ -174,4 +190,4 @@ def apply_speed_options(unet: SonicUNet, *, compile: bool = False,
 def speed_options_for(*, low_vram: bool, compile: bool) -> SpeedOptions:
     """The options a loader setting means: low-VRAM mode also slices the attention."""
     return SpeedOptions(compile=compile,
-                        attention_slices=LOW_VRAM_ATTENTION_SLICES if low_vram else None)
+                        attention_slices=ATTENTION_SLICES if low_vram else None)

@@ -14,7 +14,8 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 import sonic_model.unet as unet_module
 from sonic_model.audio_attention import AudioContext, SonicAudioAttnProcessor, sliced_sdpa
-from sonic_model.speed import (LOW_VRAM_ATTENTION_SLICES, SlicedAttnProcessor, SpeedOptions, apply_speed_options,
+from sonic_model.memory_model import ATTENTION_SLICES
+from sonic_model.speed import (SlicedAttnProcessor, SpeedOptions, apply_speed_options,
                                compile_report, speed_options_for)
 from tools.parity_checks.common import read_golden
 from tools.parity_checks.unet import build_model
@@ -189,7 +190,7 @@ def test_default_compile_is_inductor_and_off_by_default(golden) -> None:
 
 
 def test_low_vram_means_attention_slices() -> None:
-    assert speed_options_for(low_vram=True, compile=False) == SpeedOptions(attention_slices=LOW_VRAM_ATTENTION_SLICES)
+    assert speed_options_for(low_vram=True, compile=False) == SpeedOptions(attention_slices=ATTENTION_SLICES)
     assert speed_options_for(low_vram=False, compile=True) == SpeedOptions(compile=True)
 
 
@@ -201,7 +202,7 @@ def test_loader_passes_the_options_to_the_unet(golden, monkeypatch) -> None:
 
     # (the pack's own copy of sonic_model: compare fields, not classes)
     assert asdict(loaders.loader_speed_options(True, True)) == asdict(
-        SpeedOptions(compile=True, attention_slices=LOW_VRAM_ATTENTION_SLICES))
+        SpeedOptions(compile=True, attention_slices=ATTENTION_SLICES))
     assert asdict(loaders.loader_speed_options(False, False)) == asdict(SpeedOptions())
     inputs = {i.id: i for i in loaders.SonicLoader.define_schema().inputs}
     assert inputs["compile"].default is False and "compil" in inputs["compile"].tooltip
@@ -219,7 +220,7 @@ def test_loader_passes_the_options_to_the_unet(golden, monkeypatch) -> None:
     models, model = loaders.load_sonic_models(Path("u"), Path("t"), Path("b"), Path("w"), None, None,
                                               torch.float32, low_vram=True, compile=True)
     assert model.model.diffusion_model.unet is unet and compile_report(model.model.diffusion_model) is not None
-    assert all(m.processor.slices == LOW_VRAM_ATTENTION_SLICES for m in unet.modules()
+    assert all(m.processor.slices == ATTENTION_SLICES for m in unet.modules()
                if isinstance(m, Attention) and not isinstance(m.processor, AttnProcessor2_0))
     plain, plain_model = loaders.load_sonic_models(Path("u"), Path("t"), Path("b"), Path("w"), None, None,
                                                    torch.float32, low_vram=False)

@@ -151,3 +151,40 @@ def test_freeing_comfyuis_models_and_node_cache_gives_the_sonic_models_back(tiny
     mm.unload_all_models()
     gc.collect()
     assert all(ref() is None for ref in loaded[-1]), "a Sonic model outlived ComfyUI's unloading"
+
+
+def test_a_runs_memory_choice_stays_in_that_run_not_on_the_shared_model(monkeypatch):
+    """Two workflows share one loader's MODEL: what the auto mode chose for one run (the memory estimate core's
+    loader reads, sliced attention) is gone when the run ends, so the next run starts from the loader's settings."""
+    from diffusers.models.attention_processor import Attention
+
+    from sonic_fakes import make_conditioning
+    from sonic_pack.nodes.guider import SonicGuider
+    from sonic_pack.sonic_model.speed import SlicedAttnProcessor
+
+    unet = build_sonic_unet(TINY_UNET_CONFIG)
+    model = sonic_model_patcher(unet, low_vram=None, compute_dtype=torch.float32)
+    processors = {name: m.processor for name, m in unet.named_modules() if isinstance(m, Attention)}
+    estimate = model.model.memory_required([6, 4, 8, 8])
+    seen = []
+
+    def tight(guider, latent_shape):  # as the auto mode picks on a small card
+        return memory_model.PER_ROW_SLICED, 123 * 2**20
+
+    def spy(event):
+        seen.append((model.model.working_memory, sum(isinstance(m.processor, SlicedAttnProcessor)
+                                                    for m in unet.modules() if isinstance(m, Attention))))
+
+    monkeypatch.setattr(SonicGuider, "_choose_memory", tight)
+    cond = make_conditioning(6, h=8, w=8, d=TINY_UNET_CONFIG["cross_attention_dim"], t=4)
+    cond.audio_tokens = torch.randn(6, 4, TINY_UNET_CONFIG["cross_attention_dim"])
+    guider = SonicGuider(model, cond, cfg_image=2.0, cfg_audio=7.5, shift=1, window=3, on_window=spy)
+    latent = cond.concat_latent.expand(6, -1, -1, -1).contiguous()
+    import comfy.samplers
+
+    guider.sample(torch.randn(6, 4, 8, 8), latent, comfy.samplers.sampler_object("euler"),
+                  torch.tensor([10.0, 1.0, 0.0]), seed=0)
+    assert seen and seen[0][0] == 123 * 2**20 and seen[0][1] > 0  # in the run: its estimate and sliced attention
+    assert model.model.working_memory is None
+    assert model.model.memory_required([6, 4, 8, 8]) == estimate
+    assert {name: m.processor for name, m in unet.named_modules() if isinstance(m, Attention)} == processors
