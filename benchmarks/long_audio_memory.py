@@ -72,12 +72,13 @@ def child(args: argparse.Namespace) -> None:
 
     import_pack()
     import comfy.model_management as mm
+    from sonic_pack.nodes.model_patchers import core_patcher
     from sonic_pack.nodes.sonic_types import SonicImageEmbeds
     from sonic_pack.sonic_model.rife import IFNet, load_rife
 
     device = mm.get_torch_device()
     torch.manual_seed(0)
-    rife = load_rife(IFNet().state_dict())  # full size, random
+    rife = core_patcher(load_rife(IFNet().state_dict()))  # full size, random, loaded by core as the nodes do
     vae = StandInDecoder(device)
     n, side = args.frames, args.size
     latents = torch.randn(n, 4, side // 8, side // 8, generator=torch.Generator().manual_seed(1)) * 0.18215

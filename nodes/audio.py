@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from ..sonic_model.audio_clip import stereo_clip
 from ..sonic_model.whisper_features import encode_audio
+from .model_patchers import load_for_stage
 from .sonic_types import GENERATION_FPS, SonicAudio, SonicAudioEmbeds, SonicModel, SonicModels
 
 
@@ -28,16 +29,9 @@ def encode_sonic_audio(models: SonicModels, audio: dict, node_id: str | None = N
         bar.update_absolute(done, total)
         mm.throw_exception_if_processing_interrupted()  # Cancel between Whisper chunks and token batches
 
-    device = mm.get_torch_device()
-    whisper, a2t = models.whisper, models.audio2token
-    whisper.encoder.to(device)
-    a2t.to(device)
-    try:
-        embeds = encode_audio(whisper, audio["waveform"], audio["sample_rate"], a2t,
-                              output_device=mm.intermediate_device(), on_progress=on_progress)
-    finally:
-        whisper.encoder.to("cpu")
-        a2t.to("cpu")
+    audio_models = load_for_stage(models.audio_patcher)  # core keeps it there, or offloads it, from now on
+    embeds = encode_audio(models.whisper, audio["waveform"], audio["sample_rate"], audio_models.audio2token,
+                          output_device=mm.intermediate_device(), on_progress=on_progress)
     return embeds, trimmed_audio(audio, embeds.num_frames)
 
 

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 from ..sonic_model.audio_adapters import postprocess_buckets
 from ..sonic_model.motion_curve import MotionCurve
 from ..sonic_model.whisper_features import predict_buckets
+from .model_patchers import load_for_stage
 from .sonic_types import SonicAudio, SonicImage, SonicModel, SonicMotion, SonicMotionBuckets, SonicMotionCurve
 
 PRESETS = {"mild (0.5)": 0.5, "moderate (1.0)": 1.0, "intense (2.0)": 2.0}
@@ -89,7 +90,8 @@ class SonicMotionBucketsNode(io.ComfyNode):
     @classmethod
     def execute(cls, sonic_model, audio, image, motion_preset, beta, head_motion, expression,
                 head_motion_curve=None, expression_curve=None) -> io.NodeOutput:
-        raw = predict_buckets(sonic_model.audio2bucket, audio, image.image_embeds).float().cpu()
+        audio2bucket = load_for_stage(sonic_model.audio_patcher).audio2bucket
+        raw = predict_buckets(audio2bucket, audio, image.image_embeds).float().cpu()
         motion = motion_buckets(raw, dynamic_scale(motion_preset, beta), head_motion, expression,
                                 (head_motion_curve, expression_curve))
         return io.NodeOutput(motion, ui={"sonic_motion": [motion.report()]})

@@ -5,7 +5,7 @@ no core type carries: the Sonic model bundle and its three kinds of conditioning
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,13 +26,25 @@ GENERATION_FPS = FRAMES_PER_SECOND  # Sonic generates at 12.5 fps (80 ms per fra
 
 @dataclass
 class SonicModels:
-    """Everything Sonic loads besides core's VAE and CLIP vision and the UNet (a core MODEL)."""
+    """Everything Sonic loads besides core's VAE and CLIP vision and the UNet (a core MODEL). Whisper with the
+    audio adapters, and RIFE, each come with the core patcher that loads them (nodes/model_patchers.py)."""
 
     audio2token: torch.nn.Module
     audio2bucket: torch.nn.Module
     whisper: Any = None            # sonic_model.whisper_features.WhisperAudioEncoder
     face_detector: Any = None
     rife: torch.nn.Module | None = None
+    audio_patcher: Any = field(default=None, repr=False)
+    rife_patcher: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        from .model_patchers import SonicAudioModels, core_patcher
+
+        if self.audio_patcher is None and self.whisper is not None:
+            self.audio_patcher = core_patcher(SonicAudioModels(self.whisper.encoder, self.audio2token,
+                                                               self.audio2bucket))
+        if self.rife_patcher is None and self.rife is not None:
+            self.rife_patcher = core_patcher(self.rife)
 
 
 # Per-frame audio conditioning: the library's own type travels through the SONIC_AUDIO socket.

@@ -20,7 +20,7 @@ from .image import detect_faces, first_mask, first_rgb_uint8, prepare_sonic_imag
 from .motion import AUTO, CUSTOM, PRESETS, dynamic_scale, motion_buckets
 from .sampling import _guidance_inputs, run_sonic_sampler
 from .sonic_types import SonicModel, SonicModels, SonicSpeakers, SonicSpeakersBundle, Speaker
-from .video import INTERPOLATE_TOOLTIP, rife_model, save_sonic_video, saved_video_output, saved_video_schema, \
+from .video import INTERPOLATE_TOOLTIP, rife_patcher, save_sonic_video, saved_video_output, saved_video_schema, \
     video_metadata, writer_inputs
 
 MAX_SPEAKERS = 4
@@ -257,7 +257,7 @@ class SonicSpeakersSaveVideo(io.ComfyNode):
     def execute(cls, vae, speakers, interpolate=True, feather=16, decode_chunk_size=DEFAULT_CHUNK,
                 filename_prefix="sonic/Sonic_speakers", crf=18, sonic_model=None, audio=None) -> io.NodeOutput:
         paste = speakers_paste(speakers, feather)
-        rife = rife_model(sonic_model) if interpolate else None  # fail before any decoding
+        rife = rife_patcher(sonic_model) if interpolate else None  # fail before any decoding
         saved = save_sonic_video(vae, [s.latents for s in speakers.speakers], rife=rife, audio=audio,
                                  chunk_size=decode_chunk_size, filename_prefix=filename_prefix, crf=crf,
                                  metadata=video_metadata(cls.hidden), node_id=cls.hidden.unique_id, faces=paste)

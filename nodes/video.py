@@ -20,6 +20,7 @@ from comfy_api.latest import io, ui
 
 from ..sonic_model.video_pipeline import PasteFaces, PasteInto, WrittenVideo, interpolated, write_video
 from .decode import DEFAULT_CHUNK, chunk_progress, check_latents, decode_chunk
+from .model_patchers import load_for_stage
 from .sonic_types import GENERATION_FPS, SonicImage, SonicImageEmbeds, SonicModel
 
 log = logging.getLogger(__name__)
@@ -28,36 +29,32 @@ RIFE_MISSING = "RIFE/flownet.pkl is not loaded — put it in models/sonic/RIFE/ 
 INTERPOLATED_FPS = 2 * GENERATION_FPS  # 25
 
 
-def rife_model(sonic_model: Any) -> torch.nn.Module:
+def rife_patcher(sonic_model: Any) -> Any:
+    """RIFE's core patcher from the Sonic bundle, or the message that says how to get one."""
     if sonic_model is None:
         raise ValueError("Interpolation needs the sonic_model input (with RIFE loaded): connect it from "
                          "'Load SVD + Sonic weights' or turn interpolation off.")
-    model = getattr(sonic_model, "rife", None)
-    if model is None:
+    patcher = getattr(sonic_model, "rife_patcher", None)
+    if patcher is None:
         raise ValueError(RIFE_MISSING)
-    return model
+    return patcher
 
 
 @contextmanager
-def rife_on_device(model: Optional[torch.nn.Module], frame_hw: tuple[int, int], batch_size: int) -> Iterator[None]:
-    """RIFE on ComfyUI's compute device for the duration, then back to the offload device (it is not a
-    ModelPatcher, so nothing else would move it). Errors pass through: each stage explains its own."""
-    if model is None:
-        yield
+def rife_loaded(patcher: Any, frame_hw: tuple[int, int], batch_size: int) -> Iterator[Optional[torch.nn.Module]]:
+    """RIFE on ComfyUI's compute device for the stage, loaded by core (which keeps it there or offloads it later),
+    with room for one batch of frame pairs beside it. Out of memory empties core's cache before the stage's own
+    message; other errors pass through."""
+    if patcher is None:
+        yield None
         return
-    device = mm.get_torch_device()
     h, w = frame_hw
-    if device.type != "cpu":
-        mm.free_memory(batch_size * h * w * 3 * 4 * 64, device)  # ~64 frame-sized fp32 buffers per pair
+    model = load_for_stage(patcher, batch_size * h * w * 3 * 4 * 64)  # ~64 frame-sized fp32 buffers per pair
     try:
-        model.to(device)
-        yield
+        yield model
     except torch.OutOfMemoryError:
-        model.to(mm.unet_offload_device())
         mm.soft_empty_cache(True)
         raise
-    finally:
-        model.to(mm.unet_offload_device())
 
 
 def paste_function(image: Optional[SonicImageEmbeds], feather: int) -> Optional[PasteInto]:
@@ -68,13 +65,14 @@ def paste_function(image: Optional[SonicImageEmbeds], feather: int) -> Optional[
 
 
 def save_sonic_video(vae: Any, samples: Union[torch.Tensor, list[torch.Tensor]], *,
-                     rife: Optional[torch.nn.Module] = None, image: Optional[SonicImageEmbeds] = None,
+                     rife: Any = None, image: Optional[SonicImageEmbeds] = None,
                      audio: Optional[dict] = None, feather: int = 16, chunk_size: int = DEFAULT_CHUNK,
                      filename_prefix: str = "sonic/Sonic", crf: int = 18, metadata: Optional[dict] = None,
                      node_id: Optional[str] = None, output_dir: Optional[str] = None,
                      faces: Optional[PasteFaces] = None) -> WrittenVideo:
-    """video_pipeline.write_video with core's VAE, progress bar, Cancel and file numbering. Several faces: a list
-    of latents and `faces`, which pastes them all into one picture."""
+    """video_pipeline.write_video with core's VAE, progress bar, Cancel and file numbering; `rife`: RIFE's core
+    patcher (None: no interpolation). Several faces: a list of latents and `faces`, which pastes them all into one
+    picture."""
     output_dir = output_dir or folder_paths.get_output_directory()
 
     def path_for(width: int, height: int) -> str:
@@ -83,24 +81,25 @@ def save_sonic_video(vae: Any, samples: Union[torch.Tensor, list[torch.Tensor]],
 
     first = samples if isinstance(samples, torch.Tensor) else samples[0]
     frame_hw = (first.shape[-2] * 8, first.shape[-1] * 8)
-    with rife_on_device(rife, frame_hw, chunk_size):
+    with rife_loaded(rife, frame_hw, chunk_size) as rife_net:
         written = write_video(samples, lambda latents: decode_chunk(vae, latents), path_for,
                               fps=INTERPOLATED_FPS if rife is not None else GENERATION_FPS, chunk_size=chunk_size,
-                              rife=rife, paste=faces if faces is not None else paste_function(image, feather),
+                              rife=rife_net, paste=faces if faces is not None else paste_function(image, feather),
                               audio=None if audio is None else (audio["waveform"], audio["sample_rate"]), crf=crf,
                               metadata=metadata, on_chunk=chunk_progress(node_id))
     return written
 
 
-def interpolate_images(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 8,
+def interpolate_images(patcher: Any, images: torch.Tensor, batch_size: int = 8,
                        node_id: Optional[str] = None) -> torch.Tensor:
-    """(N,H,W,3) → (2N−1,H,W,3) on mm.intermediate_device(), computed batch by batch on the compute device."""
+    """(N,H,W,3) → (2N−1,H,W,3) on mm.intermediate_device(), computed batch by batch on the compute device by
+    RIFE (its core patcher)."""
     if images.dim() != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected IMAGE frames (N,H,W,3), got {tuple(images.shape)}")
     count = max(2 * images.shape[0] - 1, 0)
     out = torch.empty((count, *images.shape[1:]), dtype=torch.float32, device=mm.intermediate_device())
     bar = comfy.utils.ProgressBar(max(count, 1), node_id=node_id)
-    with rife_on_device(model, tuple(images.shape[1:3]), batch_size):
+    with rife_loaded(patcher, tuple(images.shape[1:3]), batch_size) as model:
         for i, frame in enumerate(interpolated(images, model, batch_size)):
             out[i] = frame
             if i % (2 * batch_size) == 0 or i == count - 1:
@@ -151,7 +150,7 @@ class SonicInterpolate(io.ComfyNode):
 
     @classmethod
     def execute(cls, sonic_model, images, batch_size=8) -> io.NodeOutput:
-        out = interpolate_images(rife_model(sonic_model), images, batch_size, node_id=cls.hidden.unique_id)
+        out = interpolate_images(rife_patcher(sonic_model), images, batch_size, node_id=cls.hidden.unique_id)
         return io.NodeOutput(out, INTERPOLATED_FPS)
 
 
@@ -238,7 +237,7 @@ class SonicSaveVideo(io.ComfyNode):
     def execute(cls, vae, latent, interpolate=True, paste_back=True, feather=16, decode_chunk_size=DEFAULT_CHUNK,
                 filename_prefix="sonic/Sonic", crf=18, sonic_model=None, image=None, audio=None) -> io.NodeOutput:
         samples = check_latents(latent)
-        rife = rife_model(sonic_model) if interpolate else None  # fail before any decoding
+        rife = rife_patcher(sonic_model) if interpolate else None  # fail before any decoding
         saved = save_sonic_video(vae, samples, rife=rife, image=image if paste_back else None, audio=audio,
                                  feather=feather, chunk_size=decode_chunk_size, filename_prefix=filename_prefix,
                                  crf=crf, metadata=video_metadata(cls.hidden), node_id=cls.hidden.unique_id)

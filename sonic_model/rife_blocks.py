@@ -11,25 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# (device, dtype, H, W) -> (1, 2, H, W) base grid in [-1, 1]. Keyed on dtype too: the official cache is not, so a
-# float64 run after a float32 run of the same size would silently reuse the float32 grid.
-_GRID_CACHE: dict[tuple[torch.device, torch.dtype, int, int], torch.Tensor] = {}
-_GRID_CACHE_MAX = 16
-
-
 def _base_grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    key = (device, dtype, height, width)
-    grid = _GRID_CACHE.get(key)
-    if grid is None:
-        # A plain tensor even when called under inference_mode, so the cached grid stays usable outside it.
-        with torch.inference_mode(False), torch.no_grad():
-            xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype).view(1, 1, 1, width)
-            ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype).view(1, 1, height, 1)
-            grid = torch.cat((xs.expand(1, 1, height, width), ys.expand(1, 1, height, width)), dim=1)
-        if len(_GRID_CACHE) >= _GRID_CACHE_MAX:
-            _GRID_CACHE.pop(next(iter(_GRID_CACHE)))
-        _GRID_CACHE[key] = grid
-    return grid
+    """(1, 2, H, W) base sampling grid in [-1, 1], made per call: a cache would keep device memory after core
+    unloads RIFE, and two linspaces cost nothing beside the grid_sample that uses them."""
+    xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype).view(1, 1, 1, width)
+    ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype).view(1, 1, height, 1)
+    return torch.cat((xs.expand(1, 1, height, width), ys.expand(1, 1, height, width)), dim=1)
 
 
 def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:

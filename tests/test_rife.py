@@ -163,7 +163,7 @@ def test_streaming_reads_lazily_and_accepts_chunks(model: IFNet) -> None:
         iter_interpolated(frames[..., :2], model)
 
 
-def test_grid_cache_is_per_dtype(model: IFNet) -> None:
+def test_a_float64_run_right_after_a_float32_run_warps_in_float64(model: IFNet) -> None:
     a, b = (f.permute(2, 0, 1)[None] for f in _frames(2, 32, 32, seed=8))
     single = midpoint(model, a, b)
     double_model = IFNet().to(torch.float64)

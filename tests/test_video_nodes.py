@@ -78,8 +78,13 @@ def vae(core_vae, monkeypatch):
 
 
 class Models:
+    """The part of the Sonic bundle these nodes read: RIFE and its core patcher."""
+
     def __init__(self, rife) -> None:
+        from sonic_pack.nodes.model_patchers import core_patcher
+
         self.rife = rife
+        self.rife_patcher = None if rife is None else core_patcher(rife)
 
 
 @pytest.fixture()
