@@ -32,16 +32,17 @@ def is_partial(name: str, suffix: str = ".mp4") -> bool:
     return name.startswith(".") and name.endswith(PARTIAL + suffix)
 
 
-def _try_lock(fd: int) -> bool:
-    """Take the exclusive lock without waiting; False when another open file holds it."""
+def _try_lock(fd: int) -> Optional[bool]:
+    """Take the exclusive lock without waiting: True when taken, False when another open file holds it, None on a
+    file system without locks (some network shares), where nobody can tell a leftover from a live file."""
     if fcntl is None:
-        return True
+        return True  # Windows: deleting a file its writer holds open fails, which guards it instead
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
-    except OSError:  # a file system without locks: the file stays hidden and named partial
-        return True
+    except OSError:
+        return None
     return True
 
 
@@ -56,7 +57,7 @@ class PartialFile:
 
     def open(self) -> Path:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        _try_lock(self._fd)
+        _try_lock(self._fd)  # without locks the file is still hidden and named partial
         return self.path
 
     def size(self) -> int:
@@ -109,8 +110,8 @@ def _remove_if_unheld(path: Path) -> bool:
     except OSError:
         return False
     try:
-        if not _try_lock(fd):
-            return False  # a live writer
+        if _try_lock(fd) is not True:
+            return False  # a live writer, or no way to tell: keep it
         path.unlink()
         return True
     except OSError:  # still open by its writer (Windows), already gone, or a read-only folder

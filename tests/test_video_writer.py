@@ -184,3 +184,16 @@ def test_write_errors_name_the_fix(tmp_path, code, says):
     message = write_failed(str(path), OSError(code, os.strerror(code)), written=3000)
     assert says.format(folder=tmp_path, path=path) in message
     assert "Free some space, or choose another output folder" in message or code != errno.ENOSPC  # size unknown
+
+
+def test_without_file_locks_a_partial_file_is_kept(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")  # as some network shares answer
+
+    stale = partial_path(tmp_path / "Sonic_00001_.mp4")
+    stale.write_bytes(b"a leftover, or another server's video being written: nobody can tell")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    _write(tmp_path / "Sonic_00002_.mp4", 3, 25)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stale.name, "Sonic_00002_.mp4"]
