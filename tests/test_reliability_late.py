@@ -21,9 +21,9 @@ import comfy.model_management as mm
 import nodes  # core's
 from comfy.ldm.models.autoencoder import AutoencodingEngine
 from comfy_harness import PromptFailed, run_prompt
+from comfy_server import write_short_wav
 from fault_disks import small_disk
 from reliability import case
-from comfy_server import write_short_wav
 from reliability_runtime import VOICE, ComfyFolders, assert_comfy_keeps_running, assert_complete_video, \
     node_id_of, node_outputs, run_error, shipped_workflow, videos
 from tools.headless import HeadlessComfy
@@ -101,6 +101,7 @@ def test_run_disk_fills_during_the_write(comfy):
                             "or choose another output folder on a disk with room (start ComfyUI with "
                             "--output-directory). No partial file was left.")
     assert f"({-(-free // 1024)} KiB free" in message  # what the disk really has
+    assert int(re.search(r"stopped at (\d+) KiB", message).group(1)) > 0, "full during the write, not at the open"
 
     _healthy_save(comfy, "sonic/After_full")
     (video,) = videos(comfy)
@@ -245,7 +246,7 @@ def test_run_cancel_during_the_save(comfy, progress_hook, workflow):
 def test_run_cancel_late_in_sampling(comfy, progress_hook):
     prompt = _workflow("sonic/Late_cancel", seed=SEED + 1)
     sampler = node_id_of(prompt, "SonicSampler")
-    prompt[sampler]["inputs"]["steps"] = 10  # one window per step at 12 frames: 10 ticks
+    prompt[sampler]["inputs"]["steps"] = 10  # one window per step at 6 frames: 10 ticks
     progress = _cancel_at(progress_hook, sampler, 9)
     _assert_interrupted_at(prompt, "SonicSampler")
     assert [v for n, v, _ in progress if n == sampler] == list(range(1, 10))
