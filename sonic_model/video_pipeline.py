@@ -3,7 +3,8 @@
 Each chunk goes through every stage and is freed, so minutes of audio finish at the memory of a few chunks (spec
 §11.5, users' "OOM at 100 %"). The host brings the VAE decode and the progress/Cancel hook as callables; nothing here
 knows ComfyUI. Every stage explains its own failure: an out-of-memory error says which stage ran out and what to
-lower there, and an error writing the file says so, whatever stage pulled the frames through.
+lower there, and an error writing the file says what to fix (write_errors: full disk, read-only folder ...),
+whatever stage pulled the frames through.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .chunked_decode import chunk_bounds, iter_decoded_chunks
 from .paste_back import face_owners, paste_back, paste_faces
 from .rife import iter_interpolated
 from .video_writer import StreamingMp4Writer
+from .write_errors import write_failed
 
 Frames = torch.Tensor  # (n, H, W, 3) float in [0, 1]
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
@@ -42,11 +44,6 @@ def paste_out_of_memory(frames: int, original_width: int, original_height: int) 
     return (f"Paste-back ran out of memory putting {frames} frames into the {original_width}×{original_height} "
             "original picture. Lower decode_chunk_size, or turn paste_back off (the video is then the cropped "
             "face).")
-
-
-def mux_failed(path: str, error: BaseException) -> str:
-    return (f"Writing the video {path} failed ({error}). Check that the output folder is writable and the disk has "
-            "room; no partial file was left.")
 
 
 @contextmanager
@@ -238,9 +235,13 @@ def write_video(latents: Union[torch.Tensor, Sequence[torch.Tensor]], decode: Ca
         if first is None:
             raise ValueError("The latent decoded to no frames.")
         height, width = first.shape[1:3]
-        path = path_for(width, height)
-        with explained(lambda error: mux_failed(path, error), OUT_OF_MEMORY + (OSError,)):
-            with StreamingMp4Writer(path, width, height, fps, audio, crf=crf, metadata=metadata) as writer:
+        with explained(_folder_failed, (OSError,)):
+            path = path_for(width, height)  # the host may create the folder here
+        writer = StreamingMp4Writer(path, width, height, fps, audio, crf=crf, metadata=metadata)
+        frames = _frame_count(latents) * (2 if rife is not None else 1)
+        with explained(lambda error: write_failed(path, error, writer.bytes_written, _full_size(writer, frames)),
+                       OUT_OF_MEMORY + (OSError,)):
+            with writer:
                 writer.write_frames(first)
                 del first
                 for batch in batches:
@@ -248,3 +249,19 @@ def write_video(latents: Union[torch.Tensor, Sequence[torch.Tensor]], decode: Ca
     finally:
         batches.close()  # stop the decode generators now, not at garbage collection
     return WrittenVideo(path, writer.frames_written, writer.fps)
+
+
+def _frame_count(latents: Union[torch.Tensor, Sequence[torch.Tensor]]) -> int:
+    return int((latents if isinstance(latents, torch.Tensor) else latents[0]).shape[0])
+
+
+def _full_size(writer: StreamingMp4Writer, frames: int) -> Optional[int]:
+    """The whole video's size in bytes, extrapolated from what the encoders had produced when the write failed."""
+    if not writer.frames_encoded:
+        return None
+    return round(writer.bytes_encoded * max(frames, writer.frames_encoded) / writer.frames_encoded)
+
+
+def _folder_failed(error: BaseException) -> str:
+    folder = str(getattr(error, "filename", None) or "(the output folder)")
+    return write_failed(folder, error, folder=folder)

@@ -2,13 +2,13 @@
 
 Fixes of the official writer (spec §9, §11.7–8): one lossy encode, float → uint8 by rounding (not truncation), and
 the audio cut or padded to exactly the video's length instead of `-shortest` dropping the tail. The file appears
-under its final name only when everything was written: a failure or a Cancel leaves nothing behind.
+under its final name only when everything was written: a failure or a Cancel leaves nothing behind, and the partial
+file of a run killed mid-write is deleted by the next write into that folder (partial_files).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +17,7 @@ from typing import Optional, Union
 import torch
 
 from .audio_clip import stereo_clip
+from .partial_files import PartialFile, remove_stale_partials
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,6 @@ def to_uint8(frames: torch.Tensor) -> torch.Tensor:
     if frames.dtype == torch.uint8:
         return frames
     return (frames.float().nan_to_num(0.0) * 255).round_().clamp_(0, 255).to(torch.uint8)
-
-
-def partial_path(path: Union[str, Path]) -> Path:
-    """The hidden temporary file beside the target; its leading dot keeps it out of ComfyUI's file numbering."""
-    path = Path(path)
-    return path.with_name(f".{path.stem}.partial{path.suffix or '.mp4'}")
 
 
 class StreamingMp4Writer:
@@ -73,11 +68,15 @@ class StreamingMp4Writer:
         self.metadata = metadata
         self.audio = _check_audio(audio)
         self.frames_written = 0
+        # What the encoders have handed back (x264 holds a few dozen frames back): sizes a full disk's message
+        self.frames_encoded = 0
+        self.bytes_encoded = 0
         self._audio_written = 0  # samples per channel already sent to the encoder
         self._container = None
         self._video = None
         self._audio_stream = None
-        self._partial = partial_path(self.path)
+        self._partial = PartialFile(self.path)
+        self.bytes_written = 0  # the partial file's size when it was discarded (for a disk-full message)
 
     # --- context management ---------------------------------------------------------------------------------------
 
@@ -85,8 +84,9 @@ class StreamingMp4Writer:
         import av
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(self.path.parent, self.path.suffix)
         try:
-            self._container = av.open(str(self._partial), mode="w", format="mp4",
+            self._container = av.open(str(self._partial.open()), mode="w", format="mp4",
                                       options={"movflags": "use_metadata_tags"})
             for key, value in (self.metadata or {}).items():
                 self._container.metadata[key] = value if isinstance(value, str) else json.dumps(value)
@@ -122,7 +122,7 @@ class StreamingMp4Writer:
             if self.frames_written == 0:
                 raise ValueError("no video frames were written; nothing saved")
             self._finish()
-            os.replace(self._partial, self.path)  # atomic: the final name only ever holds a complete file
+            self._partial.publish()  # atomic: the final name only ever holds a complete file
         except BaseException:
             self._discard()
             raise
@@ -145,9 +145,18 @@ class StreamingMp4Writer:
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = self.frames_written
             frame.time_base = self._video.codec_context.time_base
-            self._container.mux(self._video.encode(frame))
+            self._mux_video(frame)
             self.frames_written += 1
         self._write_audio_until(self._samples_for(self.frames_written))
+
+    def _mux_video(self, frame) -> None:
+        packets = self._video.encode(frame)
+        self.frames_encoded += len(packets)
+        self._mux(packets)
+
+    def _mux(self, packets: list) -> None:
+        self.bytes_encoded += sum(packet.size for packet in packets)
+        self._container.mux(packets)
 
     def _samples_for(self, frames: int) -> int:
         """Audio samples (per channel) spanning exactly `frames` video frames."""
@@ -168,14 +177,14 @@ class StreamingMp4Writer:
         frame.sample_rate = rate
         frame.pts = self._audio_written
         frame.time_base = Fraction(1, rate)
-        self._container.mux(self._audio_stream.encode(frame))
+        self._mux(self._audio_stream.encode(frame))
         self._audio_written = end
 
     def _finish(self) -> None:
         self._write_audio_until(self._samples_for(self.frames_written))
-        self._container.mux(self._video.encode(None))
+        self._mux_video(None)
         if self._audio_stream is not None:
-            self._container.mux(self._audio_stream.encode(None))
+            self._mux(self._audio_stream.encode(None))
         container, self._container = self._container, None
         container.close()
 
@@ -187,10 +196,8 @@ class StreamingMp4Writer:
                 container.close()
             except Exception as err:  # the original exception matters more
                 log.debug("closing the partial video failed: %s", err)
-        try:
-            self._partial.unlink(missing_ok=True)
-        except OSError as err:
-            log.warning("could not delete the partial video %s: %s", self._partial, err)
+        self.bytes_written = self._partial.size()
+        self._partial.discard()
 
 
 def _check_audio(audio: Optional[Audio]) -> Optional[Audio]:

@@ -296,6 +296,16 @@ def video_frames(path: Path) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
+def videos(folders: ComfyFolders) -> list[Path]:
+    return [p for p in folders.output_files() if p.suffix == ".mp4"]
+
+
+def assert_complete_video(path: Path, frames: int) -> np.ndarray:
+    decoded = video_frames(path)
+    assert decoded.shape[0] == frames, (path, decoded.shape)
+    return decoded
+
+
 def pack_module(name: str):
     """A module of this pack as ComfyUI loaded it (ComfyUI names the package after the folder), e.g. 'sonic_model.unet'."""
     import sys

@@ -11,42 +11,13 @@ import torch
 
 import comfy.ldm.modules.temporal_ae as temporal_ae
 import comfy.model_management as mm
-import comfy.utils as comfy_utils
 import nodes  # core's
 from comfy_harness import PromptFailed, run_prompt
 from reliability import case
-from reliability_runtime import ComfyFolders, assert_comfy_keeps_running, node_id_of, node_outputs, pack_module, \
-    run_error, shipped_workflow, video_frames
+from reliability_runtime import assert_comfy_keeps_running, assert_complete_video, node_id_of, node_outputs, \
+    pack_module, run_error, shipped_workflow, videos
 
 pytest_plugins = ["reliability_fixtures"]
-
-
-@pytest.fixture()
-def progress_hook():
-    """Install a progress hook like ComfyUI's server does; the test gives it a callback."""
-    calls = []
-
-    def install(callback=None):
-        def hook(value, total, preview, prompt_id=None, node_id=None):
-            calls.append((node_id, value, total))
-            if callback is not None:
-                callback(node_id, value, total)
-        comfy_utils.set_progress_bar_global_hook(hook)
-        return calls
-
-    yield install
-    comfy_utils.set_progress_bar_global_hook(None)
-    nodes.interrupt_processing(False)
-
-
-def _videos(folders: ComfyFolders) -> list:
-    return [p for p in folders.output_files() if p.suffix == ".mp4"]
-
-
-def _assert_complete_video(path, frames: int) -> np.ndarray:
-    decoded = video_frames(path)
-    assert decoded.shape[0] == frames, (path, decoded.shape)
-    return decoded
 
 
 @case("Runs", "Cancel in the middle of sampling, then run again",
@@ -76,8 +47,8 @@ def test_run_cancel_mid_sampling_then_rerun(comfy, progress_hook):
     outputs = node_outputs(prompt)
     sampler_total = [t for n, _, t in progress if n == sampler][-1]
     assert [v for n, v, _ in progress if n == sampler][-1] == sampler_total
-    (video,) = _videos(comfy)
-    _assert_complete_video(video, 2 * 12)  # 12 frames at 12.5 fps, doubled by RIFE
+    (video,) = videos(comfy)
+    assert_complete_video(video, 2 * 12)  # 12 frames at 12.5 fps, doubled by RIFE
     assert outputs
 
 
@@ -97,8 +68,8 @@ def test_run_two_workflows_back_to_back(comfy, monkeypatch):
     node_outputs(shipped_workflow("sonic_manual_motion", seed=2))
     reused = len(loads)
     assert reused <= 1, "the same loader settings must reuse the loaded models"
-    first, second = sorted(_videos(comfy), key=lambda p: p.name)
-    frames_long, frames_manual = _assert_complete_video(first, 24), _assert_complete_video(second, 24)
+    first, second = sorted(videos(comfy), key=lambda p: p.name)
+    frames_long, frames_manual = assert_complete_video(first, 24), assert_complete_video(second, 24)
     assert not np.array_equal(frames_long, frames_manual), "the second workflow's settings must change its video"
 
     unet = comfy.sonic / "unet.pth"
@@ -106,9 +77,9 @@ def test_run_two_workflows_back_to_back(comfy, monkeypatch):
     torch.save({k: v * 1.5 if v.is_floating_point() else v for k, v in state.items()}, unet)  # same name, new file
     node_outputs(shipped_workflow("sonic_manual_motion", seed=2))
     assert len(loads) == reused + 1, "a replaced model file must be loaded again, not served from ComfyUI's cache"
-    third = sorted(_videos(comfy), key=lambda p: p.name)[-1]
+    third = sorted(videos(comfy), key=lambda p: p.name)[-1]
     assert third != second
-    assert np.abs(_assert_complete_video(third, 24).astype(int) - frames_manual.astype(int)).mean() > 0.5
+    assert np.abs(assert_complete_video(third, 24).astype(int) - frames_manual.astype(int)).mean() > 0.5
     torch.save(state, unet)
 
     low_vram = shipped_workflow("sonic_manual_motion", seed=2)
@@ -166,5 +137,5 @@ def test_run_out_of_memory(comfy, monkeypatch, stage, advice, seed):
     assert mm.current_loaded_models == [], "ComfyUI must have unloaded the models"
     assert comfy.output_files() == []
     node_outputs(shipped_workflow("sonic_long_audio", seed=seed))
-    (video,) = _videos(comfy)
-    _assert_complete_video(video, 24)
+    (video,) = videos(comfy)
+    assert_complete_video(video, 24)

@@ -371,13 +371,13 @@ def test_out_of_memory_in_paste_back_is_paste_backs_message(output_dir, vae, mon
 def test_a_failed_write_is_the_muxers_message(output_dir, rife, vae, monkeypatch):
     from sonic_pack.sonic_model.video_writer import StreamingMp4Writer
 
-    def disk_full(self, frames):
-        raise OSError(28, "No space left on device")
+    def broken_pipe(self, frames):
+        raise OSError(32, "Broken pipe")
 
-    monkeypatch.setattr(StreamingMp4Writer, "write_frames", disk_full)
+    monkeypatch.setattr(StreamingMp4Writer, "write_frames", broken_pipe)
     error = _save_error(vae=vae, sonic_model=Models(rife))
     assert type(error) is OSError
     path = output_dir / "sonic" / "Sonic_00001_.mp4"
-    assert str(error) == (f"Writing the video {path} failed ([Errno 28] No space left on device). Check that the "
-                          "output folder is writable and the disk has room; no partial file was left.")
+    assert str(error) == (f"Writing the video {path} failed ([Errno 32] Broken pipe). Check that the output folder "
+                          "is writable and the disk has room; no partial file was left.")
     assert _files(output_dir) == []

@@ -1,7 +1,9 @@
 """Streaming mp4 writer: exact durations read back with PyAV, rounding, even sides, and no file left on failure."""
 from __future__ import annotations
 
+import errno
 import math
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -10,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from sonic_model.video_writer import StreamingMp4Writer, as_fraction, partial_path, to_uint8
+from sonic_model.partial_files import partial_path
+from sonic_model.video_writer import StreamingMp4Writer, as_fraction, to_uint8
 
 W, H = 34, 30
 
@@ -148,3 +151,49 @@ def test_surround_audio_is_downmixed_to_stereo_at_its_own_rate(tmp_path):
         samples = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
     left, right = np.abs(samples).max(axis=1)
     assert left > 0.1 and right > 0.1 and abs(left - right) < 0.02
+
+
+def test_a_killed_writers_partial_file_is_deleted_by_the_next_write_but_a_live_one_is_kept(tmp_path):
+    import fcntl
+
+    stale, live = partial_path(tmp_path / "Sonic_00001_.mp4"), partial_path(tmp_path / "Sonic_00002_.mp4")
+    stale.write_bytes(b"half a video")  # its writer was killed: nobody holds it
+    live.write_bytes(b"being written")
+    (tmp_path / ".notes.txt").write_text("not ours")
+    held = os.open(live, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as a running writer (in any process) holds its partial file
+    try:
+        _write(tmp_path / "Sonic_00003_.mp4", 3, 25)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".Sonic_00002_.partial.mp4", ".notes.txt",
+                                                             "Sonic_00003_.mp4"]
+    finally:
+        os.close(held)
+    _write(tmp_path / "Sonic_00004_.mp4", 3, 25)
+    assert not live.exists()  # released: a leftover now
+
+
+@pytest.mark.parametrize("code,says", [
+    (errno.EACCES, "ComfyUI may not write into the output folder {folder} (Permission denied): make it writable"),
+    (errno.EFBIG, "is larger than the file system of {folder} allows for one file (FAT32 stops at 4 GiB)"),
+    (errno.ENOSPC, "The disk is full: writing the video {path} stopped at 3 KiB ("),
+])
+def test_write_errors_name_the_fix(tmp_path, code, says):
+    from sonic_model.write_errors import write_failed
+
+    path = tmp_path / "Sonic_00001_.mp4"
+    message = write_failed(str(path), OSError(code, os.strerror(code)), written=3000)
+    assert says.format(folder=tmp_path, path=path) in message
+    assert "Free some space, or choose another output folder" in message or code != errno.ENOSPC  # size unknown
+
+
+def test_without_file_locks_a_partial_file_is_kept(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")  # as some network shares answer
+
+    stale = partial_path(tmp_path / "Sonic_00001_.mp4")
+    stale.write_bytes(b"a leftover, or another server's video being written: nobody can tell")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    _write(tmp_path / "Sonic_00002_.mp4", 3, 25)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stale.name, "Sonic_00002_.mp4"]

@@ -30,7 +30,9 @@ REQUIRED = {
     "Weights": ["Missing file", "Truncated .pth", "Valid file in the wrong slot", "Pickle that runs code when unpickled",
                 "Safetensors file with a bad header", "Wrong dtype (quantised copy)", "Wrong shapes (an SD1.5 UNet)"],
     "Runs": ["Cancel in the middle of sampling, then run again", "Two different workflows back to back",
-             "NaN appearing in the latents", "Out of memory"],
+             "NaN appearing in the latents", "Out of memory", "The disk fills during the mp4 write",
+             "The output folder is read-only", "Cancel at 90 % of sampling", "Cancel during the save",
+             "The server is killed during the save", "Out of memory in the last decode chunk"],
     "Determinism": ["Same seed and inputs, same latents", "Seed 0 is a valid seed"],
     "Fuzz": ["Audio length, sample rate, channels, batch", "Image size, channels, batch, face, settings"],
 }
