@@ -32,7 +32,8 @@ REQUIRED = {
     "Runs": ["Cancel in the middle of sampling, then run again", "Two different workflows back to back",
              "NaN appearing in the latents", "Out of memory", "The disk fills during the mp4 write",
              "The output folder is read-only", "Cancel at 90 % of sampling", "Cancel during the save",
-             "The server is killed during the save", "Out of memory in the last decode chunk"],
+             "The server is killed during the save", "Out of memory in the last decode chunk",
+             "Minutes of audio at flat GPU memory", "One hour of audio"],
     "Determinism": ["Same seed and inputs, same latents", "Seed 0 is a valid seed"],
     "Fuzz": ["Audio length, sample rate, channels, batch", "Image size, channels, batch, face, settings"],
 }

@@ -13,6 +13,7 @@ import gc
 import pytest
 import torch
 
+from reliability import case
 from sonic_fakes import RecordingUNet, make_conditioning
 from tools.comfy_runtime import import_pack
 
@@ -64,6 +65,11 @@ def _sampled_peak(n: int, sampler_name: str = "euler", custom_advanced: bool = F
     return peak, samples
 
 
+@case("Runs", "Minutes of audio at flat GPU memory",
+      "On the stand-in accelerator's byte counter, the device peak of sampling grows only by ComfyUI's own two "
+      "device copies of the noise and start latent (2 fp32 latents per frame: 0.09 GiB per minute at 512²) with "
+      "euler, dpmpp_2m and a CFG++ sampler; the sampler's buffers, fused x0, audio tokens and motion buckets stay "
+      "in RAM and one window at a time goes to the GPU (13 latents per frame grew there before).")
 @pytest.mark.parametrize("sampler_name", ["euler", "dpmpp_2m", "res_multistep_cfg_pp"])
 def test_device_peak_grows_only_by_cores_two_start_buffers(stand_in_gpu, sampler_name):
     short, _ = _sampled_peak(20, sampler_name)
@@ -75,12 +81,19 @@ def test_device_peak_grows_only_by_cores_two_start_buffers(stand_in_gpu, sampler
         f"({short} → {long} bytes for 20 → 100 frames); only core's {CORE_BUFFERS} may")
 
 
+@case("Runs", "Long audio through SamplerCustomAdvanced",
+      "The Sonic Guider in core's SamplerCustomAdvanced keeps the clip off the GPU the same way: the device peak "
+      "grows by at most core's two start copies per frame.")
 def test_sampler_custom_advanced_keeps_the_clip_off_the_device_too(stand_in_gpu):
     short, _ = _sampled_peak(20, custom_advanced=True)
     long, _ = _sampled_peak(100, custom_advanced=True)
     assert (long - short) / 80 <= CORE_BUFFERS * FRAME_LATENT_BYTES * 1.02, (short, long)
 
 
+@case("Runs", "Nothing of a run stays on the GPU",
+      "After a sampling run and core's unloading, the device holds exactly what it held before: no latent, token, "
+      "mask or per-run copy is left behind (the guider drops its copies when its run ends, even while ComfyUI "
+      "caches the guider).")
 def test_nothing_of_a_run_stays_on_the_device(stand_in_gpu):
     gc.collect()
     before = device_memory.allocated
@@ -89,6 +102,10 @@ def test_nothing_of_a_run_stays_on_the_device(stand_in_gpu):
     assert device_memory.allocated == before  # models unloaded, no latent, token or mask left behind
 
 
+@case("Runs", "Audio too long for the free RAM",
+      "Refused before the first UNet window with \"Sonic does not fit this computer's free RAM: Sampling N frames "
+      "(M minutes of audio) at W×H needs about X GiB of RAM ... Split the audio into parts of at most ... minutes "
+      "(or lower the resolution), or free RAM.\"")
 def test_a_clip_too_long_for_the_ram_or_the_gpu_is_refused_before_sampling(stand_in_gpu, monkeypatch):
     model = sonic_model_patcher(RecordingUNet(dim=WIDTH))
     audio, image, motion = _inputs(30)
@@ -107,6 +124,11 @@ def test_a_clip_too_long_for_the_ram_or_the_gpu_is_refused_before_sampling(stand
     monkeypatch.setattr(mm, "get_free_memory", original)
 
 
+@case("Runs", "One hour of audio",
+      "Ten minutes at 512² fit an 8 GB card (5.52 GiB predicted). One hour (45,000 frames) does not: core's two "
+      "start copies alone are 5.49 GiB on the GPU and sampling needs 27.5 GiB of RAM, so it is refused before "
+      "sampling with the memory it needs and the longest audio that fits (\"Split the audio into parts of at most "
+      "50.3 minutes\" on an 8 GB card).")
 def test_an_hour_at_512_is_refused_with_the_memory_it_needs_and_ten_minutes_fit_8_gb():
     from sonic_pack.sonic_model import memory_model
 
