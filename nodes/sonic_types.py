@@ -27,7 +27,8 @@ GENERATION_FPS = FRAMES_PER_SECOND  # Sonic generates at 12.5 fps (80 ms per fra
 @dataclass
 class SonicModels:
     """Everything Sonic loads besides core's VAE and CLIP vision and the UNet (a core MODEL). Whisper with the
-    audio adapters, and RIFE, each come with the core patcher that loads them (nodes/model_patchers.py)."""
+    audio adapters, and RIFE, each come with the core patcher that loads them (nodes/model_patchers.py). The
+    face detector stays on the CPU: it runs once per picture, and a scripted network may hold CPU constants."""
 
     audio2token: torch.nn.Module
     audio2bucket: torch.nn.Module
