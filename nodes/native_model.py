@@ -17,6 +17,7 @@ import comfy.ops
 import comfy.supported_models_base
 
 from ..sonic_model.shift_fusion import GUIDANCE_ROWS
+from .model_patchers import core_patcher
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 700.0
 # Core's memory estimate sees the whole clip as one batch; Sonic runs one window (official 25 frames) per UNet call,
@@ -123,7 +124,8 @@ def store_weights_in(unet: torch.nn.Module, weight_dtype: torch.dtype) -> torch.
 
 def sonic_model_patcher(unet: torch.nn.Module, low_vram: bool | None = None,
                         compute_dtype: torch.dtype | None = None) -> comfy.model_patcher.ModelPatcher:
-    """A core MODEL around a loaded Sonic UNet (built from comfy.ops layers; weights stay where they are).
+    """A core MODEL around a loaded Sonic UNet (built from comfy.ops layers; weights stay where they are), in the
+    patcher class core builds its own models with.
 
     compute_dtype: the dtype the UNet computes in; None = its conv_in bias's (store_weights_in leaves biases in the
     compute dtype). Weights stored in another dtype (fp8) are cast per layer by comfy.ops (core's manual cast)."""
@@ -135,7 +137,7 @@ def sonic_model_patcher(unet: torch.nn.Module, low_vram: bool | None = None,
     manual_cast = None if compute_dtype == weight_dtype else compute_dtype
     use_comfy_ops(unet, sonic_operations(weight_dtype, manual_cast, device))
     model = SonicBaseModel(unet, SonicModelConfig(weight_dtype, manual_cast), low_vram=low_vram)
-    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
+    return core_patcher(model)
 
 
 def is_sonic_model(model) -> bool:

@@ -188,3 +188,22 @@ def test_a_runs_memory_choice_stays_in_that_run_not_on_the_shared_model(monkeypa
     assert model.model.working_memory is None
     assert model.model.memory_required([6, 4, 8, 8]) == estimate
     assert {name: m.processor for name, m in unet.named_modules() if isinstance(m, Attention)} == processors
+
+
+def test_every_sonic_model_is_in_the_patcher_class_core_builds_its_own_models_with(tiny_models_dir, monkeypatch):
+    """Core picks its patcher class at start-up (0.33: CoreModelPatcher becomes ModelPatcherDynamic when dynamic
+    VRAM is on, which needs an NVIDIA GPU); the UNet, Whisper with the adapters and RIFE follow that choice."""
+    import comfy.model_patcher
+
+    from sonic_pack.nodes.loaders import load_sonic_models
+
+    class CoresChoice(comfy.model_patcher.ModelPatcher):
+        pass
+
+    monkeypatch.setattr(comfy.model_patcher, "CoreModelPatcher", CoresChoice, raising=False)
+    sonic = tiny_models_dir / "sonic"
+    models, unet = load_sonic_models(unet=sonic / "unet.pth", audio2token=sonic / "audio2token.pth",
+                                     audio2bucket=sonic / "audio2bucket.pth", whisper=sonic / "whisper-tiny",
+                                     face_detector=None, rife=sonic / "RIFE" / "flownet.pkl", dtype=torch.float32,
+                                     low_vram=False)
+    assert [type(p) for p in (unet, models.audio_patcher, models.rife_patcher)] == [CoresChoice] * 3
