@@ -2,6 +2,8 @@
 from .comfy_version import installed_comfyui, require_comfyui
 
 require_comfyui(installed_comfyui())  # before any node module touches ComfyUI's newer APIs
+from comfy_api.latest import ComfyExtension, io  # noqa: E402
+
 from .audio import SonicAudioEncode
 from .decode import SonicDecode
 from .loaders import SonicLoader
@@ -22,5 +24,14 @@ NODES = [SonicLoader, SonicAudioEncode, SonicReferenceImage, SonicMotionCurveNod
          SonicSpeakersNode, SonicSpeakersSampler, SonicSpeakersSaveVideo,
          SonicModelCheck]
 
-NODE_CLASS_MAPPINGS = {node.GET_SCHEMA().node_id: node for node in NODES}
-NODE_DISPLAY_NAME_MAPPINGS = {node.GET_SCHEMA().node_id: node.GET_SCHEMA().display_name for node in NODES}
+
+class SonicExtension(ComfyExtension):
+    """The pack as a V3 extension: ComfyUI reads each node's id, display name and menu folder from its schema."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> SonicExtension:
+    """What ComfyUI's custom-node loader calls (it looks for this name when a pack has no NODE_CLASS_MAPPINGS)."""
+    return SonicExtension()

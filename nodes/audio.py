@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from ..sonic_model.audio_clip import stereo_clip
 from ..sonic_model.whisper_features import encode_audio
+from . import menu
 from .model_patchers import load_for_stage
 from .sonic_types import GENERATION_FPS, SonicAudio, SonicAudioEmbeds, SonicModel, SonicModels
 
@@ -41,7 +42,7 @@ class SonicAudioEncode(io.ComfyNode):
         return io.Schema(
             node_id="SonicAudioEncode",
             display_name="Sonic Encode Audio (Whisper)",
-            category="Sonic",
+            category=menu.CONDITIONING,
             description="Turns a voice or song of any length, rate and channel count into Sonic's per-frame audio "
                         "tokens (12.5 frames per second). Also returns the audio trimmed to the video's length.",
             inputs=[

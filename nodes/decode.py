@@ -17,6 +17,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..sonic_model.video_pipeline import decoded_chunks
+from . import menu
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class SonicDecode(io.ComfyNode):
         return io.Schema(
             node_id="SonicDecode",
             display_name="Sonic Decode (chunked)",
-            category="Sonic",
+            category=menu.VIDEO,
             description="Decodes Sonic latents with SVD's temporal VAE decoder in fixed chunks of frames, as the "
                         "official code does (8). Each chunk is decoded in one pass: frames inside a chunk are "
                         "smoothed together, so the chunk size is part of the look. For long videos, 'Sonic Decode + "

@@ -13,6 +13,7 @@ from comfy_api.latest import io
 from ..sonic_model.face_detect import FaceBox, faces_by_size, select_face
 from ..sonic_model.reference_image import CLIP_SIZE, NO_FACE_WHOLE, check_image_size, clip_pixels_224, \
     prepare_reference
+from . import menu
 from .sonic_types import SonicImage, SonicImageEmbeds, SonicModel, SonicModels
 
 NO_FACE_OPTIONS = ["error", "whole image"]
@@ -111,7 +112,7 @@ class SonicReferenceImage(io.ComfyNode):
         return io.Schema(
             node_id="SonicReferenceImage",
             display_name="Sonic Reference Image",
-            category="Sonic",
+            category=menu.CONDITIONING,
             description="Prepares the portrait as the official Sonic does: finds the largest face, optionally crops "
                         "a square around it, resizes (short side = resolution, sides multiples of 64), builds the "
                         "face mask, and encodes the VAE latent and CLIP embedding.",

@@ -10,6 +10,7 @@ import comfy.model_management as mm
 import comfy.sd
 from comfy_api.latest import io
 
+from . import menu
 from . import model_files
 from .native_model import sonic_model_patcher, store_weights_in
 from .sonic_types import SonicModel, SonicModels
@@ -122,7 +123,7 @@ class SonicLoader(io.ComfyNode):
         return io.Schema(
             node_id="SonicLoader",
             display_name="Load SVD + Sonic weights",
-            category="Sonic",
+            category=menu.LOADERS,
             description="Loads the Sonic UNet and audio models from models/sonic, and the VAE and CLIP vision from "
                         "your SVD-xt checkpoint through ComfyUI's own loader. Loaded models are reused while the "
                         "settings stay the same.",

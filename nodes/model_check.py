@@ -8,6 +8,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..sonic_model.model_catalog import all_required_found, check_models, format_report
+from . import menu
 from . import model_files
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "models.py"
@@ -17,7 +18,8 @@ class SonicModelCheck(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SonicModelCheck", display_name="Sonic Model Check", category="Sonic", is_output_node=True,
+            node_id="SonicModelCheck", display_name="Sonic Model Check", category=menu.LOADERS,
+            is_output_node=True,
             description="Lists every file the Sonic workflows need as found / missing / wrong, recognised by content, "
                         "with the folder each belongs in and where to get it; prints the command that downloads them.",
             inputs=[],

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 from ..sonic_model.audio_adapters import postprocess_buckets
 from ..sonic_model.motion_curve import MotionCurve
 from ..sonic_model.whisper_features import predict_buckets
+from . import menu
 from .model_patchers import load_for_stage
 from .sonic_types import SonicAudio, SonicImage, SonicModel, SonicMotion, SonicMotionBuckets, SonicMotionCurve
 
@@ -49,7 +50,7 @@ class SonicMotionBucketsNode(io.ComfyNode):
         return io.Schema(
             node_id="SonicMotionBuckets",
             display_name="Sonic Motion Buckets",
-            category="Sonic",
+            category=menu.CONDITIONING,
             description="Predicts per-frame head motion (mt) and expression (me) from the audio and the portrait. "
                         "β scales both; the sliders replace a prediction with a fixed value, a connected Sonic "
                         "Motion Curve with values over time. After a run the node shows the predicted values and "

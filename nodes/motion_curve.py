@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..sonic_model.motion_curve import EXAMPLE, INTERPOLATIONS, curve_from_values, parse_keyframes
+from . import menu
 from .sonic_types import SonicMotionCurve
 
 
@@ -13,7 +14,7 @@ class SonicMotionCurveNode(io.ComfyNode):
         return io.Schema(
             node_id="SonicMotionCurve",
             display_name="Sonic Motion Curve",
-            category="Sonic",
+            category=menu.CONDITIONING,
             description="A head-motion or expression bucket over time, from keyframes: connect it to 'head_motion_"
                         "curve' or 'expression_curve' of Sonic Motion Buckets, which draws it on the video's frames "
                         "(12.5 per second) and scales it by β like the prediction.",

@@ -12,6 +12,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..sonic_model.shift_fusion import SonicConditioning, WindowEvent
+from . import menu
 from .guider import SonicGuider
 from .sonic_types import SonicAudio, SonicAudioEmbeds, SonicImage, SonicImageEmbeds, SonicMotion, SonicMotionBuckets
 
@@ -127,7 +128,7 @@ class SonicGuiderNode(io.ComfyNode):
         return io.Schema(
             node_id="SonicGuider",
             display_name="Sonic Guider",
-            category="Sonic",
+            category=menu.SAMPLING,
             description="Sonic's time-aware shift fusion and three-way guidance as a core GUIDER: connect it and "
                         "its start latent to SamplerCustomAdvanced with any core NOISE, SAMPLER and SIGMAS.",
             inputs=[*_guidance_inputs(),
@@ -155,7 +156,7 @@ class SonicSampler(io.ComfyNode):
         return io.Schema(
             node_id="SonicSampler",
             display_name="Sonic Shift-Fusion KSampler",
-            category="Sonic",
+            category=menu.SAMPLING,
             description="Samples the whole clip with Sonic's time-aware shift fusion: every step covers all frames "
                         "with windows that move by `shift` frames per step, so long audio has no seams. The same "
                         "as SamplerCustomAdvanced with a Sonic Guider, in one node.",

@@ -14,6 +14,7 @@ from ..sonic_model.speakers import FACE_ORDERS, LEFT_TO_RIGHT, box_centre, choos
     ordered_faces, padded_track, seconds_of, speakers_preview
 from ..sonic_model.video_pipeline import PasteFaces
 from ..sonic_model.whisper_features import predict_buckets
+from . import menu
 from .audio import encode_sonic_audio, trimmed_audio
 from .decode import DEFAULT_CHUNK
 from .image import detect_faces, first_mask, first_rgb_uint8, prepare_sonic_image
@@ -107,7 +108,7 @@ class SonicSpeakersNode(io.ComfyNode):
         return io.Schema(
             node_id="SonicSpeakers",
             display_name="Sonic Speakers",
-            category="Sonic",
+            category=menu.SPEAKERS,
             description="Several speakers in one picture (2–4 faces, one audio track each, e.g. a dialogue): crops "
                         "each face as the official Sonic does, prepares its reference, audio tokens and motion "
                         "buckets, and mixes the tracks into the video's sound. Faces are found by the detector "
@@ -191,7 +192,7 @@ class SonicSpeakersSampler(io.ComfyNode):
         return io.Schema(
             node_id="SonicSpeakersSampler",
             display_name="Sonic Speakers KSampler",
-            category="Sonic",
+            category=menu.SPEAKERS,
             description="Samples every speaker's face with Sonic's shift fusion, one face after another so memory "
                         "stays that of one face. The same settings as Sonic Shift-Fusion KSampler.",
             inputs=[
@@ -237,7 +238,7 @@ class SonicSpeakersSaveVideo(io.ComfyNode):
         return io.Schema(
             node_id="SonicSpeakersSaveVideo",
             display_name="Sonic Speakers Save Video",
-            category="Sonic",
+            category=menu.SPEAKERS,
             description="Decodes every speaker's face, interpolates (RIFE ×2) and pastes all of them into one copy "
                         "of the picture, chunk by chunk, straight into one mp4 (H.264 + AAC) with the mixed sound. "
                         "Outside the faces' crops the picture stays exactly the original.",

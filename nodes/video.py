@@ -19,6 +19,7 @@ from comfy.cli_args import args
 from comfy_api.latest import io, ui
 
 from ..sonic_model.video_pipeline import PasteFaces, PasteInto, WrittenVideo, interpolated, write_video
+from . import menu
 from .decode import DEFAULT_CHUNK, chunk_progress, check_latents, decode_chunk
 from .model_patchers import load_for_stage
 from .sonic_types import GENERATION_FPS, SonicImage, SonicImageEmbeds, SonicModel
@@ -131,7 +132,7 @@ class SonicInterpolate(io.ComfyNode):
         return io.Schema(
             node_id="SonicInterpolate",
             display_name="Sonic Frame Interpolation (RIFE ×2)",
-            category="Sonic",
+            category=menu.VIDEO,
             description="Doubles the frame rate with RIFE as the official Sonic does: N frames at 12.5 fps become "
                         "2N−1 frames at 25 fps (a midpoint between each pair). Runs a batch at a time on the GPU; "
                         "results are kept on the CPU.",
@@ -160,7 +161,7 @@ class SonicPasteBack(io.ComfyNode):
         return io.Schema(
             node_id="SonicPasteBack",
             display_name="Sonic Paste Back",
-            category="Sonic",
+            category=menu.VIDEO,
             description="Puts the animated face crop back into the full original picture, with a feathered edge; "
                         "everything outside the crop box stays exactly the original. When the reference image was "
                         "not cropped, the frames pass through unchanged.",
@@ -209,7 +210,7 @@ class SonicSaveVideo(io.ComfyNode):
         return io.Schema(
             node_id="SonicSaveVideo",
             display_name="Sonic Decode + Save Video",
-            category="Sonic",
+            category=menu.VIDEO,
             description="Decodes, interpolates (RIFE ×2), pastes back and encodes the video chunk by chunk straight "
                         "into an mp4 (H.264 + AAC) in the output folder, so long audio never runs out of memory at "
                         "the end. The audio is cut or padded to exactly the video's length. Cancel leaves no file.",

@@ -87,7 +87,7 @@ def run(image, detector=None, vae=None, clip=None, resolution=512, crop=False, e
 def test_schema_follows_the_pack_style():
     schema = SonicReferenceImage.GET_SCHEMA()
     assert schema.node_id == "SonicReferenceImage" and schema.display_name == "Sonic Reference Image"
-    assert schema.category == "Sonic"
+    assert schema.category == "Sonic/conditioning"
     names = [i.id for i in schema.inputs]
     assert names == ["sonic_model", "vae", "clip_vision", "image", "resolution", "crop", "expand_ratio", "no_face",
                      "face_index", "mask"]

@@ -467,7 +467,7 @@ def test_model_check_node_reports_comfyui_folders(models, monkeypatch):
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "checkpoints",
                         ([str(models / "checkpoints")], {".safetensors"}))
     schema = SonicModelCheck.GET_SCHEMA()
-    assert schema.node_id == "SonicModelCheck" and schema.is_output_node and schema.category == "Sonic"
+    assert schema.node_id == "SonicModelCheck" and schema.is_output_node and schema.category == "Sonic/loaders"
     assert all(o.tooltip for o in schema.outputs)
 
     out = SonicModelCheck.execute()

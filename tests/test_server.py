@@ -30,6 +30,22 @@ def test_the_pack_imports_without_failures(comfy_server):
     assert "register web folder" not in log, "pyproject.toml's [tool.comfy] web serves web/ a second time"
 
 
+# The node menu's folders, one per stage of the pipeline (nodes/menu.py), each holding at least one node.
+STAGE_FOLDERS = {"Sonic/loaders", "Sonic/conditioning", "Sonic/sampling", "Sonic/video", "Sonic/speakers"}
+
+
+def test_the_pack_registers_through_comfy_entrypoint_with_its_nodes_in_stage_folders(comfy_server):
+    """V3's public entry: the pack module offers `comfy_entrypoint` and no NODE_CLASS_MAPPINGS (which ComfyUI would
+    take first), and /object_info files every Sonic node under its stage."""
+    from conftest import REPO
+
+    source = (REPO / "__init__.py").read_text()
+    assert "comfy_entrypoint" in source and "NODE_CLASS_MAPPINGS" not in source
+    info = comfy_server.get("/object_info", timeout=60)
+    folders = {node["category"] for name, node in info.items() if name.startswith("Sonic")}
+    assert folders == STAGE_FOLDERS, folders
+
+
 def test_object_info_documents_every_sonic_node(comfy_server):
     info = comfy_server.get("/object_info", timeout=60)
     sonic = {name: node for name, node in info.items() if name.startswith("Sonic")}
@@ -38,7 +54,7 @@ def test_object_info_documents_every_sonic_node(comfy_server):
     assert expected <= set(sonic), f"missing: {sorted(expected - set(sonic))}"
     assert {node["python_module"] for node in sonic.values()} == {f"custom_nodes.{pack_name(comfy_server)}"}
     for name, node in sonic.items():
-        assert node["description"] and node["category"].startswith("Sonic"), name
+        assert node["description"] and node["category"] in STAGE_FOLDERS, name
         for section in ("required", "optional"):
             for input_name, spec in node["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"

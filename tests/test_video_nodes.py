@@ -150,7 +150,7 @@ def test_decode_node_output_and_schema(core_vae):
         expected = torch.cat([core_vae.decode(latents[s:s + 2]) for s in range(0, 5, 2)])
     assert torch.equal(out, expected)
     schema = SonicDecode.GET_SCHEMA()
-    assert schema.display_name == "Sonic Decode (chunked)" and schema.category == "Sonic"
+    assert schema.display_name == "Sonic Decode (chunked)" and schema.category == "Sonic/video"
     assert [i.id for i in schema.inputs] == ["vae", "latent", "chunk_size"] and schema.inputs[2].default == 8
     assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
     with pytest.raises(ValueError, match="frames, 4, h, w"):
