@@ -38,8 +38,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tools.process_memory import status_kib  # noqa: E402
+from tools.reference_data import MANIFEST_DIR  # noqa: E402
 
-MANIFEST = REPO.parent / "shared" / "reference" / "manifest" / "sonic_unet.json"
+MANIFEST = MANIFEST_DIR / "sonic_unet.json"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GIB = 2**30
 

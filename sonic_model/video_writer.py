@@ -1,8 +1,8 @@
 """Stream frames into an H.264 + AAC mp4 as they are produced, so a long video never sits in memory.
 
-Fixes of the official writer (spec §9, §11.7–8): one lossy encode, float → uint8 by rounding (not truncation), and
-the audio cut or padded to exactly the video's length instead of `-shortest` dropping the tail. The file appears
-under its final name only when everything was written: a failure or a Cancel leaves nothing behind.
+Fixes of the official writer (`docs/official-behaviour.md` §7): one lossy encode, float → uint8 by rounding (not
+truncation), and the audio cut or padded to exactly the video's length instead of `-shortest` dropping the tail. The
+file appears under its final name only when everything was written: a failure or a Cancel leaves nothing behind.
 """
 from __future__ import annotations
 
