@@ -1,33 +1,28 @@
 """Safe, memory-lean checkpoint loading; bad files raise `WeightFileError` naming the file and what to do.
 
-Every `torch.load` is `weights_only=True`. Files are memory-mapped; tensors already in the target dtype stay views
-of the mapping, others are cast one at a time and their source pages handed back to the kernel at once
-(benchmarks/load_memory.py: 1.02x instead of 2.0x peak when casting), then assigned into a meta-device module."""
+Every `torch.load` is `weights_only=True`. Files are memory-mapped by the libraries (`torch.load(mmap=True)`,
+`safetensors.safe_open`); tensors already in the target dtype stay views of the mapping, others are cast one at a
+time, then assigned into a meta-device module. The fp32 `unet.pth` loaded as fp16 thus holds 2.94 GiB of anonymous
+memory, the model's own size (benchmarks/RESULTS.md, 2026-12-07); the file's pages read meanwhile are page cache."""
 from __future__ import annotations
 
-import ctypes
-import math
-import mmap
 import os
 import pickle
 import re
 import struct
-import sys
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from .file_signatures import FAILED_DOWNLOADS, NO_MATCH, SIGNATURES, identify_kind, safetensors_header, sniff_container
+from .file_signatures import FAILED_DOWNLOADS, NO_MATCH, SIGNATURES, identify_kind, sniff_container
 from .model_catalog import ENTRIES
 
 LOADABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
-              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
 class WeightFileError(ValueError):
@@ -67,7 +62,7 @@ def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -
     if not sd:
         raise WeightFileError(f"{path} contains no tensors")
     if dtype is not None:
-        _cast_each(sd, path, lambda key, t: dtype if t.is_floating_point() else None)
+        _cast_each(sd, lambda key, t: dtype if t.is_floating_point() else None)
     return sd
 
 
@@ -119,58 +114,22 @@ def _as_tensor_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
 
 
 def _read_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
-    """Zero-copy views of one private mapping of the file (a tensor at an odd offset is copied out)."""
+    """Zero-copy views of the file, which the library maps."""
     try:
-        header, sd = safetensors_header(path, size), {}
-        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
-        for key, info in header.items():
-            dt, (lo, hi) = _ST_DTYPES.get(info["dtype"]), info["data_offsets"]
-            if dt is None:
-                raise ValueError(f"{key}: unsupported dtype {info['dtype']}")
-            if math.prod(info["shape"]) * dt.itemsize != hi - lo:
-                raise ValueError(f"{key}: shape {info['shape']} does not match its {info['data_offsets']} bytes")
-            raw = torch.empty(0, dtype=torch.uint8).set_(storage, info["begin"], (hi - lo,))
-            sd[key] = (raw if info["begin"] % dt.itemsize == 0 else raw.clone()).view(dt).view(info["shape"])
-    except (ValueError, KeyError, RuntimeError) as e:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise WeightFileError(f"{path} is not a valid safetensors file ({e}; {size} bytes) — it may be truncated "
                               "or not weights; download it again", broken=True) from None
-    return sd
 
 
-def _cast_each(sd: dict[str, torch.Tensor], path: Path,
-               target: Callable[[str, torch.Tensor], torch.dtype | None]) -> None:
-    """Cast entries in place, one at a time, dropping each source's mapped pages right after: without this every
-    page read while casting stays resident until the whole mapping is freed. The mapping is private and unwritten,
-    so the kernel refills a dropped page from the file if a neighbour sharing it is read again."""
-    mapped = _file_mappings(path)
+def _cast_each(sd: dict[str, torch.Tensor], target: Callable[[str, torch.Tensor], torch.dtype | None]) -> None:
+    """Cast entries in place, one at a time: each source view goes as soon as its cast replaces it, so only the
+    results are new memory and no second copy of the file ever exists."""
     for key in list(sd):
-        src, dtype = sd[key], target(key, sd[key])
-        if dtype is None or src.dtype == dtype:
-            continue
-        sd[key] = src.to(dtype)
-        start, end = src.data_ptr(), src.data_ptr() + src.numel() * src.element_size()
-        inside = next(((lo, hi) for lo, hi in mapped if lo <= start and end <= hi), None)
-        if inside and src.is_contiguous() and src.numel() and _MADVISE is not None:
-            a, b = start // mmap.PAGESIZE * mmap.PAGESIZE, min(-(-end // mmap.PAGESIZE) * mmap.PAGESIZE, inside[1])
-            _MADVISE(ctypes.c_void_p(a), ctypes.c_size_t(b - a), ctypes.c_int(4))  # MADV_DONTNEED
-
-
-def _file_mappings(path: Path) -> list[tuple[int, int]]:
-    """Address ranges where this process maps `path` (Linux /proc/self/maps; empty elsewhere)."""
-    try:
-        st, ranges = os.stat(path), []
-        with open("/proc/self/maps") as maps:
-            for parts in (line.split(None, 5) for line in maps):
-                device = tuple(int(x, 16) for x in parts[3].split(":")) if len(parts) >= 5 else None
-                if device == (os.major(st.st_dev), os.minor(st.st_dev)) and int(parts[4]) == st.st_ino:
-                    ranges.append(tuple(int(x, 16) for x in parts[0].split("-")))
-        return ranges
-    except (OSError, ValueError):
-        return []
-
-
-# libc's madvise (Linux); arguments are passed as explicit ctypes values, so no prototype is needed.
-_MADVISE = getattr(ctypes.CDLL(None), "madvise", None) if sys.platform.startswith("linux") else None
+        dtype = target(key, sd[key])
+        if dtype is not None and sd[key].dtype != dtype:
+            sd[key] = sd[key].to(dtype)
 
 
 def load_weights_into(module: nn.Module, path: str | os.PathLike, slot: str, dtype: torch.dtype | None = None,
@@ -193,7 +152,7 @@ def load_weights_into(module: nn.Module, path: str | os.PathLike, slot: str, dty
                 if t is not None and not t.is_meta and f"{prefix}.{name}".lstrip(".") in expected:
                     meta = torch.empty_like(t, device="meta")
                     store[name] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    _cast_each(sd, path, lambda key, t: dtype if dtype is not None and expected[key].dtype.is_floating_point
+    _cast_each(sd, lambda key, t: dtype if dtype is not None and expected[key].dtype.is_floating_point
                else expected[key].dtype)
     module.load_state_dict(sd, strict=True, assign=True)
     del sd
