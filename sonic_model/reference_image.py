@@ -19,10 +19,16 @@ CLIP_SIZE = 224
 NO_FACE_ERROR = "error"
 NO_FACE_WHOLE = "whole_image"
 
-NO_FACE_MESSAGE = ("No face found in the reference image. Use a clearer frontal portrait, or set no_face to "
-                   "'whole image' to animate the whole picture (optionally connect a mask).")
-NO_DETECTOR_MESSAGE = ("No face detector is loaded, so no face can be found. Add the face detector file "
-                       "yoloface_v5m.pt, or set no_face to 'whole image' (optionally connect a mask).")
+WHOLE_IMAGE_REMEDY = "set no_face to 'whole image' to animate the whole picture (optionally connect a mask)"
+NO_FACE_MESSAGE = f"No face found in the reference image. Use a clearer frontal portrait, or {WHOLE_IMAGE_REMEDY}."
+
+
+def no_detector_message(where: str = "", remedy: str = WHOLE_IMAGE_REMEDY) -> str:
+    """Why no face can be found without the detector, and what to do; a host adds where its file goes."""
+    return f"The face detector file yoloface_v5m.pt is missing{where}, so no face can be found. Add it, or {remedy}."
+
+
+NO_DETECTOR_MESSAGE = no_detector_message()
 
 Box = tuple[float, float, float, float]
 IntBox = tuple[int, int, int, int]
