@@ -11,6 +11,7 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..sonic_model.face_detect import FaceBox, faces_by_size, select_face
+from ..sonic_model.pixels import to_uint8
 from ..sonic_model.reference_image import CLIP_SIZE, NO_FACE_WHOLE, check_image_size, clip_pixels_224, \
     no_detector_message, prepare_reference
 from .sonic_types import SonicImage, SonicImageEmbeds, SonicModel, SonicModels
@@ -36,7 +37,7 @@ def first_rgb_uint8(image: torch.Tensor) -> np.ndarray:
         first = first[..., :1].expand(-1, -1, 3)  # greyscale (+ alpha)
     else:
         raise ValueError(f"The image has {channels} channels; Sonic needs an RGB picture (3 channels).")
-    return (first.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return to_uint8(first).cpu().numpy()
 
 
 def first_mask(mask: torch.Tensor | None) -> np.ndarray | None:

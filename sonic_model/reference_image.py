@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from .face_detect import FaceBox, select_face
+from .pixels import to_uint8
 
 MIN_SIDE = 64
 MASK_AREA = 1.1
@@ -181,7 +182,7 @@ def prepare_reference(image_uint8: np.ndarray, faces: list[FaceBox] | None, crop
     new_w, new_h = resolution_for(width, height, short_side)
     pixels = resize_lanczos(np.ascontiguousarray(image_uint8), new_w, new_h)
     if user_mask is not None:
-        mask_u8 = np.round(np.clip(user_mask, 0, 1) * 255).astype(np.uint8)
+        mask_u8 = to_uint8(torch.tensor(user_mask)).numpy()
     elif face is not None:
         mask_u8 = face_mask_uint8(face, width, height)
     else:  # whole-image mode without a mask: the audio may drive the whole frame

@@ -17,6 +17,7 @@ from typing import Optional, Union
 import torch
 
 from .audio_clip import stereo_clip
+from .pixels import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,6 @@ def as_fraction(fps: Union[Fraction, float, int]) -> Fraction:
     if rate <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     return rate
-
-
-def to_uint8(frames: torch.Tensor) -> torch.Tensor:
-    """(n,H,W,3) float in [0,1] → uint8 with rounding (the official code truncates, darkening by half a level)."""
-    if frames.dtype == torch.uint8:
-        return frames
-    return (frames.float().nan_to_num(0.0) * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def partial_path(path: Union[str, Path]) -> Path:

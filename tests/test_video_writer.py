@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sonic_model.video_writer import StreamingMp4Writer, as_fraction, partial_path, to_uint8
+from sonic_model.pixels import to_uint8
+from sonic_model.video_writer import StreamingMp4Writer, as_fraction, partial_path
 
 W, H = 34, 30
 
