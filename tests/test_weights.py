@@ -122,7 +122,7 @@ def test_read_state_dict_casts_floats_only(tmp_path: Path, suffix: str) -> None:
 
 
 def test_mixed_dtype_file_kept_views_survive_released_neighbours(tmp_path: Path) -> None:
-    """Casting one tensor gives its mapped pages back; fp16 neighbours sharing those pages must stay intact."""
+    """Casting the fp32 tensors of a mixed file leaves its fp16 views, neighbours on the same pages, intact."""
     torch.manual_seed(1)
     sd = {f"t{i:02d}": (torch.randn(37) if i % 2 else torch.randn(53).half()) for i in range(40)}
     for suffix in (".pth", ".safetensors"):
