@@ -29,7 +29,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tools.process_memory import status_kib  # noqa: E402
+from tools.process_memory import AnonPeak, status_kib  # noqa: E402
 from tools.reference_data import MANIFEST_DIR  # noqa: E402
 
 MANIFEST = MANIFEST_DIR / "sonic_unet.json"
@@ -118,32 +117,6 @@ def write_safetensors(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, pa
 # ----------------------------------------------------------------------------------------------------------------
 # Child: one measurement per process
 # ----------------------------------------------------------------------------------------------------------------
-
-
-class AnonPeak:
-    """The highest RssAnon seen while active: a thread reads it every millisecond (torch's casts release the GIL),
-    and loaders call `sample()` after each tensor."""
-
-    def __init__(self) -> None:
-        self.peak_kib = status_kib("RssAnon")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def sample(self) -> None:
-        self.peak_kib = max(self.peak_kib, status_kib("RssAnon"))
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.001):
-            self.sample()
-
-    def __enter__(self) -> AnonPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
 
 
 def _real_builder():
