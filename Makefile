@@ -18,7 +18,7 @@ test-device: setup
 	$(PY) -m pytest -q tests -m device $(PYTEST_ARGS)
 
 parity: setup
-	$(PY) tools/parity.py ../shared/reference/golden/*.json ../shared/reference/manifest/*.json
+	$(PY) tools/parity.py reference/golden/*.json reference/manifest/*.json
 
 # GPU acceptance run (README "GPU runs"): pack here what the offline GPU machine lacks, then run there in one call.
 gpu-check-prepare: setup

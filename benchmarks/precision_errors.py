@@ -4,7 +4,7 @@ tolerances of tools/parity_checks/precision.py.
 
     .venv/bin/python benchmarks/precision_errors.py                 # print the measurement (all goldens, 4 seeds)
     .venv/bin/python benchmarks/precision_errors.py --write         # ... and store it as the tolerance table
-    .venv/bin/python benchmarks/precision_errors.py --seeds 2 ../shared/reference/golden/unet_single_window.json
+    .venv/bin/python benchmarks/precision_errors.py --seeds 2 reference/golden/unet_single_window.json
 
 Each golden runs through its own parity check (tools/parity_checks) in fp32, fp16 and bf16 with the same weights and
 inputs; the fp32 run's outputs are the reference. Seed 0 uses the golden's own weights, seed s > 0 every weight
@@ -33,14 +33,14 @@ from tools.parity import GOLDEN_CHECKS  # noqa: E402
 from tools.parity_checks.common import Golden, read_golden  # noqa: E402
 from tools.parity_checks.precision import (  # noqa: E402
     DTYPES, MAX_MULTIPLE, RMS_MULTIPLE, TOLERANCE_FILE, error_stats, output_key)
+from tools.reference_data import GOLDEN_DIR  # noqa: E402
 
-REFERENCE = ROOT.parent / "shared" / "reference" / "golden"
 REDUCED = ("fp16", "bf16")
 
 
 def golden_files(paths: list[Path]) -> list[Path]:
     """The given goldens, or every golden of the reference folder; weight companions are skipped."""
-    paths = paths or sorted(REFERENCE.glob("*.json"))
+    paths = paths or sorted(GOLDEN_DIR.glob("*.json"))
     return [p for p in paths if json.loads(p.read_text()).get("golden_type") in GOLDEN_CHECKS]
 
 

@@ -10,7 +10,6 @@ import logging
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-from PIL import Image
 
 import comfy.model_management as mm
 import comfy.utils
@@ -18,6 +17,7 @@ from comfy_api.latest import io
 
 from ..sonic_model.video_pipeline import decoded_chunks
 from . import menu
+from .preview import PREVIEW_SIDE, preview_image
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +59,12 @@ def check_latents(latent: dict) -> torch.Tensor:
     return samples
 
 
-def _preview(frame: torch.Tensor, max_side: int = 256) -> Image.Image:
-    image = Image.fromarray((frame.float().clamp(0, 1) * 255).round().byte().cpu().numpy())
-    scale = max_side / max(image.size)
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
-
-
 def chunk_progress(node_id: Optional[str]) -> Callable[[int, int, torch.Tensor], None]:
     """After each decoded chunk: a ProgressBar step with a preview of its last frame, then a Cancel check."""
     bar = comfy.utils.ProgressBar(1, node_id=node_id)
 
     def on_chunk(done: int, total: int, frames: torch.Tensor) -> None:
-        bar.update_absolute(done, total, preview=("JPEG", _preview(frames[-1]), 256))
+        bar.update_absolute(done, total, preview=("JPEG", preview_image(frames[-1]), PREVIEW_SIDE))
         mm.throw_exception_if_processing_interrupted()  # Cancel between chunks (also without a server hook)
 
     return on_chunk

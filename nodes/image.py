@@ -11,15 +11,15 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..sonic_model.face_detect import FaceBox, faces_by_size, select_face
+from ..sonic_model.pixels import to_uint8
 from ..sonic_model.reference_image import CLIP_SIZE, NO_FACE_WHOLE, check_image_size, clip_pixels_224, \
-    prepare_reference
+    no_detector_message, prepare_reference
 from . import menu
 from .sonic_types import SonicImage, SonicImageEmbeds, SonicModel, SonicModels
 
 NO_FACE_OPTIONS = ["error", "whole image"]
-DETECTOR_MISSING = ("The face detector file yoloface_v5m.pt is missing from models/sonic (or the loader's "
-                    "face_detector is 'none'), so no face can be found. Add it, or set no_face to 'whole image' to "
-                    "animate the whole picture (optionally connect a mask).")
+DETECTOR_WHERE = " from models/sonic (or the loader's face_detector is 'none')"  # where ComfyUI looks for it
+DETECTOR_MISSING = no_detector_message(DETECTOR_WHERE)
 
 
 def first_rgb_uint8(image: torch.Tensor) -> np.ndarray:
@@ -38,7 +38,7 @@ def first_rgb_uint8(image: torch.Tensor) -> np.ndarray:
         first = first[..., :1].expand(-1, -1, 3)  # greyscale (+ alpha)
     else:
         raise ValueError(f"The image has {channels} channels; Sonic needs an RGB picture (3 channels).")
-    return (first.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return to_uint8(first).cpu().numpy()
 
 
 def first_mask(mask: torch.Tensor | None) -> np.ndarray | None:

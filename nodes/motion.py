@@ -13,7 +13,9 @@ from . import menu
 from .model_patchers import load_for_stage
 from .sonic_types import SonicAudio, SonicImage, SonicModel, SonicMotion, SonicMotionBuckets, SonicMotionCurve
 
-PRESETS = {"mild (0.5)": 0.5, "moderate (1.0)": 1.0, "intense (2.0)": 2.0}
+# Each label ends with the β it uses, "(0.5)": web/sonic.js reads β from the label, so this is the one table.
+PRESETS = {f"{name} ({beta:.1f})": beta for name, beta in (("mild", 0.5), ("moderate", 1.0), ("intense", 2.0))}
+DEFAULT_PRESET = "moderate (1.0)"  # the official dynamic_scale
 CUSTOM = "custom"
 AUTO = -1  # slider value meaning "keep the prediction"
 
@@ -59,7 +61,7 @@ class SonicMotionBucketsNode(io.ComfyNode):
                 SonicModel.Input("sonic_model", tooltip="From 'Load SVD + Sonic weights' (audio2bucket)."),
                 SonicAudio.Input("audio", tooltip="From 'Sonic Encode Audio'."),
                 SonicImage.Input("image", tooltip="From 'Sonic Reference Image' (its CLIP embedding)."),
-                io.Combo.Input("motion_preset", options=[*PRESETS, CUSTOM], default="moderate (1.0)",
+                io.Combo.Input("motion_preset", options=[*PRESETS, CUSTOM], default=DEFAULT_PRESET,
                                tooltip="Dynamic scale β, how lively the whole animation is: mild 0.5, moderate 1.0 "
                                        "(official), intense 2.0, or custom (the beta slider). Raise it if the head "
                                        "returns to the reference pose in pauses."),

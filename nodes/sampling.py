@@ -14,18 +14,16 @@ from comfy_api.latest import io
 from ..sonic_model.shift_fusion import SonicConditioning, WindowEvent
 from . import menu
 from .guider import SonicGuider
+from .preview import PREVIEW_SIDE, preview_image
 from .sonic_types import SonicAudio, SonicAudioEmbeds, SonicImage, SonicImageEmbeds, SonicMotion, SonicMotionBuckets
 
 _SD15_RGB = torch.tensor(comfy.latent_formats.SD15().latent_rgb_factors)  # SVD latents are SD1.5 latents
 
 
-def latent_preview(x0: torch.Tensor, max_side: int = 256) -> Image.Image:
+def latent_preview(x0: torch.Tensor, max_side: int = PREVIEW_SIDE) -> Image.Image:
     """A cheap RGB look at one frame's latent (4, h, w), for the progress bar."""
-    rgb = torch.einsum("chw,cr->hwr", x0.float().cpu(), _SD15_RGB)
-    rgb = ((rgb + 1) * 127.5).clamp(0, 255).byte().numpy()
-    image = Image.fromarray(rgb)
-    scale = max_side / max(image.size)
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    rgb = torch.einsum("chw,cr->hwr", x0.float().cpu(), _SD15_RGB)  # about [-1, 1]
+    return preview_image((rgb + 1) / 2, max_side)
 
 
 def sonic_conditioning(audio: SonicAudioEmbeds, image: SonicImageEmbeds,

@@ -9,7 +9,7 @@ import torch
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..sonic_model.reference_image import check_image_size, mask_bounding_box
+from ..sonic_model.reference_image import check_image_size, mask_bounding_box, no_detector_message
 from ..sonic_model.speakers import FACE_ORDERS, LEFT_TO_RIGHT, box_centre, choose_faces, features_cut, mix_tracks, \
     ordered_faces, padded_track, seconds_of, speakers_preview
 from ..sonic_model.video_pipeline import PasteFaces
@@ -17,8 +17,8 @@ from ..sonic_model.whisper_features import predict_buckets
 from . import menu
 from .audio import encode_sonic_audio, trimmed_audio
 from .decode import DEFAULT_CHUNK
-from .image import detect_faces, first_mask, first_rgb_uint8, prepare_sonic_image
-from .motion import AUTO, CUSTOM, PRESETS, dynamic_scale, motion_buckets
+from .image import DETECTOR_WHERE, detect_faces, first_mask, first_rgb_uint8, prepare_sonic_image
+from .motion import AUTO, CUSTOM, DEFAULT_PRESET, PRESETS, dynamic_scale, motion_buckets
 from .sampling import _guidance_inputs, run_sonic_sampler
 from .sonic_types import SonicModel, SonicModels, SonicSpeakers, SonicSpeakersBundle, Speaker
 from .video import INTERPOLATE_TOOLTIP, rife_patcher, save_sonic_video, saved_video_output, saved_video_schema, \
@@ -48,9 +48,7 @@ def speaker_faces(models: SonicModels, rgb, masks: list, face_order: str, faces:
     found, ordered, chosen = None, [], iter([])
     if unmasked:
         if models.face_detector is None:
-            raise ValueError("The face detector file yoloface_v5m.pt is missing from models/sonic (or the loader's "
-                             "face_detector is 'none'), so no face can be found. Add it, or connect a mask for "
-                             "every speaker.")
+            raise ValueError(no_detector_message(DETECTOR_WHERE, "connect a mask for every speaker"))
         detected = detect_faces(models, rgb, "error")
         found, ordered = len(detected), ordered_faces(detected, face_order)
         chosen = iter(choose_faces(detected, face_order, faces, unmasked))
@@ -63,7 +61,7 @@ def speaker_faces(models: SonicModels, rgb, masks: list, face_order: str, faces:
 @torch.no_grad()
 def prepare_speakers(models: SonicModels, vae, clip_vision, image: torch.Tensor, tracks: list[dict], masks: list,
                      face_order: str = LEFT_TO_RIGHT, faces: str = "", resolution: int = 512,
-                     expand_ratio: float = 0.5, motion_preset: str = "moderate (1.0)", beta: float = 1.0,
+                     expand_ratio: float = 0.5, motion_preset: str = DEFAULT_PRESET, beta: float = 1.0,
                      node_id: str | None = None) -> tuple[SonicSpeakersBundle, dict, torch.Tensor, dict]:
     """Everything Sonic Speakers does: (speakers, mixed audio, preview IMAGE, readout)."""
     rgb = first_rgb_uint8(image)
@@ -134,7 +132,7 @@ class SonicSpeakersNode(io.ComfyNode):
                 io.Float.Input("expand_ratio", default=0.5, min=0.0, max=5.0, step=0.05,
                                tooltip="Room around each face on each side, as a share of the face's width/height "
                                        "(official crop: 0.5)."),
-                io.Combo.Input("motion_preset", options=[*PRESETS, CUSTOM], default="moderate (1.0)",
+                io.Combo.Input("motion_preset", options=[*PRESETS, CUSTOM], default=DEFAULT_PRESET,
                                tooltip="Dynamic scale β for every face: mild 0.5, moderate 1.0 (official), intense "
                                        "2.0, or custom (the beta slider)."),
                 io.Float.Input("beta", default=1.0, min=0.0, max=4.0, step=0.05, round=0.01,

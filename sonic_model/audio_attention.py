@@ -1,4 +1,5 @@
-"""Sonic's audio cross-attention: the processor installed in every `attn2` of the UNet (reference README §4.3).
+"""Sonic's audio cross-attention: the processor installed in every `attn2` of the UNet
+(`docs/official-behaviour.md` §2).
 
     out = to_out( SDPA(q, to_k(c), to_v(c)) + s · M ⊙ SDPA(q, to_k_ip.0(a), to_v_ip.0(a)) ),   q = to_q(x)
 

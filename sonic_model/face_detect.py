@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .pixels import to_uint8
+
 INPUT_SHORT_SIDE = 416
 STRIDES = (8, 16, 32)
 CONF_THRESHOLD = 0.5
@@ -62,7 +64,7 @@ def to_uint8_rgb(image: np.ndarray | torch.Tensor) -> np.ndarray:
     if array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"face detection needs an (H, W, 3) RGB image, got shape {array.shape}")
     if array.dtype != np.uint8:
-        array = np.round(np.clip(array.astype(np.float32), 0, 1) * 255).astype(np.uint8)
+        array = to_uint8(torch.from_numpy(array.astype(np.float32))).numpy()
     return array
 
 

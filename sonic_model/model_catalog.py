@@ -91,7 +91,7 @@ def inspect_file(path: Path) -> Inspection:
                 return Inspection("torchscript", "a TorchScript model")
     if container == "pickle" and size > MAX_LEGACY_PICKLE:
         return Inspection(None, "a legacy-format PyTorch pickle (too big to open just for a check)", unverified=True)
-    from .weights import WeightFileError, read_state_dict  # torch only when a PyTorch file is met
+    from .checkpoint_file import WeightFileError, read_state_dict  # torch only when a PyTorch file is met
 
     try:
         return _shapes_kind({k: v.shape for k, v in read_state_dict(path).items()})  # mapped: no data read

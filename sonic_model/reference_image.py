@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from .face_detect import FaceBox, select_face
+from .pixels import to_uint8
 
 MIN_SIDE = 64
 MASK_AREA = 1.1
@@ -19,10 +20,16 @@ CLIP_SIZE = 224
 NO_FACE_ERROR = "error"
 NO_FACE_WHOLE = "whole_image"
 
-NO_FACE_MESSAGE = ("No face found in the reference image. Use a clearer frontal portrait, or set no_face to "
-                   "'whole image' to animate the whole picture (optionally connect a mask).")
-NO_DETECTOR_MESSAGE = ("No face detector is loaded, so no face can be found. Add the face detector file "
-                       "yoloface_v5m.pt, or set no_face to 'whole image' (optionally connect a mask).")
+WHOLE_IMAGE_REMEDY = "set no_face to 'whole image' to animate the whole picture (optionally connect a mask)"
+NO_FACE_MESSAGE = f"No face found in the reference image. Use a clearer frontal portrait, or {WHOLE_IMAGE_REMEDY}."
+
+
+def no_detector_message(where: str = "", remedy: str = WHOLE_IMAGE_REMEDY) -> str:
+    """Why no face can be found without the detector, and what to do; a host adds where its file goes."""
+    return f"The face detector file yoloface_v5m.pt is missing{where}, so no face can be found. Add it, or {remedy}."
+
+
+NO_DETECTOR_MESSAGE = no_detector_message()
 
 Box = tuple[float, float, float, float]
 IntBox = tuple[int, int, int, int]
@@ -175,7 +182,7 @@ def prepare_reference(image_uint8: np.ndarray, faces: list[FaceBox] | None, crop
     new_w, new_h = resolution_for(width, height, short_side)
     pixels = resize_lanczos(np.ascontiguousarray(image_uint8), new_w, new_h)
     if user_mask is not None:
-        mask_u8 = np.round(np.clip(user_mask, 0, 1) * 255).astype(np.uint8)
+        mask_u8 = to_uint8(torch.tensor(user_mask)).numpy()
     elif face is not None:
         mask_u8 = face_mask_uint8(face, width, height)
     else:  # whole-image mode without a mask: the audio may drive the whole frame

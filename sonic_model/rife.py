@@ -1,7 +1,7 @@
 """RIFE ×2 frame interpolation: loading `flownet.pkl`, one midpoint, and the streaming N → 2N−1 loop.
 
 The loop keeps only one batch of frames on the compute device and hands every result back on the CPU, unlike the
-official loop, which holds the whole clip and all 2N−1 outputs on the GPU (spec §11.5).
+official loop, which holds the whole clip and all 2N−1 outputs on the GPU (`docs/official-behaviour.md` §8).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """RIFE IFNet (HDv3 layout, as used by Sonic) with the key names of the official `flownet.pkl` minus `module.`.
 
-Behaviour per `shared/reference/README.md` §4.6/§9: three coarse-to-fine IFBlocks at scales (4, 2, 1), each run in
+Behaviour per `docs/official-behaviour.md` §6: three coarse-to-fine IFBlocks at scales (4, 2, 1), each run in
 both temporal directions and averaged, backward warping with a border-padded, corner-aligned `grid_sample`.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ guidance rows [uncond, image-only, full], combines them as u + r_i·(i − u) + 
 windows covering each frame. The combination is affine with weights summing to 1, so guiding x0 equals guiding the
 v-prediction and converting once (EDM's x0 is affine in v for a fixed x and σ). Because an Euler step is affine in x0
 and every window starts from the same x, averaging x0 and stepping once equals the official "step every window, then
-average" (sonic-reference §6.5).
+average" (`docs/official-behaviour.md` §4).
 
 Where things live: the clip-long state (the noisy latents, the fused x0, the audio tokens and motion buckets) stays
 on the device of the noisy latents, ComfyUI's intermediate device (host RAM) when sampling; each window's slices go

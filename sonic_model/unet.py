@@ -1,7 +1,7 @@
 """The Sonic UNet: diffusers' SVD spatio-temporal UNet with an audio branch in every cross-attention.
 
 State-dict keys equal the official `unet.pth` (stock SVD keys plus `…attn2.processor.to_{k,v}_ip.0.weight`).
-Forward semantics (reference README §4.3, spec §5):
+Forward semantics (`docs/official-behaviour.md` §2):
 * the CLIP context comes per (guidance row, frame) and is not repeated per frame;
 * spatial `attn2`: that frame's CLIP token and audio tokens, the audio branch weighted by the face-mask grid;
 * temporal `attn2`: the window-mean CLIP and audio tokens of the guidance row, unmasked;

@@ -1,10 +1,10 @@
 """Latents → mp4 without holding the clip: chunked decode → RIFE ×2 → paste-back → H.264 + AAC, one chunk at a time.
 
-Each chunk goes through every stage and is freed, so minutes of audio finish at the memory of a few chunks (spec
-§11.5, users' "OOM at 100 %"). The host brings the VAE decode and the progress/Cancel hook as callables; nothing here
-knows ComfyUI. Every stage explains its own failure: an out-of-memory error says which stage ran out and what to
-lower there, and an error writing the file says what to fix (write_errors: full disk, read-only folder ...),
-whatever stage pulled the frames through.
+Each chunk goes through every stage and is freed, so minutes of audio finish at the memory of a few chunks
+(`docs/official-behaviour.md` §8, users' "OOM at 100 %"). The host brings the VAE decode and the progress/Cancel
+hook as callables; nothing here knows ComfyUI. Every stage explains its own failure: an out-of-memory error says
+which stage ran out and what to lower there, and an error writing the file says what to fix (write_errors: full
+disk, read-only folder ...), whatever stage pulled the frames through.
 """
 from __future__ import annotations
 

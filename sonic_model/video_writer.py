@@ -1,9 +1,9 @@
 """Stream frames into an H.264 + AAC mp4 as they are produced, so a long video never sits in memory.
 
-Fixes of the official writer (spec §9, §11.7–8): one lossy encode, float → uint8 by rounding (not truncation), and
-the audio cut or padded to exactly the video's length instead of `-shortest` dropping the tail. The file appears
-under its final name only when everything was written: a failure or a Cancel leaves nothing behind, and the partial
-file of a run killed mid-write is deleted by the next write into that folder (partial_files).
+Fixes of the official writer (`docs/official-behaviour.md` §7): one lossy encode, float → uint8 by rounding (not
+truncation), and the audio cut or padded to exactly the video's length instead of `-shortest` dropping the tail. The
+file appears under its final name only when everything was written: a failure or a Cancel leaves nothing behind, and
+the partial file of a run killed mid-write is deleted by the next write into that folder (partial_files).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 
 from .audio_clip import stereo_clip
 from .partial_files import PartialFile, remove_stale_partials
+from .pixels import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,6 @@ def as_fraction(fps: Union[Fraction, float, int]) -> Fraction:
     return rate
 
 
-def to_uint8(frames: torch.Tensor) -> torch.Tensor:
-    """(n,H,W,3) float in [0,1] → uint8 with rounding (the official code truncates, darkening by half a level)."""
-    if frames.dtype == torch.uint8:
-        return frames
-    return (frames.float().nan_to_num(0.0) * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 class StreamingMp4Writer:

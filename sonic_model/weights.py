@@ -1,42 +1,22 @@
-"""Safe, memory-lean checkpoint loading; bad files raise `WeightFileError` naming the file and what to do.
+"""Strict, memory-lean loading of a checkpoint into a model, with messages that name what belongs in the slot.
 
-Every `torch.load` is `weights_only=True`. Files are memory-mapped; tensors already in the target dtype stay views
-of the mapping, others are cast one at a time and their source pages handed back to the kernel at once
-(benchmarks/load_memory.py: 1.02x instead of 2.0x peak when casting), then assigned into a meta-device module."""
+The file is read by `checkpoint_file.read_state_dict` (memory-mapped, by content) and its tensors, each cast on its
+own, are assigned into a module built on the meta device: no second host copy of the weights."""
 from __future__ import annotations
 
-import ctypes
-import math
-import mmap
 import os
-import pickle
-import re
-import struct
-import sys
-import warnings
-import zipfile
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
 
-from .file_signatures import FAILED_DOWNLOADS, NO_MATCH, SIGNATURES, identify_kind, safetensors_header, sniff_container
+from .checkpoint_file import LOADABLE_DTYPES, WeightFileError, cast_each, check_dtype, examples, read_state_dict
+from .file_signatures import NO_MATCH, SIGNATURES, identify_kind
 from .model_catalog import ENTRIES
 
-LOADABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
-              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-
-
-class WeightFileError(ValueError):
-    """A checkpoint file that cannot be used; the message names the file and says what to do. `broken`: a failed
-    download (stub, web page, truncated), safe to replace."""
-
-    def __init__(self, message: str, broken: bool = False):
-        super().__init__(message)
-        self.broken = broken
+__all__ = ["LOADABLE_DTYPES", "WeightFileError", "check_fits", "identity_hint", "load_weights_into",
+           "read_state_dict", "slot_names"]
 
 
 def slot_names(slot: str) -> tuple[str, str, str | None]:
@@ -46,140 +26,13 @@ def slot_names(slot: str) -> tuple[str, str, str | None]:
     return (label.split(" (")[0], Path(e.relpath).name, e.kind) if label else (slot, "the right weights file", None)
 
 
-def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """A PyTorch or safetensors state dict, memory-mapped where the format allows, read by content (a renamed file
-    still loads). With `dtype`, floating tensors are cast one at a time."""
-    path = Path(path)
-    _check_dtype(dtype)
-    if not path.is_file():
-        raise WeightFileError(f"{path} is a folder; expected a weights file." if path.is_dir() else
-                              f"Weights file not found: {path}. Put {path.name} in {path.absolute().parent}.")
-    size, container = path.stat().st_size, sniff_container(path)
-    if container in (*FAILED_DOWNLOADS, "gguf"):
-        what = FAILED_DOWNLOADS.get(container, "a GGUF file")
-        raise WeightFileError(f"{path} is {what} ({size} bytes), not a usable checkpoint — the "
-                              "download did not complete or fetched the wrong thing; download the real file again",
-                              broken=container != "gguf")
-    if container == "safetensors" or path.suffix.lower() in (".safetensors", ".sft") and container == "unknown":
-        sd = _read_safetensors(path, size)
-    else:
-        sd = _as_tensor_dict(path, _torch_load(path, size, mmap=container == "zip"))  # legacy pickles: read once
-    if not sd:
-        raise WeightFileError(f"{path} contains no tensors")
-    if dtype is not None:
-        _cast_each(sd, path, lambda key, t: dtype if t.is_floating_point() else None)
-    return sd
-
-
-def _check_dtype(dtype: torch.dtype | None) -> None:
-    if dtype not in (None, *LOADABLE_DTYPES):
-        raise ValueError(f"weights can be loaded as float32, float16 or bfloat16, not {dtype}")
-
-
-def _torch_load(path: Path, size: int, mmap: bool) -> object:
-    try:
-        with warnings.catch_warnings():  # plain pickle.dump files warn before being refused; the error says it all
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        refused = re.search(r"GLOBAL\s+(\S+)", str(e))
-        if refused or re.search(r"unsupported|not an allowed|reduce", str(e), re.IGNORECASE):
-            what = f" (it asks for {refused.group(1)})" if refused else ""
-            raise WeightFileError(
-                f"{path} contains Python code/objects{what}, refused for safety; only plain tensor checkpoints are "
-                "loaded — use the original weights file, or re-save it as a plain state dict / safetensors") from None
-        # Other unpickler errors are damage; the explanation follows torch's boilerplate paragraph.
-        detail = [p for p in str(e).split("\n\n") if p.strip() and "weights_only" not in p and "torch.load" not in p]
-        raise _corrupt(path, size, detail[0] if detail else "unreadable pickle") from None
-    except RuntimeError as e:
-        if "TorchScript" in str(e):
-            raise WeightFileError(f"{path} is a TorchScript model, not a state dict of weights — use the plain "
-                                  "weights file") from None
-        raise _corrupt(path, size, e) from None
-    except (OSError, EOFError, zipfile.BadZipFile, ValueError, struct.error, KeyError, IndexError) as e:
-        raise _corrupt(path, size, e) from None
-
-
-def _corrupt(path: Path, size: int, cause: object) -> WeightFileError:
-    reason = str(cause).strip().splitlines()[0][:160] if str(cause).strip() else type(cause).__name__
-    return WeightFileError(f"{path} is truncated or corrupt ({size} bytes; expected a PyTorch checkpoint; {reason}) "
-                           "— download it again", broken=True)
-
-
-def _as_tensor_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping) and len(obj) == 1 and next(iter(obj)) in ("state_dict", "module", "model"):
-        obj = next(iter(obj.values()))  # a training wrapper around the state dict
-    if not isinstance(obj, Mapping):
-        raise WeightFileError(f"{path} holds a {type(obj).__name__}, not a dict of tensors (a state dict)")
-    bad = [f"{k!r} ({type(v).__name__})" for k, v in obj.items() if not (isinstance(k, str) and torch.is_tensor(v))]
-    if bad:
-        raise WeightFileError(f"{path} is not a dict of tensors: {len(bad)} of its {len(obj)} entries are not "
-                              f"tensors, e.g. {_examples(bad)}")
-    return dict(obj)
-
-
-def _read_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
-    """Zero-copy views of one private mapping of the file (a tensor at an odd offset is copied out)."""
-    try:
-        header, sd = safetensors_header(path, size), {}
-        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
-        for key, info in header.items():
-            dt, (lo, hi) = _ST_DTYPES.get(info["dtype"]), info["data_offsets"]
-            if dt is None:
-                raise ValueError(f"{key}: unsupported dtype {info['dtype']}")
-            if math.prod(info["shape"]) * dt.itemsize != hi - lo:
-                raise ValueError(f"{key}: shape {info['shape']} does not match its {info['data_offsets']} bytes")
-            raw = torch.empty(0, dtype=torch.uint8).set_(storage, info["begin"], (hi - lo,))
-            sd[key] = (raw if info["begin"] % dt.itemsize == 0 else raw.clone()).view(dt).view(info["shape"])
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise WeightFileError(f"{path} is not a valid safetensors file ({e}; {size} bytes) — it may be truncated "
-                              "or not weights; download it again", broken=True) from None
-    return sd
-
-
-def _cast_each(sd: dict[str, torch.Tensor], path: Path,
-               target: Callable[[str, torch.Tensor], torch.dtype | None]) -> None:
-    """Cast entries in place, one at a time, dropping each source's mapped pages right after: without this every
-    page read while casting stays resident until the whole mapping is freed. The mapping is private and unwritten,
-    so the kernel refills a dropped page from the file if a neighbour sharing it is read again."""
-    mapped = _file_mappings(path)
-    for key in list(sd):
-        src, dtype = sd[key], target(key, sd[key])
-        if dtype is None or src.dtype == dtype:
-            continue
-        sd[key] = src.to(dtype)
-        start, end = src.data_ptr(), src.data_ptr() + src.numel() * src.element_size()
-        inside = next(((lo, hi) for lo, hi in mapped if lo <= start and end <= hi), None)
-        if inside and src.is_contiguous() and src.numel() and _MADVISE is not None:
-            a, b = start // mmap.PAGESIZE * mmap.PAGESIZE, min(-(-end // mmap.PAGESIZE) * mmap.PAGESIZE, inside[1])
-            _MADVISE(ctypes.c_void_p(a), ctypes.c_size_t(b - a), ctypes.c_int(4))  # MADV_DONTNEED
-
-
-def _file_mappings(path: Path) -> list[tuple[int, int]]:
-    """Address ranges where this process maps `path` (Linux /proc/self/maps; empty elsewhere)."""
-    try:
-        st, ranges = os.stat(path), []
-        with open("/proc/self/maps") as maps:
-            for parts in (line.split(None, 5) for line in maps):
-                device = tuple(int(x, 16) for x in parts[3].split(":")) if len(parts) >= 5 else None
-                if device == (os.major(st.st_dev), os.minor(st.st_dev)) and int(parts[4]) == st.st_ino:
-                    ranges.append(tuple(int(x, 16) for x in parts[0].split("-")))
-        return ranges
-    except (OSError, ValueError):
-        return []
-
-
-# libc's madvise (Linux); arguments are passed as explicit ctypes values, so no prototype is needed.
-_MADVISE = getattr(ctypes.CDLL(None), "madvise", None) if sys.platform.startswith("linux") else None
-
-
 def load_weights_into(module: nn.Module, path: str | os.PathLike, slot: str, dtype: torch.dtype | None = None,
                       device: str | torch.device = "cpu") -> nn.Module:
     """Strictly load `path` into `module` (ideally built on the meta device) without a second host copy; `slot`
     (a catalog slot, or a free description) names what belongs there in messages, `dtype` casts floating tensors
     (None keeps the module's own). Returns the module, on `device`."""
     (description, filename, _), path = slot_names(slot), Path(path)
-    _check_dtype(dtype)
+    check_dtype(dtype)
     try:
         sd = read_state_dict(path)
     except WeightFileError as e:
@@ -193,14 +46,14 @@ def load_weights_into(module: nn.Module, path: str | os.PathLike, slot: str, dty
                 if t is not None and not t.is_meta and f"{prefix}.{name}".lstrip(".") in expected:
                     meta = torch.empty_like(t, device="meta")
                     store[name] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    _cast_each(sd, path, lambda key, t: dtype if dtype is not None and expected[key].dtype.is_floating_point
+    cast_each(sd, lambda key, t: dtype if dtype is not None and expected[key].dtype.is_floating_point
                else expected[key].dtype)
     module.load_state_dict(sd, strict=True, assign=True)
     del sd
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if left:
         raise RuntimeError(f"{len(left)} tensors are still on the meta device after loading {path}, e.g. "
-                           f"{_examples(left)}: they are not in the checkpoint, so the model must create them on a "
+                           f"{examples(left)}: they are not in the checkpoint, so the model must create them on a "
                            "real device")
     return module.to(device) if torch.device(device).type != "cpu" else module
 
@@ -217,7 +70,7 @@ def check_fits(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tens
         raise WeightFileError(" ".join([
             f"{path} does not fit: expected {description} ({filename}). {len(missing)} missing, {len(unexpected)} "
             f"unexpected and {len(wrong)} wrong-shape keys (the file has {len(shapes)} tensors, the model expects "
-            f"{len(expected)}).", *(f"{what} e.g. {_examples(keys)}." for what, keys in (
+            f"{len(expected)}).", *(f"{what} e.g. {examples(keys)}." for what, keys in (
                 ("Missing", missing), ("Unexpected", unexpected)) if keys),
             *(f"Wrong shape e.g. {k}: file {list(shapes[k])} vs model {list(expected[k].shape)}." for k in wrong[:1]),
             identity_hint(shapes, slot)]))
@@ -225,7 +78,7 @@ def check_fits(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tens
     if mistyped:
         found = "/".join(sorted({str(sd[k].dtype).removeprefix("torch.") for k in mistyped}))
         raise WeightFileError(f"{path} holds {found} tensors where {description} needs floating-point weights "
-                              f"({len(mistyped)} of {len(sd)}, e.g. {_examples(mistyped)}): it is a quantised or "
+                              f"({len(mistyped)} of {len(sd)}, e.g. {examples(mistyped)}): it is a quantised or "
                               f"converted copy. Use the original {filename} (fp32, fp16 or bf16).")
 
 
@@ -235,7 +88,3 @@ def identity_hint(shapes: Mapping[str, tuple[int, ...]], slot: str) -> str:
     return (f"It is {NO_MATCH}; `python tools/models.py check` lists them." if found is None else
             f"It looks like {found[1]}, but for a different model size or version." if found[0] == kind else
             f"This looks like {found[1]}; use {filename} here.")
-
-
-def _examples(keys: list[str]) -> str:
-    return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")

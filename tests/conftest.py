@@ -1,4 +1,4 @@
-"""Test-wide setup: one CPU thread, the reference data, and import paths.
+"""Test-wide setup: one CPU thread, the reference data (reference/), and import paths.
 
 ComfyUI's folder goes first on sys.path so `import nodes` is always core's module; the repo root goes last so
 `sonic_model` and `tools` resolve without our `nodes/` package shadowing core's.
@@ -13,12 +13,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = REPO.parent / "shared" / "reference"
 
 torch.set_num_threads(1)
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 from tools.comfy_runtime import COMFYUI_DIR  # noqa: E402  (.venv/ComfyUI, or $COMFYUI_DIR)
+from tools.reference_data import REFERENCE_DIR  # noqa: E402  (reference/ in the repo)
 
 if str(COMFYUI_DIR) not in sys.path:
     sys.path.insert(0, str(COMFYUI_DIR))
@@ -32,7 +32,7 @@ import_comfy()
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    assert REFERENCE_DIR.is_dir(), f"reference data missing: expected {REFERENCE_DIR} (../shared beside the checkout)"
+    assert REFERENCE_DIR.is_dir(), f"reference data missing: expected {REFERENCE_DIR} (tracked in the repository)"
     return REFERENCE_DIR
 
 

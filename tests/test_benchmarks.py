@@ -26,12 +26,13 @@ def test_sampler_overhead_counts_unet_calls():
 
 
 def test_load_memory_measures_sonic_loading_against_the_libraries_own_readers(tmp_path):
-    out = _run("benchmarks/load_memory.py", "--scale", "0.02", "--generic", "--format", "safetensors",
-               "--targets", "bf16", "--tmpdir", str(tmp_path))
-    rows = {cells[0]: cells for cells in map(str.split, out.splitlines()) if cells[1:2] == ["fp16->bf16"]}
-    assert set(rows) == {"lean", "library", "naive"}, out
-    assert len({row[-1] for row in rows.values()}) == 1, "the three loads must give the same weights (checksum)"
-    assert "lean target (<= 1.2x model size):" in out  # at 2 % of the UNet fixed overheads decide: not asserted
+    out = _run("benchmarks/load_memory.py", "--scale", "0.02", "--generic", "--file-dtype", "fp32", "--targets", "bf16",
+               "--cases", "lean,safe_open,torch_mmap,naive", "--tmpdir", str(tmp_path))
+    rows = {cells[0]: cells for cells in map(str.split, out.splitlines()) if cells[3:4] == ["bf16"]}
+    assert set(rows) == {"lean", "safe_open", "torch_mmap", "naive"}, out
+    assert len({row[-1] for row in rows.values()}) == 1, "the four loads must give the same weights (checksum)"
+    assert "safe_open vs lean -> bf16:" in out and "torch_mmap vs lean -> bf16:" in out
+    assert not list(tmp_path.iterdir()), "the temporary checkpoints are left behind"
 
 
 def test_long_audio_device_peak_runs_the_shipped_sampler_on_the_stand_in_and_ends_with_the_growth_line():

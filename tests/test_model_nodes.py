@@ -1,5 +1,6 @@
 """Loader, audio and motion nodes on random weights in the real file formats."""
 import math
+import re
 import shutil
 
 import pytest
@@ -95,6 +96,16 @@ def test_batched_audio_is_refused_with_the_fix(sonic_dir):
     batch = {"waveform": torch.zeros(2, 1, 16000), "sample_rate": 16000}
     with pytest.raises(ValueError, match="Pick one clip"):
         audio_node.encode_sonic_audio(_load(sonic_dir), batch)
+
+
+def test_the_frontend_takes_each_presets_beta_from_its_label(repo_dir):
+    """web/sonic.js restates no preset table: its presetBeta() reads β from the label, with the regex used here."""
+    js = (repo_dir / "web" / "sonic.js").read_text()
+    pattern = re.search(r"function presetBeta\(label\) \{\n  const match = /(.+?)/\.exec", js).group(1)
+    assert {label: float(re.search(pattern, label).group(1)) for label in motion.PRESETS} == motion.PRESETS
+    assert re.search(pattern, motion.CUSTOM) is None
+    assert not any(label in js for label in motion.PRESETS)
+    assert motion.DEFAULT_PRESET in motion.PRESETS
 
 
 def test_motion_presets_scale_and_sliders_override(sonic_dir):

@@ -15,7 +15,7 @@ RUN_BY = {
     "make test": ".ci/run (CI runs exactly this)",
     "python tools/models.py check --models-dir ../../models": "test_models_commands_run below",
     "python tools/models.py download --models-dir ../../models": "test_models_commands_run below (dry run, offline)",
-    ".venv/bin/python tools/parity.py ../shared/reference/golden/*.json ../shared/reference/manifest/*.json":
+    ".venv/bin/python tools/parity.py reference/golden/*.json reference/manifest/*.json":
         "tests/test_parity_tool.py runs it on every reference file",
 }
 

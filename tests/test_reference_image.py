@@ -97,7 +97,7 @@ def test_no_face_errors_or_falls_back_to_the_whole_image():
     assert str(e.value) == NO_FACE_MESSAGE
     assert str(e.value) == ("No face found in the reference image. Use a clearer frontal portrait, or set no_face "
                             "to 'whole image' to animate the whole picture (optionally connect a mask).")
-    with pytest.raises(ValueError, match="No face detector is loaded"):
+    with pytest.raises(ValueError, match="face detector file yoloface_v5m.pt is missing, so no face can be found"):
         prepare_reference(img, None, no_face="error")
     for faces in ([], None):
         for mode in ("whole image", "whole_image"):

@@ -12,7 +12,7 @@ from sonic_model.step_tracker import StepTracker
 
 
 def test_official_golden_window_schedule():
-    # README §4.5 point 3: N = 13, f = 5, α = 2.
+    # The official pipeline golden's run (`docs/official-behaviour.md` §4): N = 13, f = 5, α = 2.
     expected = {0: [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 0, 1]],
                 1: [[11, 12, 0, 1, 2], [3, 4, 5, 6, 7], [8, 9, 10, 11, 12]],
                 3: [[7, 8, 9, 10, 11], [12, 0, 1, 2, 3], [4, 5, 6, 7, 8]]}

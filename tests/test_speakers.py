@@ -201,3 +201,17 @@ def test_errors_name_the_fix(loaded):
         _speakers(loaded, [tone(220), tone(330)], faces="0, 2")
     with pytest.raises(ValueError, match="mask_2 is 32×32 but the image is 320×160"):
         _speakers(loaded, [tone(220), tone(330)], masks=[None, torch.ones(1, 32, 32)])
+
+
+def test_without_a_detector_every_speaker_needs_a_mask():
+    from types import SimpleNamespace
+
+    from sonic_pack.nodes.image import DETECTOR_MISSING
+    from sonic_pack.nodes.speakers import speaker_faces
+
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError) as e:
+        speaker_faces(SimpleNamespace(face_detector=None), rgb, [None, None], "left to right", "auto")
+    message = str(e.value)
+    assert message.startswith(DETECTOR_MISSING.split(". Add it")[0]) and "models/sonic" in message
+    assert message.endswith("Add it, or connect a mask for every speaker.")

@@ -27,3 +27,14 @@ def test_importing_the_pack_takes_under_0_3_s_and_leaves_diffusers_for_the_first
         times.append(float(out[-2]))
         assert out[-1] == "False", "diffusers was imported at ComfyUI start"
     assert min(times) < STARTUP_BUDGET_S, times
+
+
+def test_the_entry_file_imports_on_its_own(repo_dir):
+    """pytest imports __init__.py as a plain module when the clone's folder is no Python name (`git clone` makes
+    `sonic-portrait`): it must import without a package and register nothing; ComfyUI always gives it one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("__init__", repo_dir / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.WEB_DIRECTORY == "./web" and not hasattr(module, "comfy_entrypoint")

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from sonic_model.partial_files import partial_path
-from sonic_model.video_writer import StreamingMp4Writer, as_fraction, to_uint8
+from sonic_model.pixels import to_uint8
+from sonic_model.video_writer import StreamingMp4Writer, as_fraction
 
 W, H = 34, 30
 

@@ -6,7 +6,7 @@
 
 On the GPU machine (no network, no diffusers/PyAV/ComfyUI) it first unpacks .gpu-check/payload
 (tools/gpu_check_pack.py): the wheels into a private site folder (`pip install --no-index --target`), ComfyUI
-into .venv/ComfyUI, the reference data beside them. Then, within one call's time:
+into .venv/ComfyUI; the reference data comes with the working tree (reference/). Then, within one call's time:
 
   b. tools/parity.py on every golden and manifest on CUDA in fp32 (the README's tolerances), fp16 and bf16 (the
      measured ones, tools/parity_checks/precision.py);
@@ -40,6 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tools.reference_data import REFERENCE_DIR  # noqa: E402
 
 PAYLOAD = ROOT / ".gpu-check" / "payload"
 WORK = ROOT / ".gpu-check" / "work"
@@ -116,7 +118,7 @@ def run_logged(cmd: list[str], log: Path, timeout: float) -> tuple[int, str, flo
 # ---- payload -----------------------------------------------------------------------------------------------------
 
 def missing_here() -> set[str]:
-    """Which parts of the payload this machine needs: none where `make setup` ran and ../shared is beside us."""
+    """Which parts of the payload this machine needs: none where `make setup` ran."""
     import importlib.util
 
     missing = set()
@@ -124,14 +126,12 @@ def missing_here() -> set[str]:
         missing.add("wheels")
     if not (COMFYUI_DIR / "main.py").exists():
         missing.add("comfyui")
-    if not (ROOT.parent / "shared" / "reference").is_dir():
-        missing.add("reference")
     return missing
 
 
 def unpack_payload(payload: Path, work: Path, parts: set[str]) -> list[str]:
-    """Install the carried wheels and unpack ComfyUI and the reference data (those of `parts` the payload holds,
-    each once per machine); returns what was done."""
+    """Install the carried wheels and unpack ComfyUI (those of `parts` the payload holds, each once per machine);
+    returns what was done."""
     done = []
     site = work / "site"
     if "wheels" in parts and (payload / "wheels.tar.xz").exists() and not (site / ".complete").exists():
@@ -164,16 +164,7 @@ def unpack_payload(payload: Path, work: Path, parts: set[str]) -> list[str]:
         with tarfile.open(payload / "comfyui.tar.xz") as tar:
             tar.extractall(venv, filter="data")
         done.append(f"unpacked ComfyUI into {COMFYUI_DIR}")
-    if "reference" in parts and (payload / "reference.tar.xz").exists() and not (work / "reference").is_dir():
-        with tarfile.open(payload / "reference.tar.xz") as tar:
-            tar.extractall(work, filter="data")
-        done.append(f"unpacked the reference data into {work / 'reference'}")
     return done
-
-
-def reference_dir(work: Path) -> Path:
-    beside = ROOT.parent / "shared" / "reference"  # a developer's checkout; the GPU machine has the carried copy
-    return beside if beside.is_dir() else work / "reference"
 
 
 # ---- b. parity -----------------------------------------------------------------------------------------------
@@ -437,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     cuda = torch.cuda.is_available() and not args.dry_run
-    plan = Plan.make(cuda, reference_dir(args.work))
+    plan = Plan.make(cuda, REFERENCE_DIR)
     facts = machine_facts(cuda)
     say("\n".join(facts))
     runners = {"b": lambda: parity_step(plan, out, clock),

@@ -11,9 +11,9 @@ and a call may carry at most 64 MiB (working tree included). Written to OUT:
                     PyAV wheel's ffmpeg libraries go from 35 to 25 MB); gpu_check.py zips them back for pip
   comfyui.tar.xz    the ComfyUI runtime folder (.venv/ComfyUI): code and small configs, no tests, API nodes,
                     tokenizer data, images or docs (Sonic uses none of them)
-  reference.tar.xz  the shared reference data (goldens, manifests), which lives outside the checkout
 
-and checks the total against the budget, with the working tree counted in. Carry OUT's parent to the GPU machine
+and checks the total against the budget, with the working tree counted in (it carries the reference data, 32 MiB
+of reference/). Carry OUT's parent to the GPU machine
 (`carry: [".gpu-check/payload"]`). Wheels come from PyPI through pip (`pip download --only-binary=:all:`).
 """
 from __future__ import annotations
@@ -31,7 +31,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = ROOT / ".venv" / "ComfyUI"
-REFERENCE_DIR = ROOT.parent / "shared" / "reference"
 PAYLOAD = ROOT / ".gpu-check" / "payload"
 BUDGET_BYTES = 64 * 2**20          # one device call: working tree + carried paths
 TREE_MARGIN_BYTES = 2 * 2**20      # room for the working tree to grow between prepare and run
@@ -198,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=PAYLOAD)
     args = parser.parse_args(argv)
-    if not (COMFYUI_DIR / "main.py").is_file() or not REFERENCE_DIR.is_dir():
-        raise SystemExit(f"need {COMFYUI_DIR} (make setup) and {REFERENCE_DIR} (the shared reference data)")
+    if not (COMFYUI_DIR / "main.py").is_file():
+        raise SystemExit(f"need {COMFYUI_DIR} (make setup)")
     downloads = args.out.parent / "downloads"
     shutil.rmtree(downloads, ignore_errors=True)
     wheels = fetch_wheels(downloads)
@@ -207,9 +206,6 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {"wheels.tar.xz": write_tar_xz(args.out / "wheels.tar.xz", unzipped_wheel_files(wheels))}
     comfy = [(f"ComfyUI/{rel}", COMFYUI_DIR / rel) for rel in select_comfy_files(COMFYUI_DIR)]
     sizes["comfyui.tar.xz"] = write_tar_xz(args.out / "comfyui.tar.xz", comfy)
-    reference = [(f"reference/{p.relative_to(REFERENCE_DIR)}", p) for p in sorted(REFERENCE_DIR.rglob("*"))
-                 if p.is_file()]
-    sizes["reference.tar.xz"] = write_tar_xz(args.out / "reference.tar.xz", reference)
     print("\n".join(check_budget(sizes, tree_bytes())))
     print(f"payload ready in {args.out}: carry {args.out.relative_to(ROOT)} and run `make gpu-check` there")
     return 0

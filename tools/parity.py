@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Check our implementation against the official Sonic reference data.
+"""Check our implementation against the official Sonic reference data (reference/, see its README.md).
 
-    .venv/bin/python tools/parity.py ../shared/reference/golden/*.json ../shared/reference/manifest/*.json
-    .venv/bin/python tools/parity.py --dtype bf16 --device cuda ../shared/reference/golden/*.json
+    .venv/bin/python tools/parity.py reference/golden/*.json reference/manifest/*.json
+    .venv/bin/python tools/parity.py --dtype bf16 --device cuda reference/golden/*.json
 
 Each file is dispatched on its own description: a golden's `golden_type` field, or, for a key manifest
 (`{"key": [shape]}`), on which model its key set belongs to. Prints the max-abs error of every output against the
@@ -11,7 +11,7 @@ stored one and exits 1 if any exceeds the golden's recommended tolerance (2 if a
 
 --dtype fp16|bf16 runs every model in that precision and judges the outputs by the tolerances measured for it
 (tools/parity_checks/precision.py; fp32 keeps the golden's own). --device runs on another torch device, with TF32 off
-as the reference README asks. Key manifests are shapes only: the same check in every precision.
+as the reference data's tolerances ask. Key manifests are shapes only: the same check in every precision.
 """
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
             return 2
-        torch.backends.cuda.matmul.allow_tf32 = False  # the goldens' tolerances are for true fp32 (README §5)
+        # the goldens' tolerances are for true fp32 (`reference/README.md` §4)
+        torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     failed = 0
     seen: set[Path] = set()

@@ -14,7 +14,6 @@ import { api } from "../../scripts/api.js";
 
 const AUTO = -1; // bucket slider value meaning "use the prediction" (nodes/motion.py)
 const MANUAL_DEFAULT = 32; // where a slider lands when auto is switched off and it had no manual value yet
-const PRESETS = { "mild (0.5)": 0.5, "moderate (1.0)": 1.0, "intense (2.0)": 2.0 };
 const CUSTOM = "custom";
 const GENERATION_FPS = 12.5; // Sonic generates 12.5 frames per second
 const RIFE_FPS = 25; // RIFE x2 inserts one frame between each pair: 2N - 1 frames
@@ -293,6 +292,12 @@ function setupAutoToggle(node, sliderName) {
   };
 }
 
+// A preset's label ends with the β it uses in brackets (nodes/motion.py PRESETS is the one table).
+function presetBeta(label) {
+  const match = /\(([0-9.]+)\)$/.exec(String(label ?? ""));
+  return match ? Number(match[1]) : undefined;
+}
+
 function setupBetaPreset(node) {
   const preset = findWidget(node, "motion_preset");
   const beta = findWidget(node, "beta");
@@ -300,7 +305,7 @@ function setupBetaPreset(node) {
   const baseLabel = beta.label || "beta";
 
   function sync() {
-    const value = PRESETS[preset.value];
+    const value = preset.value === CUSTOM ? undefined : presetBeta(preset.value);
     const custom = preset.value === CUSTOM || value === undefined;
     if (!custom && beta.value !== value) beta.value = value; // the slider shows the β the preset uses
     beta.disabled = !custom;

@@ -1,4 +1,4 @@
-"""Parity of the audio adapters with the `audio2token` and `audio2bucket` goldens (reference README §4.1, §4.2)."""
+"""Parity of the audio adapters with the `audio2token` and `audio2bucket` goldens (`docs/official-behaviour.md` §3)."""
 from __future__ import annotations
 
 import torch

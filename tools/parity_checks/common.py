@@ -1,7 +1,7 @@
 """Shared pieces of the parity tool: reading goldens, looking up tolerances, comparing tensors.
 
 A golden is a `.json` description plus the `.safetensors` file (and companions) it names; see
-`../shared/reference/README.md` §2. Every check module returns a list of `Comparison`s.
+`reference/README.md` §2. Every check module returns a list of `Comparison`s.
 
 A golden is read for one run precision and device (`read_golden(path, dtype, device)`): its tensors stay on the CPU
 in fp32 as stored, each check moves its models with `cast_model` and its inputs with `Golden.input` to the run's device

@@ -1,6 +1,6 @@
 """Tolerances of fp16 and bf16 runs against the fp32 goldens, derived from measurement.
 
-The golden tolerances (reference README §5) are for float32. A half-precision run differs from them by its own
+The golden tolerances (`reference/README.md` §4) are for float32. A half-precision run differs from them by its own
 rounding, so its tolerance comes from measuring that rounding: `benchmarks/precision_errors.py --write` runs every
 golden in fp32, fp16 and bf16 over several seeds (the golden's own weights and copies with every weight scaled by
 1 + 0.25·N(0, 1)) and stores, per output, the worst of two statistics in `precision_tolerances.json`:

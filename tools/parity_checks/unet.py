@@ -1,4 +1,4 @@
-"""Parity of the Sonic UNet with the `unet_single_window` golden (reference README §4.3).
+"""Parity of the Sonic UNet with the `unet_single_window` golden (`docs/official-behaviour.md` §2).
 
 Every case listed in the json is run through one model built from the json's `config` and strictly loaded from
 `weights.*`; `<case>.out.sample` is compared with the golden's tolerance and each `<case>.aux.mask_downsample_<h>x<w>`

@@ -1,5 +1,6 @@
 """Parity of the audio path (waveform → mel → Whisper states → windows → tokens, buckets) with the
-`whisper_windows` goldens (reference README §4.4). The long golden stores the windows of selected frames only."""
+`whisper_windows` goldens (`docs/official-behaviour.md` §3). The long golden stores the windows of selected frames
+only."""
 from __future__ import annotations
 
 import torch
