@@ -113,8 +113,9 @@ def test_buckets_node_precedence_curve_then_slider_then_prediction_and_its_chart
     n, beta = 40, 1.3
     raw = _raw(n)
     monkeypatch.setattr(motion, "predict_buckets", lambda *_: raw)
+    monkeypatch.setattr(motion, "load_for_stage", lambda patcher: SimpleNamespace(audio2bucket=None))
     curve = parse_keyframes("0: 20\n3: 60")
-    models, image = SimpleNamespace(audio2bucket=None), SimpleNamespace(image_embeds=None)  # the prediction: `raw`
+    models, image = SimpleNamespace(audio_patcher=None), SimpleNamespace(image_embeds=None)  # the prediction: `raw`
     out = motion.SonicMotionBucketsNode.execute(models, None, image, "custom", beta, head_motion=50, expression=70,
                                                 head_motion_curve=curve)
     result, (report,) = out.result[0], out.ui["sonic_motion"]
