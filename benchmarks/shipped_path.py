@@ -84,9 +84,13 @@ def sample(model, inputs: ClipInputs, steps: int, window: int = 25, shift: int =
 
 
 def load_vae(models: Path):
-    """Core's VAE of the models folder's SVD checkpoint, as the loader reads it."""
+    """Core's VAE of the models folder's SVD checkpoint, read by core's loader as the Sonic loader reads it (without
+    the CLIP vision model, which no measured phase uses)."""
+    import comfy.sd
+
     path = sorted((models / "checkpoints").glob("svd_xt*.safetensors"))[0]
-    return pack_module("nodes.loaders")._svd_parts(path)[0]
+    return comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=False,
+                                                 output_clipvision=False, output_model=False)[2]
 
 
 def load_rife(models: Path) -> torch.nn.Module:
