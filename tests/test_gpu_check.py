@@ -73,7 +73,7 @@ def test_stages_rerun_only_those_named_and_keep_the_other_parts(tmp_path, tiny_m
     result, report, _ = _dry_run(tmp_path, tiny_models_dir, "--stages", "parity")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "earlier part" in report and "stale part" not in report and "## parity: ok" in report
-    assert "| compile | 50 | 3 | ok |" in report and "| bench shipped path | 135 | - | not run |" in report
+    assert "| compile | 55 | 3 | ok |" in report and "| bench shipped path | 120 | - | not run |" in report
     assert report.startswith("# Sonic gpu-check: PASSED")
     bad = subprocess.run([sys.executable, "tools/gpu_check.py", "--dry-run", "--stages", "parity,nope"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)

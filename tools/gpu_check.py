@@ -94,14 +94,14 @@ def workflows_033(ctx: Context, clock: Clock) -> Step:
 
 # In run order; the sum of the budgets (510 s) leaves 30 s of a 540 s call for the set-up (unpacking the payload).
 STAGES = (
-    Stage("parity", 45, lambda c, k: parity_step("parity", c.plan, c.out, k)),
-    Stage("workflows 0.3.75", 125, lambda c, k: workflows_step("workflows 0.3.75", c.plan, c.plan.runs, COMFYUI_DIR,
+    Stage("parity", 35, lambda c, k: parity_step("parity", c.plan, c.out, k)),
+    Stage("workflows 0.3.75", 150, lambda c, k: workflows_step("workflows 0.3.75", c.plan, c.plan.runs, COMFYUI_DIR,
                                                                c.out, c.work, k, c.models)),
     Stage("workflows 0.33.0", 70, workflows_033),
-    Stage("bench shipped path", 135, lambda c, k: bench_step("bench shipped path", c.plan, c.out, k)),
-    Stage("emulate 8 GiB", 45, lambda c, k: emulate_step("emulate 8 GiB", 8, c.plan, c.out, c.work, c.models, k)),
+    Stage("bench shipped path", 120, lambda c, k: bench_step("bench shipped path", c.plan, c.out, k)),
+    Stage("emulate 8 GiB", 40, lambda c, k: emulate_step("emulate 8 GiB", 8, c.plan, c.out, c.work, c.models, k)),
     Stage("emulate 12 GiB", 40, lambda c, k: emulate_step("emulate 12 GiB", 12, c.plan, c.out, c.work, c.models, k)),
-    Stage("compile", 50, lambda c, k: compile_step("compile", c.plan, c.out, k)),
+    Stage("compile", 55, lambda c, k: compile_step("compile", c.plan, c.out, k)),
 )
 
 
