@@ -10,8 +10,9 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
-from tools.gpu_check_pack import (GPU_IMAGE_PACKAGES, download, keep_comfy_file, missing_closure, normalise,
-                                  wheel_name)
+from tools.gpu_check_pack import GPU_IMAGE_PACKAGES, download, keep_comfy_file, missing_closure, normalise
+from tools.gpu_check_pack import pinned as installed_pin
+from tools.gpu_check_pack import wheel_name
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where the search tool's `fetch` of github:yzkee/ComfyUI leaves the snapshot (beside the checkout's folder).
@@ -19,7 +20,8 @@ SNAPSHOT_GIT = ROOT.parent / ".mirror" / "yzkee+ComfyUI" / "repo"
 TREE_NAME = "ComfyUI-0.33.0"
 # 0.33.0 imports these at start (comfy-aimdo: dynamic VRAM; comfy-kitchen: kernels behind its attention and fp8);
 # simpleeval and blake3 serve a core math node and asset hashing.
-WANTED_033 = ("comfy-aimdo", "comfy-kitchen", "simpleeval", "blake3")
+# SQLAlchemy: 0.33.0's asset database queries import it at start (0.3.75 only used it behind a try).
+WANTED_033 = ("comfy-aimdo", "comfy-kitchen", "simpleeval", "blake3", "sqlalchemy")
 # comfy-kitchen's manylinux wheel carries 230 MB of CUDA/HIP kernels; its pure wheel runs the same API on torch.
 PURE_ONLY = {"comfy-kitchen"}
 
@@ -59,11 +61,12 @@ def tree_files(git_dir: Path, rev: str = "HEAD") -> list[tuple[str, bytes]]:
 
 
 def pins(git_dir: Path, rev: str = "HEAD") -> list[str]:
-    """WANTED_033 as the tree's requirements.txt pins them (unpinned where it does not)."""
+    """WANTED_033 at the tree's own exact pins (requirements.txt `==`), else at the versions installed here."""
     lines = git(git_dir, "show", f"{rev}:requirements.txt").decode().splitlines()
     pinned = {normalise(re.split(r"[=<>~!; ]", line, maxsplit=1)[0]): line.strip() for line in lines
               if line.strip() and not line.startswith("#")}
-    return [pinned.get(normalise(name), name) for name in WANTED_033]
+    exact = {name: spec for name, spec in pinned.items() if "==" in spec}
+    return [exact.get(normalise(name)) or installed_pin([name])[0] for name in WANTED_033]
 
 
 def fetch_wheels_033(git_dir: Path, dest: Path, present: set[str]) -> list[Path]:
