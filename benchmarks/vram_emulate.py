@@ -99,8 +99,8 @@ def one_length(shipped, model, vae, rife, seconds: float, run_seconds: float, ar
     except torch.OutOfMemoryError as error:
         return "out of memory", [Phase("sampling", 0, None, str(error).splitlines()[0][:160])]
     mode = mode_of(chosen)
-    shape = mm_model.RunShape(512, 512, 25, "fp16", frames_total=int(seconds * FPS), decode_chunk=CHUNK, rife_batch=RIFE_BATCH,
-                              vae_dtype=_dtype_name(vae.vae_dtype))
+    shape = mm_model.RunShape(512, 512, 25, "fp16", frames_total=int(seconds * FPS), decode_chunk=CHUNK,
+                              rife_batch=RIFE_BATCH, vae_dtype=_dtype_name(vae.vae_dtype))
     predicted = mm_model.estimate(shape, mode)
     phases = [Phase("sampling", predicted.sampling, sampled)]
     chunk, batch = (2, 2) if tiny else (CHUNK, RIFE_BATCH)  # tiny: the same calls on fewer frames
@@ -124,7 +124,8 @@ def predicted_lines(card: int, seconds: list[float]) -> list[str]:
     free = mm_model.card_free_vram(card, "linux")
     lines = [f"Predicted (sonic_model/memory_model.py) for 512², fp16, window 25 on {card / mm_model.GIB:.0f} GiB "
              f"({free / mm_model.GIB:.2f} GiB free after the CUDA context and core's reserve):", "",
-             "| audio s | mode it picks | sampling GiB | decode GiB | RIFE GiB | peak GiB | fits |", "|---|---|---|---|---|---|---|"]
+             "| audio s | mode it picks | sampling GiB | decode GiB | RIFE GiB | peak GiB | fits |",
+             "|---|---|---|---|---|---|---|"]
     for s in seconds:
         try:
             est = mm_model.choose_mode(free, 512, 512, 25, "fp16", frames_total=int(s * FPS))
@@ -140,7 +141,8 @@ def predicted_lines(card: int, seconds: list[float]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--card-gib", type=float, required=True, help="the card to emulate, GiB")
-    parser.add_argument("--models", type=Path, required=True, help="random-weights models folder (tools/tiny_models.py)")
+    parser.add_argument("--models", type=Path, required=True,
+                        help="random-weights models folder (tools/tiny_models.py)")
     parser.add_argument("--seconds", default="10,60", help="audio lengths, seconds")
     parser.add_argument("--steps", type=int, default=1, help="sampling steps per run (the peak does not depend on it)")
     parser.add_argument("--tiny", action="store_true", help="tiny UNet at 64² on the CPU (the dry run's code check)")
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     model = shipped.sonic_model(unet, low_vram=None, compute_dtype=dtype)
     vae, rife = shipped.load_vae(args.models), shipped.load_rife(args.models)
     free = native.mm.get_free_memory(native.mm.get_torch_device())
-    print(f"Card {args.card_gib:g} GiB emulated on {torch.cuda.get_device_name() if cuda else 'the CPU (tiny UNet, 64²)'}"
+    where = torch.cuda.get_device_name() if cuda else "the CPU (tiny UNet, 64²)"
+    print(f"Card {args.card_gib:g} GiB emulated on {where}"
           f"; CUDA context {context / mm_model.GIB:.2f} GiB; --reserve-vram {RESERVE_GIB:.2f}; core reads "
           f"{free / mm_model.GIB:.2f} GiB free; models built in {time.perf_counter() - start:.0f} s")
     print("\n".join(predicted_lines(card, seconds)))

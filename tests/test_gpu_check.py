@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from conftest import COMFYUI_DIR, REPO
-from tools.gpu_check import length_verdict, unpack_payload
+from tools.gpu_check import unpack_payload
 from tools.gpu_check_pack import (check_budget, missing_closure, pinned, select_comfy_files,
                                   unzipped_wheel_files, wheel_requirements)
+from tools.gpu_check_workflows import length_verdict
 
 MiB = 2**20
 

@@ -12,8 +12,9 @@ stages, in order, each within its time budget (STAGES; the dry run prints them):
 
   parity               tools/parity.py on every golden and manifest in fp32, fp16 and bf16
   workflows 0.3.75     the shipped API workflows in a headless ComfyUI 0.3.75 on random full-size weights at 512²
-                       with their defaults (10 s of the basic one, 2 s of each other); each mp4 checked (frames,
-                       frame rate, video length = audio length, sound); end-to-end s per video-second
+                       with their defaults (2 s then 10 s of the basic one, 2 s of each other); each mp4
+                       checked (frames, frame rate, video length = audio length, sound); end-to-end s per
+                       video-second
   workflows 0.33.0     the same on ComfyUI 0.33.0 with its defaults (dynamic VRAM where it turns itself on);
                        skipped, with the reason, where that tree is not packed
   bench shipped path   benchmarks/shipped_bench.py: the Sonic MODEL + Sonic guider + core sampler, the library path
@@ -50,7 +51,7 @@ if str(ROOT) not in sys.path:
 
 from tools.gpu_check_core import COMFYUI_033_NAME, COMFYUI_DIR, WORK, Clock, Plan, Step, say  # noqa: E402
 from tools.gpu_check_stages import bench_step, compile_step, emulate_step, parity_step  # noqa: E402
-from tools.gpu_check_workflows import length_verdict, missing_033_packages, site_env, workflows_step  # noqa: E402,F401
+from tools.gpu_check_workflows import missing_033_packages, site_env, workflows_step  # noqa: E402
 
 PAYLOAD = ROOT / ".gpu-check" / "payload"
 REPORT_NAME = "gpu-check-report.md"
@@ -288,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default="all",
                         help="comma-separated stages to run (the others' earlier parts in $OUT are kept): "
                              + ", ".join(s.name for s in STAGES))
+    parser.add_argument("--stage-budget", type=float, default=None,
+                        help="seconds for each stage run instead of its own budget (a second call that reruns one "
+                             "stage, e.g. the benchmark, may give it the whole call)")
     parser.add_argument("--work", type=Path, default=WORK, help="scratch folder (weights, unpacked payload)")
     parser.add_argument("--models", type=Path, default=None,
                         help="an existing random-weights models folder (tools/tiny_models.py) instead of a new one")
@@ -314,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage in stages:
         start = time.perf_counter()
         try:
-            step = stage.run(ctx, Clock(min(stage.budget, clock.left())))
+            step = stage.run(ctx, Clock(min(args.stage_budget or stage.budget, clock.left())))
         except Exception as e:  # one broken stage must not cost the others their report
             step = Step(stage.name, False, lines=[f"crashed: {type(e).__name__}: {e}"])
         step.seconds = time.perf_counter() - start
@@ -325,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     report = write_report(out, facts, setup)
     print(report.read_text())
     say(f"report: {report}")
-    breaks = [line for step in steps if step.name == "compile" for line in step.lines if line.startswith("graph breaks")]
+    breaks = [line for step in steps if step.name == "compile" for line in step.lines
+              if line.startswith("graph breaks")]
     if breaks:
         print(breaks[-1], flush=True)  # the run's last line: the shipped UNet's graph breaks
     return 0 if all(s.ok for s in steps) else 1

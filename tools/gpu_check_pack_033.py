@@ -75,8 +75,9 @@ def fetch_wheels_033(git_dir: Path, dest: Path, present: set[str]) -> list[Path]
     while todo:
         pure = [t for t in todo if normalise(re.split(r"[=<>~!; ]", t, maxsplit=1)[0]) in PURE_ONLY]
         if pure:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--no-deps", "--only-binary=:all:",
-                            "--python-version", "3.12", "--platform", "any", "-d", str(dest), *pure], check=True)
+            subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--no-deps",
+                            "--only-binary=:all:", "--python-version", "3.12", "--platform", "any", "-d", str(dest),
+                            *pure], check=True)
         rest = [t for t in todo if t not in pure]
         if rest:
             download(rest, dest)
