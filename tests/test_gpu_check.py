@@ -212,3 +212,27 @@ def test_comfyui_033_is_packed_from_a_git_snapshot_without_what_the_run_never_re
     assert pins(bare) == ["comfy-aimdo==0.4.13", "comfy-kitchen==0.2.31", *pinned(["simpleeval", "blake3"]),
                           f"sqlalchemy=={__import__('sqlalchemy').__version__}"]
     assert pack_033(tmp_path / "absent", tmp_path / "payload", tmp_path / "dl", set()) == {}  # said why, no pack
+
+
+def test_the_emulation_reads_the_guiders_mode_and_predicts_for_the_card():
+    from benchmarks.vram_emulate import mode_of, predicted_lines
+    from sonic_model import memory_model as mm
+
+    assert mode_of("per-row guidance") == mm.PER_ROW and mode_of("batched guidance") == mm.BATCHED
+    offload = mode_of(str(mm.SamplingMode(mm.OFFLOAD.name, False, 8, True, int(1.25 * mm.GIB))))
+    assert offload.offload and offload.offload_bytes == int(1.25 * mm.GIB)
+    with pytest.raises(ValueError, match="unknown sampling mode"):
+        mode_of("sliced somehow")
+    rows = predicted_lines(8 * mm.GIB, [10, 60])
+    assert rows[-2].startswith("| 10 | per-row guidance |") and rows[-1].startswith("| 60 | ")
+    assert "does not fit" in predicted_lines(2 * mm.GIB, [10])[-1]  # a card too small says so
+
+
+def test_the_benchmark_covers_the_grid_most_telling_rows_first():
+    from benchmarks.shipped_bench import Sizes, all_rows
+
+    rows = all_rows(Sizes(None, 32, 25, 7, 50, 4, ((512, 512), (576, 1024)), "inductor"))
+    shipped = [r for r in rows if r.path == "shipped"]
+    assert len(shipped) == 16 and len({(r.compile, r.batched, r.dtype, r.height) for r in shipped}) == 16
+    assert len(rows) == 20 and rows[0] == rows[0].__class__("shipped", False, True, "bf16", 512, 512)
+    assert rows[1].path == "library" and not any(r.compile for r in rows[:12])  # eager rows before compiled ones
