@@ -8,7 +8,8 @@ On CUDA the process is capped to the card (`torch.cuda.set_per_process_memory_fr
 process counted in) and `torch.cuda.mem_get_info` answers as that card's driver would (total = the card, free = the
 card less the context and what torch holds), so that both core's loader and the Sonic guider read the card's free
 memory; ComfyUI gets the card's own --reserve-vram (core's Linux default). A reserve of (big card − small card)
-alone would not do: the guider reads core's free memory, which does not subtract the reserve.
+alone would not do: the guider reads core's free memory, which does not subtract the reserve (`--reserve-only`
+runs that way, to show what a user who reserves part of a big card gets).
 
 Then, as a user's workflow does: the UNet as a core MODEL with low_vram auto (the guider picks the mode from the free
 memory), one sampling run per audio length (`--steps`: the peak does not depend on the step count), the first two
@@ -47,13 +48,17 @@ class Phase:
     note: str = ""
 
 
-def cap_to_card(card: int) -> int:
-    """Cap this process to a `card`-byte GPU and make the CUDA free-memory reading that card's; returns the context
-    bytes counted against it (measured: what the device has in use beyond torch's own reservation)."""
+def cap_to_card(card: int, reading: bool = True) -> tuple[int, float]:
+    """Cap this process to a `card`-byte GPU; returns the context bytes counted against it (what the device has in
+    use beyond torch's own reservation) and the --reserve-vram (GiB) to give ComfyUI. `reading`: make the CUDA
+    free-memory reading the card's and keep core's own reserve; else leave the big card's reading and reserve the
+    difference (what a user of a shared big card does, which the guider's free-memory reading does not subtract)."""
     torch.cuda.init()
     free, total = torch.cuda.mem_get_info()
     context = total - free - torch.cuda.memory_reserved()
     torch.cuda.set_per_process_memory_fraction((card - context) / total)
+    if not reading:
+        return context, RESERVE_GIB + (total - card) / mm_model.GIB
     real = torch.cuda.mem_get_info
 
     def card_reading(device=None):
@@ -61,7 +66,7 @@ def cap_to_card(card: int) -> int:
         return min(free_now, card - context - torch.cuda.memory_reserved()), card
 
     torch.cuda.mem_get_info = card_reading
-    return context
+    return context, RESERVE_GIB
 
 
 def peak_of(run, device: torch.device):
@@ -146,19 +151,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", default="10,60", help="audio lengths, seconds")
     parser.add_argument("--steps", type=int, default=1, help="sampling steps per run (the peak does not depend on it)")
     parser.add_argument("--tiny", action="store_true", help="tiny UNet at 64² on the CPU (the dry run's code check)")
+    parser.add_argument("--reserve-only", action="store_true",
+                        help="CUDA: no card reading, only --reserve-vram (big card − card): how a shared card runs")
     args = parser.parse_args(argv)
     card = int(args.card_gib * mm_model.GIB)
     seconds = [float(s) for s in args.seconds.split(",")]
     cuda = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda" if cuda else "cpu")
-    context = cap_to_card(card) if cuda else 0
+    context, reserve = cap_to_card(card, not args.reserve_only) if cuda else (0, RESERVE_GIB)
 
     from tools.comfy_runtime import COMFYUI_DIR
 
     sys.path.insert(0, str(COMFYUI_DIR))
     import comfy.cli_args  # the card's own reserve, set before core's model management reads it
 
-    comfy.cli_args.args.reserve_vram = RESERVE_GIB
+    comfy.cli_args.args.reserve_vram = reserve
     from benchmarks import shipped_path as shipped
 
     torch.set_num_threads(torch.get_num_threads() if cuda else 1)
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     free = native.mm.get_free_memory(native.mm.get_torch_device())
     where = torch.cuda.get_device_name() if cuda else "the CPU (tiny UNet, 64²)"
     print(f"Card {args.card_gib:g} GiB emulated on {where}"
-          f"; CUDA context {context / mm_model.GIB:.2f} GiB; --reserve-vram {RESERVE_GIB:.2f}; core reads "
+          f"; CUDA context {context / mm_model.GIB:.2f} GiB; --reserve-vram {reserve:.2f}; core reads "
           f"{free / mm_model.GIB:.2f} GiB free; models built in {time.perf_counter() - start:.0f} s")
     print("\n".join(predicted_lines(card, seconds)))
     size = 512 if cuda else 64
