@@ -61,15 +61,16 @@ def shipped_unet(config: dict | None, weight_dtype: torch.dtype, compute_dtype: 
 
 def window_inputs(unet, rows: int, frames: int, height: int, width: int, tokens: int, dtype: torch.dtype,
                   device: torch.device) -> tuple:
-    """denoise_core's arguments for one window of `rows` guidance rows, mask grids made as forward makes them."""
+    """denoise_core's arguments for one window of `rows` guidance rows in the dtypes core's apply_model hands the
+    UNet, mask grids made as forward makes them."""
     g = torch.Generator().manual_seed(1)
     d = unet.config.cross_attention_dim
     make = lambda *shape: torch.randn(*shape, generator=g).to(device, dtype)  # noqa: E731
     sample = make(rows, frames, unet.config.in_channels, height // 8, width // 8)
     face_mask = torch.ones(1, 1, height, width, device=device, dtype=dtype)
     grids = unet.mask_grids.lookup(face_mask, unet.token_grid_sizes(height // 8, width // 8), dtype)
-    timesteps = torch.full((rows,), 0.25, device=device)
-    time_ids = torch.tensor([[12.5, 20.0, 24.0]] * rows, device=device)
+    timesteps = torch.full((rows,), 0.25, device=device)  # core's BaseModel: t in fp32, the other conds cast
+    time_ids = torch.tensor([[12.5, 20.0, 24.0]] * rows, device=device, dtype=dtype)  # to the compute dtype
     return (sample, timesteps, time_ids, make(rows * frames, 1, d), make(rows * frames, tokens, d), face_mask, grids)
 
 
