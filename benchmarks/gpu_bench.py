@@ -4,7 +4,10 @@
     .venv/bin/python benchmarks/gpu_bench.py            # full size on the GPU: 512x512, N=125, 25 steps, bf16+fp16
     .venv/bin/python benchmarks/gpu_bench.py --quick    # a few minutes; on a machine without CUDA: tiny model, CPU
     .venv/bin/python benchmarks/gpu_bench.py --compile --attention-slices 4   # speed options
-    python3 benchmarks/gpu_bench.py --frames 50 --steps 4     # what `make gpu-check` runs: fits one device call
+    python3 benchmarks/gpu_bench.py --frames 50 --steps 4     # fits one device call
+
+This times the library path (edm_rows_denoiser around a plain UNet); `make gpu-check` times the shipped path with
+benchmarks/shipped_bench.py, which reuses this file's pieces for its library rows.
 
 Random weights (speed does not depend on their values). Reported per configuration: seconds per second of video
 (12.5 generated frames per second; also scaled to the workflows' 25 steps, each step costing the same), the UNet's

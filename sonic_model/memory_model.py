@@ -3,8 +3,8 @@
 Nothing here touches a GPU or imports ComfyUI; the sampler passes the free VRAM it reads from core's model manager.
 Every coefficient below was measured by counting the live tensor set of the real-config networks run on the meta
 device (`benchmarks/vram_model.py --derive` prints them again; tests/test_memory_model.py re-measures some). It is
-a model, not a GPU measurement: the peaks `benchmarks/vram_calibrate.py` measures on a GPU (`make gpu-check`) are
-what calibrate it.
+a model, not a GPU measurement: the peaks measured on a GPU by `benchmarks/vram_emulate.py` (the shipped run on an
+emulated 8 and 12 GiB card, `make gpu-check`) and `benchmarks/vram_calibrate.py` are what calibrate it.
 
 The run has three phases that never overlap, so the peak is the largest of them, not their sum:
 

@@ -395,3 +395,35 @@ _CUDA_FUNCTIONS = {
     "current_device": lambda: STAND_IN.index,
     "set_device": lambda device: None,
 }
+
+
+# ---- host syncs: reads that make a real GPU finish its queued work first (tests/test_host_syncs.py) ----------------
+# Counted by kind ('item', '__float__', 'cpu', 'to', 'copy_', '__setitem__'), wrapped around StandInTensor's own
+# handler so the rest of this file is untouched.
+host_syncs: Counter = Counter()
+_SYNC_READS = _HOST_READS - {torch.Tensor.data_ptr}  # a pointer is not a value: no sync
+
+
+def _is_host_sync(func, args: tuple, kwargs: dict) -> bool:
+    if func in _SYNC_READS:
+        return isinstance(args[0], StandInTensor)
+    if func is torch.Tensor.cpu:
+        return isinstance(args[0], StandInTensor)
+    if func is torch.Tensor.to:
+        device = _target_of_to(args, kwargs)[0]
+        return isinstance(args[0], StandInTensor) and device is not None and torch.device(device).type == "cpu"
+    if func in (torch.Tensor.copy_, torch.Tensor.__setitem__):  # device values into a CPU tensor
+        source = args[-1] if func is torch.Tensor.__setitem__ else args[1]
+        return not isinstance(args[0], StandInTensor) and isinstance(source, StandInTensor)
+    return False
+
+
+def _counting(handler):
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if _is_host_sync(func, args, kwargs or {}):
+            host_syncs[getattr(func, "__name__", str(func))] += 1
+        return handler.__func__(cls, func, types, args, kwargs)
+    return classmethod(__torch_function__)
+
+
+StandInTensor.__torch_function__ = _counting(StandInTensor.__dict__["__torch_function__"])

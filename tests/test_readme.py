@@ -17,6 +17,10 @@ RUN_BY = {
     "python tools/models.py download --models-dir ../../models": "test_models_commands_run below (dry run, offline)",
     ".venv/bin/python tools/parity.py reference/golden/*.json reference/manifest/*.json":
         "tests/test_parity_tool.py runs it on every reference file",
+    "make gpu-check-prepare": "tests/test_gpu_check.py runs its packing steps offline (the wheel download needs PyPI)",
+    "make gpu-check": "tests/test_gpu_check.py runs its dry run (tools/gpu_check.py without CUDA)",
+    'make gpu-check GPU_CHECK_ARGS="--stages compile,emulate-8-gib"':
+        "tests/test_gpu_check.py reruns named stages with --stages",
 }
 
 

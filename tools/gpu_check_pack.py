@@ -27,9 +27,11 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePath
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: `tools.` imports resolve from the checkout
+    sys.path.insert(0, str(ROOT))
 COMFYUI_DIR = ROOT / ".venv" / "ComfyUI"
 PAYLOAD = ROOT / ".gpu-check" / "payload"
 BUDGET_BYTES = 64 * 2**20          # one device call: working tree + carried paths
@@ -66,7 +68,8 @@ PIP_TARGET = ["--only-binary=:all:", "--python-version", "3.12", "--implementati
                     "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64", "any")
     for arg in ("--platform", tag)]
 
-COMFY_SKIP_DIRS = {"tests", "tests-unit", "comfy_api_nodes", "script_examples", "__pycache__", ".git", "user", "temp"}
+COMFY_SKIP_DIRS = {"tests", "tests-unit", "comfy_api_nodes", "script_examples", "__pycache__", ".git", "user", "temp",
+                   ".github", "blueprints"}  # blueprints: the UI's subgraph library (0.33.0), read only if present
 COMFY_SKIP_SUFFIXES = {".png", ".jpg", ".md", ".pyc", ".example"}
 COMFY_MAX_FILE_BYTES = 200_000  # tokenizer vocabularies (up to 9 MB) serve text encoders Sonic never loads
 
@@ -75,17 +78,17 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def keep_comfy_file(rel: PurePath, size: int) -> bool:
+    """Whether the GPU run needs this file of a ComfyUI tree (path relative to the tree): code and small configs."""
+    if COMFY_SKIP_DIRS & set(rel.parts[:-1]) or rel.suffix in COMFY_SKIP_SUFFIXES:
+        return False
+    return rel.suffix == ".py" or size <= COMFY_MAX_FILE_BYTES
+
+
 def select_comfy_files(comfy_dir: Path) -> list[Path]:
-    """The ComfyUI files the GPU run needs, relative to comfy_dir: code and small configs only."""
-    chosen = []
-    for path in sorted(comfy_dir.rglob("*")):
-        rel = path.relative_to(comfy_dir)
-        if not path.is_file() or COMFY_SKIP_DIRS & set(rel.parts[:-1]) or path.suffix in COMFY_SKIP_SUFFIXES:
-            continue
-        if path.suffix != ".py" and path.stat().st_size > COMFY_MAX_FILE_BYTES:
-            continue
-        chosen.append(rel)
-    return chosen
+    """The ComfyUI files the GPU run needs, relative to comfy_dir."""
+    return [path.relative_to(comfy_dir) for path in sorted(comfy_dir.rglob("*"))
+            if path.is_file() and keep_comfy_file(path.relative_to(comfy_dir), path.stat().st_size)]
 
 
 def wheel_requirements(wheel: Path) -> dict[str, str]:
@@ -193,9 +196,33 @@ def check_budget(sizes: dict[str, int], tree: int, budget: int = BUDGET_BYTES) -
     return lines
 
 
+def pack_033(snapshot: Path | None, out: Path, downloads: Path, present: set[str]) -> dict[str, int]:
+    """ComfyUI 0.33.0's tree and wheels into `out` (sizes by file name); none, said why, without the snapshot."""
+    from tools import gpu_check_pack_033 as v033
+
+    snapshot = snapshot or v033.SNAPSHOT_GIT
+    for stale in (out / f"{v033.TREE_NAME}.tar.xz", out / "wheels-0.33.0.tar.xz"):
+        stale.unlink(missing_ok=True)
+    if not (snapshot / "HEAD").is_file():
+        print(f"ComfyUI 0.33.0 not packed: no git snapshot of github:yzkee/ComfyUI at {snapshot} (fetch it, or "
+              "pass --snapshot); the `workflows 0.33.0` stage will say it was skipped")
+        return {}
+    version = v033.tree_version(snapshot)
+    if version != "0.33.0":
+        print(f"ComfyUI 0.33.0 not packed: the snapshot at {snapshot} is ComfyUI {version}")
+        return {}
+    files = v033.tree_files(snapshot)
+    wheels = v033.fetch_wheels_033(snapshot, downloads, present)
+    print(f"ComfyUI 0.33.0: {len(files)} files; wheels: " + ", ".join(w.name for w in wheels), flush=True)
+    return {f"{v033.TREE_NAME}.tar.xz": write_tar_xz(out / f"{v033.TREE_NAME}.tar.xz", files),
+            "wheels-0.33.0.tar.xz": write_tar_xz(out / "wheels-0.33.0.tar.xz", unzipped_wheel_files(wheels))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=PAYLOAD)
+    parser.add_argument("--snapshot", type=Path, default=None,
+                        help="bare git directory of github:yzkee/ComfyUI (default: the search tool's fetch of it)")
     args = parser.parse_args(argv)
     if not (COMFYUI_DIR / "main.py").is_file():
         raise SystemExit(f"need {COMFYUI_DIR} (make setup)")
@@ -206,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {"wheels.tar.xz": write_tar_xz(args.out / "wheels.tar.xz", unzipped_wheel_files(wheels))}
     comfy = [(f"ComfyUI/{rel}", COMFYUI_DIR / rel) for rel in select_comfy_files(COMFYUI_DIR)]
     sizes["comfyui.tar.xz"] = write_tar_xz(args.out / "comfyui.tar.xz", comfy)
+    sizes.update(pack_033(args.snapshot, args.out, downloads / "0.33.0", {wheel_name(w) for w in wheels}))
     print("\n".join(check_budget(sizes, tree_bytes())))
     print(f"payload ready in {args.out}: carry {args.out.relative_to(ROOT)} and run `make gpu-check` there")
     return 0

@@ -32,16 +32,20 @@ class HeadlessComfy:
 
     def __init__(self, models_dir: Path, input_dir: Path, output_dir: Path, cpu: bool | None = None,
                  log_path: Path | None = None, pack_folder: str = "sonic-portrait",
-                 front_end_root: Path | None = None, extra_args: tuple[str, ...] = ()):
+                 front_end_root: Path | None = None, extra_args: tuple[str, ...] = (),
+                 comfy_dir: Path | None = None, extra_env: dict[str, str] | None = None):
         """`pack_folder`: the folder name the pack has in custom_nodes (users clone it under any name);
         `front_end_root`: serve that frontend build instead of the installed comfyui-frontend-package;
-        `extra_args`: more main.py flags."""
+        `extra_args`: more main.py flags; `comfy_dir`: another ComfyUI tree (default COMFYUI_DIR);
+        `extra_env`: more environment for the server (e.g. PYTHONPATH to that tree's own packages)."""
         self.models_dir, self.input_dir, self.output_dir = Path(models_dir), Path(input_dir), Path(output_dir)
         self.pack_folder, self.front_end_root = pack_folder, front_end_root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cpu = cpu
         self.extra_args = list(extra_args)  # more ComfyUI command-line options (e.g. --front-end-root)
+        self.comfy_dir = Path(comfy_dir or COMFYUI_DIR)
+        self.extra_env = dict(extra_env or {})
         self.work = Path(tempfile.mkdtemp(prefix="sonic-comfy-"))
         self.log_path = log_path or self.work / "comfyui.log"
         self.process: subprocess.Popen | None = None
@@ -78,8 +82,8 @@ class HeadlessComfy:
         self.input_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         log_file = open(self.log_path, "w")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(args, cwd=COMFYUI_DIR, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
+        self.process = subprocess.Popen(args, cwd=self.comfy_dir, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:
