@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REFERENCE_DIR, REPO
+from tools.reference_data import tensor_file
 
 REFERENCE_FILES = sorted(REFERENCE_DIR.glob("golden/*.json")) + sorted(REFERENCE_DIR.glob("manifest/*.json"))
 
@@ -41,9 +42,9 @@ def test_every_golden_type_in_the_index_is_handled():
 def test_a_changed_pipeline_run_is_caught(tmp_path):
     """Same format, another setting (shift + 1): the tool must report it outside tolerance, exit 1."""
     golden = REFERENCE_DIR / "golden"
-    for name in ("shift_fusion_pipeline_main.safetensors", "shift_fusion_pipeline_main_unet.safetensors",
-                 "shift_fusion_pipeline_main_unet.json"):
-        shutil.copy(golden / name, tmp_path / name)
+    for name in ("shift_fusion_pipeline_main.safetensors", "shift_fusion_pipeline_main_unet.safetensors"):
+        shutil.copy(tensor_file(golden, name), tmp_path / name)
+    shutil.copy(golden / "shift_fusion_pipeline_main_unet.json", tmp_path)
     doc = json.loads((golden / "shift_fusion_pipeline_main.json").read_text())
     doc["call_kwargs"]["shift_offset"] += 1
     (tmp_path / "shift_fusion_pipeline_main.json").write_text(json.dumps(doc))
@@ -56,7 +57,7 @@ def test_a_perturbed_weight_is_caught(tmp_path):
     from safetensors.torch import load_file, save_file
 
     golden = REFERENCE_DIR / "golden"
-    tensors = load_file(golden / "audio2token.safetensors")
+    tensors = load_file(tensor_file(golden, "audio2token.safetensors"))
     tensors["weights.proj2.weight"][0, 0] += 1e-2
     save_file(tensors, tmp_path / "audio2token.safetensors")
     shutil.copy(golden / "audio2token.json", tmp_path / "audio2token.json")
@@ -67,3 +68,15 @@ def test_a_perturbed_weight_is_caught(tmp_path):
 def test_unreadable_input_is_explained(tmp_path):
     result = _parity(tmp_path / "missing.json")
     assert result.returncode == 2 and "no such file" in result.stdout
+
+
+def test_the_tensor_archive_holds_every_indexed_file_byte_for_byte():
+    """reference/golden/tensors.tar.xz is the official data unchanged: each file the index lists, at its size and
+    sha256, unpacked by tools/reference_data.tensor_file."""
+    import hashlib
+
+    index = json.loads((REFERENCE_DIR / "golden" / "index.json").read_text())
+    for name, entry in index["files"].items():
+        path = tensor_file(REFERENCE_DIR / "golden", name)
+        data = path.read_bytes()
+        assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"], name

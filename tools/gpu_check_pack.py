@@ -12,7 +12,7 @@ and a call may carry at most 64 MiB (working tree included). Written to OUT:
   comfyui.tar.xz    the ComfyUI runtime folder (.venv/ComfyUI): code and small configs, no tests, API nodes,
                     tokenizer data, images or docs (Sonic uses none of them)
 
-and checks the total against the budget, with the working tree counted in (it carries the reference data, 32 MiB
+and checks the total against the budget, with the working tree counted in (it carries the reference data, 22 MiB
 of reference/). Carry OUT's parent to the GPU machine
 (`carry: [".gpu-check/payload"]`). Wheels come from PyPI through pip (`pip download --only-binary=:all:`).
 """

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tools.reference_data import tensor_file
+
 
 @dataclass
 class Comparison:
@@ -79,10 +81,10 @@ def read_golden(json_path: Path, dtype: torch.dtype = torch.float32,
     folder = json_path.parent
     tensors: dict[str, torch.Tensor] = {}
     if doc.get("file"):
-        tensors.update(load_file(str(folder / doc["file"])))
+        tensors.update(load_file(str(tensor_file(folder, doc["file"]))))
     for companion in (doc.get("companion_files") or {}).values():
         name = companion["file"] if isinstance(companion, dict) else companion
-        tensors.update(load_file(str(folder / name)))
+        tensors.update(load_file(str(tensor_file(folder, name))))
     return Golden(json_path, doc, tensors, dtype, torch.device(device))
 
 
