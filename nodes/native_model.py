@@ -103,6 +103,10 @@ def use_comfy_ops(module: torch.nn.Module, operations) -> torch.nn.Module:
     for layer in module.modules():
         for name in _COMFY_OPS_LAYERS:
             if type(layer) is getattr(torch.nn, name):
+                # Why a swap and not construction: diffusers' SVD blocks (pinned <= 0.42.1) build their layers as
+                # nn.Linear/Conv/Norm themselves, about 120 sites in resnet, attention and attention_processor,
+                # with no way to pass an operations family. A comfy.ops layer is the torch class plus core's cast
+                # forward, same parameters, so the swap keeps the state dict and the goldens exact.
                 layer.__class__ = getattr(operations, name)
                 break
     return module
