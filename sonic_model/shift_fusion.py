@@ -11,6 +11,8 @@ Where things live: the clip-long state (the noisy latents, the fused x0, the aud
 on the device of the noisy latents, ComfyUI's intermediate device (host RAM) when sampling; each window's slices go
 to the compute device for its model call and its x0 comes back. So the GPU holds one window's work, whatever the
 length of the audio. Without a compute device everything runs where the latents are (the library used alone).
+The copies queue behind the GPU's work (sonic_model/transfers.py): a window's x0 is fused while the next window's
+UNet call runs, so the host never makes the card wait between windows.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Callable
 import torch
 
 from .shift_windows import num_windows, shifted_windows
+from .transfers import Pending, to_device
 
 SVD_FPS_ID = 12.5  # the official time id: the generation frame rate as is, not fps − 1
 GUIDANCE_ROWS = 3  # [uncond, image-only, full]
@@ -144,10 +147,10 @@ class ShiftFusion:
         the compute device: moved once per run, not per window."""
         if self._per_run is None or self._per_run[0] != device:
             null = cond.null_audio_tokens
+            move = (lambda t: None if t is None else to_device(t, device))  # noqa: E731
             self._per_run = (device, {
-                "concat": cond.concat_latent.to(device), "embeds": cond.image_embeds.to(device),
-                "mask": None if cond.face_mask is None else cond.face_mask.to(device),
-                "null": None if null.dim() == 3 else null.to(device)})
+                "concat": move(cond.concat_latent), "embeds": move(cond.image_embeds), "mask": move(cond.face_mask),
+                "null": None if null.dim() == 3 else move(null)})
         return self._per_run[1]
 
     def _rows(self, cond: SonicConditioning, x: torch.Tensor, sigma: torch.Tensor, idx: torch.Tensor,
@@ -155,20 +158,20 @@ class ShiftFusion:
         """One window's three guidance rows on `device`, from the clip's latents and conditioning where they are."""
         f = len(idx)
         whole = self._per_run_on(cond, device)
-        xw = x[idx].to(device)
+        xw = to_device(x[idx], device)
         z = whole["concat"].to(x.dtype).expand(f, -1, -1, -1)
         e = whole["embeds"].reshape(1, 1, -1).expand(f, 1, -1)
-        null = cond.null_audio_tokens[idx].to(device) if whole["null"] is None \
+        null = to_device(cond.null_audio_tokens[idx], device) if whole["null"] is None \
             else whole["null"].unsqueeze(0).expand(f, -1, -1)
         buckets = cond.motion_buckets[idx].float().mean(dim=0)  # window mean, fp32
         ids = torch.cat([torch.full((1,), cond.fps, dtype=torch.float32, device=buckets.device), buckets])
         return GuidanceRows(
             x=xw.repeat(GUIDANCE_ROWS, 1, 1, 1),
-            sigma=sigma.to(device).expand(GUIDANCE_ROWS * f),
+            sigma=to_device(sigma, device).expand(GUIDANCE_ROWS * f),
             concat=torch.cat([torch.zeros_like(z), z, z]),
             clip=torch.cat([torch.zeros_like(e), e, e]),
-            audio=torch.cat([null, null, cond.audio_tokens[idx].to(device)]),
-            time_ids=ids.to(device).unsqueeze(0).expand(GUIDANCE_ROWS, -1),
+            audio=torch.cat([null, null, to_device(cond.audio_tokens[idx], device)]),
+            time_ids=to_device(ids, device).unsqueeze(0).expand(GUIDANCE_ROWS, -1),
             face_mask=whole["mask"], frames=f)
 
     def _denoise_rows(self, rows: GuidanceRows, denoise: RowsDenoiser) -> torch.Tensor:
@@ -200,20 +203,31 @@ class ShiftFusion:
         full = torch.zeros_like(x32) if with_rows else None
         count = torch.zeros(n, device=host, dtype=torch.float32)
         windows = shifted_windows(n, self.window, self.shift, step, self.stride)
+        waiting = None  # the previous window's x0, on its way back while this window's UNet call is queued
+
+        def fuse(w: int, frames: list[int], idx: torch.Tensor, x0: Pending, u: Pending | None,
+                 c: Pending | None) -> None:
+            x0 = x0.result()
+            guided.index_add_(0, idx, x0)
+            if with_rows:
+                uncond.index_add_(0, idx, u.result())
+                full.index_add_(0, idx, c.result())
+            count.index_add_(0, idx, torch.ones(len(frames), device=host))
+            if self.on_window is not None:
+                self.on_window(WindowEvent(step, w, len(windows), frames, float(sigma), x32[idx], x0))
+
         for w, frames in enumerate(windows):
             idx = torch.tensor(frames, device=host)
             rows = self._rows(cond, x32, sigma_t, idx, device)
             u, i, c = self._denoise_rows(rows, denoise).float().reshape(GUIDANCE_ROWS, len(frames), *x.shape[1:])
-            # The window's x0 goes back beside the clip: the one copy to the host per window.
-            x0 = combine_guidance(u, i, c, self.cfg_image, self.cfg_audio).to(host)
-            guided.index_add_(0, idx, x0)
-            if with_rows:
-                uncond.index_add_(0, idx, u.to(host))
-                full.index_add_(0, idx, c.to(host))
-            count.index_add_(0, idx, torch.ones(len(frames), device=host))
-            del rows, u, i, c  # before the next window's rows exist: one window's work on the device, not two
-            if self.on_window is not None:
-                self.on_window(WindowEvent(step, w, len(windows), frames, float(sigma), x32[idx], x0))
+            x0 = combine_guidance(u, i, c, self.cfg_image, self.cfg_audio)
+            queued = (w, frames, idx, Pending(x0, host), Pending(u, host) if with_rows else None,
+                      Pending(c, host) if with_rows else None)
+            del rows, u, i, c, x0  # before the next window's rows exist: one window's work on the device, not two
+            if waiting is not None:
+                fuse(*waiting)
+            waiting = queued
+        fuse(*waiting)
         count = count.view(-1, 1, 1, 1)
         return FusedPrediction(guided.div_(count), uncond.div_(count) if with_rows else None,
                                full.div_(count) if with_rows else None)

@@ -292,12 +292,16 @@ class StandInMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.Tensor.cuda:
+            _count_upload(args[0], kwargs)
             return _move(args[0], None, bool(kwargs.get("non_blocking", False)))
         if func is torch.Tensor.to:
             device, dtype, _, memory_format = _target_of_to(args, kwargs)
             if is_stand_in(device):
+                _count_upload(args[0], kwargs)
                 return _move(args[0], dtype, bool(kwargs.get("copy", False)), memory_format)
             return func(*args, **kwargs)
+        if func is torch.Tensor.pin_memory:  # host memory the stand-in's copies could queue from: any CPU memory
+            return args[0]
         if func in _FROM_DATA and args and isinstance(args[0], StandInTensor):
             return _from_device_data(func, args, kwargs)
         generator = kwargs.get("generator")
@@ -409,9 +413,10 @@ def _is_host_sync(func, args: tuple, kwargs: dict) -> bool:
         return isinstance(args[0], StandInTensor)
     if func is torch.Tensor.cpu:
         return isinstance(args[0], StandInTensor)
-    if func is torch.Tensor.to:
+    if func is torch.Tensor.to:  # a non-blocking copy into pinned memory is queued, not waited for
         device = _target_of_to(args, kwargs)[0]
-        return isinstance(args[0], StandInTensor) and device is not None and torch.device(device).type == "cpu"
+        return (isinstance(args[0], StandInTensor) and device is not None and torch.device(device).type == "cpu"
+                and not kwargs.get("non_blocking", False))
     if func in (torch.Tensor.copy_, torch.Tensor.__setitem__):  # device values into a CPU tensor
         source = args[-1] if func is torch.Tensor.__setitem__ else args[1]
         return not isinstance(args[0], StandInTensor) and isinstance(source, StandInTensor)
@@ -427,3 +432,31 @@ def _counting(handler):
 
 
 StandInTensor.__torch_function__ = _counting(StandInTensor.__dict__["__torch_function__"])
+
+# Host→device copies that wait too: from pageable memory CUDA first lets the queue drain. Counted apart (model loads
+# make many, once per run); `non_blocking` copies from pinned memory (sonic_model/transfers.py) are not counted.
+blocking_uploads: Counter = Counter()
+
+
+def _count_upload(tensor: torch.Tensor, kwargs: dict) -> None:
+    if not isinstance(tensor, StandInTensor) and tensor.device.type == "cpu" and not kwargs.get("non_blocking"):
+        blocking_uploads[tuple(tensor.shape)] += 1
+
+
+class StandInEvent:
+    """torch.cuda.Event on the stand-in: its work is done when asked, so there is never anything to wait for."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def record(self, stream=None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+
+_CUDA_FUNCTIONS["Event"] = StandInEvent
