@@ -158,7 +158,10 @@ class SonicGuider(comfy.samplers.CFGGuider):
         """The sampling mode for the free VRAM, before core loads the model (it reads our memory estimate)."""
         patcher, model = self.model_patcher, self.model_patcher.model
         device = torch.device(patcher.load_device)
-        free = 0 if device.type == "cpu" else mm.get_free_memory(device) + patcher.loaded_size()
+        # What the run may use: free now, plus the UNet weights already loaded, less what core keeps back
+        # (EXTRA_RESERVED_VRAM, or --reserve-vram): the memory model's budget excludes that reserve.
+        free = 0 if device.type == "cpu" else max(
+            0, mm.get_free_memory(device) + patcher.loaded_size() - mm.extra_reserved_memory())
         height, width = latent_shape[-2] * 8, latent_shape[-1] * 8
         try:  # the clip's latents and tokens are in RAM (inner_sample): refuse before sampling if they cannot be
             memory_model.check_host_ram(mm.get_free_memory(mm.intermediate_device()), self.cond.num_frames,

@@ -207,3 +207,28 @@ def test_every_sonic_model_is_in_the_patcher_class_core_builds_its_own_models_wi
                                      face_detector=None, rife=sonic / "RIFE" / "flownet.pkl", dtype=torch.float32,
                                      low_vram=False)
     assert [type(p) for p in (unet, models.audio_patcher, models.rife_patcher)] == [CoresChoice] * 3
+
+
+@pytest.mark.device
+def test_the_guider_budgets_core_s_free_memory_less_its_reserve(stand_in_gpu, monkeypatch):
+    """Core keeps EXTRA_RESERVED_VRAM (or --reserve-vram) back from every load, so the auto mode must not count it:
+    8 GiB free with 2 GiB reserved is judged as 6 GiB."""
+    from sonic_fakes import make_conditioning
+    from sonic_pack.nodes import guider as guider_module
+
+    seen = []
+
+    def spy(low_vram, on_cpu, free, *rest):
+        seen.append(free)
+        return memory_model.BATCHED, None
+
+    monkeypatch.setattr(guider_module, "choose_sampling_mode", spy)
+    monkeypatch.setattr(mm, "get_free_memory", lambda dev=None, torch_free_too=False: 8 * GIB)
+    monkeypatch.setattr(mm, "extra_reserved_memory", lambda: 2 * GIB)
+    unet = build_sonic_unet(TINY_UNET_CONFIG)
+    model = sonic_model_patcher(unet, low_vram=None, compute_dtype=torch.float32)
+    cond = make_conditioning(3, h=8, w=8, d=TINY_UNET_CONFIG["cross_attention_dim"], t=4)
+    guider = guider_module.SonicGuider(model, cond, cfg_image=2.0, cfg_audio=7.5, shift=1, window=3)
+    with guider._memory_settings((3, 4, 8, 8)):
+        pass
+    assert seen == [8 * GIB + model.loaded_size() - 2 * GIB]
