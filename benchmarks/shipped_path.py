@@ -93,8 +93,10 @@ def load_vae(models: Path):
                                                  output_clipvision=False, output_model=False)[2]
 
 
-def load_rife(models: Path) -> torch.nn.Module:
-    return pack_module("sonic_model.rife").load_rife(models / "sonic" / "RIFE" / "flownet.pkl")
+def load_rife(models: Path):
+    """RIFE in its core patcher, as the Sonic loader hands it to the nodes."""
+    rife = pack_module("sonic_model.rife").load_rife(models / "sonic" / "RIFE" / "flownet.pkl")
+    return pack_module("nodes.model_patchers").core_patcher(rife)
 
 
 def decode(vae, latents: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -102,6 +104,6 @@ def decode(vae, latents: torch.Tensor, chunk: int) -> torch.Tensor:
     return pack_module("nodes.decode").decode_latents(vae, latents, chunk)
 
 
-def interpolate(rife: torch.nn.Module, frames: torch.Tensor, batch: int) -> torch.Tensor:
-    """The Sonic Interpolate node's work (RIFE ×2 on the compute device, batch by batch)."""
+def interpolate(rife, frames: torch.Tensor, batch: int) -> torch.Tensor:
+    """The Sonic Interpolate node's work (RIFE ×2 on the compute device, batch by batch; `rife`: its patcher)."""
     return pack_module("nodes.video").interpolate_images(rife, frames, batch)

@@ -134,8 +134,40 @@ def test_mixed_dtype_file_kept_views_survive_released_neighbours(tmp_path: Path)
 
 
 # Floats per tensor: every allocation (also the fp16 casts, 48 MiB) is above glibc's largest mmap threshold (32 MiB),
-# so each is fresh anonymous memory that RssAnon sees, whatever earlier tests left free in the heap.
+# so each is fresh anonymous memory that RssAnon sees. Measured in a fresh process: in the suite's, what earlier
+# tests did to the allocator (freed heap, thresholds libraries set) can hide the control's copy.
 BIG = 24 << 20
+_MEASURE = """
+import gc, sys, torch
+from sonic_model.weights import read_state_dict
+from tools.process_memory import AnonPeak
+path, control = sys.argv[1], sys.argv[2] == "control"
+gc.collect()
+with AnonPeak() as peak:
+    if not control:
+        got = read_state_dict(path, dtype=torch.float16)
+        assert got["w1"].dtype == torch.float16
+    elif path.endswith(".pth"):
+        got = {k: v.half() for k, v in torch.load(path, weights_only=True).items()}
+    else:
+        from safetensors.torch import load
+        with open(path, "rb") as f:
+            got = {k: v.half() for k, v in load(f.read()).items()}
+print(peak.grown_kib)
+"""
+
+
+def _grown_kib(path: Path, control: bool) -> int:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    done = subprocess.run([sys.executable, "-c", _MEASURE, str(path), "control" if control else "sonic"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1])
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -143,22 +175,10 @@ def test_a_cast_load_holds_only_its_result(tmp_path: Path, suffix: str) -> None:
     """192 MiB fp32 -> fp16: at its peak the process holds the 96 MiB of results, never its own copy of the source
     (the full-size figures: benchmarks/RESULTS.md, 2026-12-07). A full read, the control, does hold one."""
     path = _save({f"w{i}": torch.randn(BIG) for i in range(2)}, tmp_path / f"big{suffix}")
-    gc.collect()
     cast_kib = 2 * BIG * 2 // 1024
-    with AnonPeak() as peak:
-        got = read_state_dict(path, dtype=torch.float16)
-    assert peak.grown_kib < 1.25 * cast_kib and got["w1"].dtype == torch.float16
-    del got
-    gc.collect()
-    with AnonPeak() as peak:
-        if suffix == ".pth":
-            full = torch.load(path, weights_only=True)
-        else:
-            from safetensors.torch import load
-
-            full = load(path.read_bytes())
-        got = {k: v.half() for k, v in full.items()}
-    assert peak.grown_kib > 2 * cast_kib, peak.grown_kib
+    assert _grown_kib(path, control=False) < 1.25 * cast_kib
+    grown = _grown_kib(path, control=True)
+    assert grown > 2 * cast_kib, grown
 
 
 def test_legacy_pickle_checkpoint_loads(tmp_path: Path) -> None:
