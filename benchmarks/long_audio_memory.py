@@ -112,22 +112,20 @@ def child(args: argparse.Namespace) -> None:
                       "file_bytes": size, "device": str(device)}))
 
 
-class WindowUNet:
-    """Sonic UNet call signature, one multiply: a stand-in whose activations are a window's, as the real UNet's are."""
+def window_unet():
+    """Sonic UNet call signature, one multiply: a stand-in whose activations are a window's, as the real UNet's are
+    (built here, not at import: the parent process never imports torch)."""
+    import torch
 
-    @staticmethod
-    def build():
-        import torch
+    class WindowUNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv_in = torch.nn.Conv2d(8, 4, 1)  # the Sonic MODEL reads the weights' dtype from conv_in
 
-        class _UNet(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv_in = torch.nn.Conv2d(8, 4, 1)  # the Sonic MODEL reads the weights' dtype from conv_in
+        def forward(self, sample, timestep, added_time_ids, clip_states, audio_tokens, face_mask=None):
+            return sample[:, :, :4] * self.conv_in.weight.mean()
 
-            def forward(self, sample, timestep, added_time_ids, clip_states, audio_tokens, face_mask=None):
-                return sample[:, :, :4] * self.conv_in.weight.mean()
-
-        return _UNet().requires_grad_(False)
+    return WindowUNet().requires_grad_(False)
 
 
 def sampling_child(args: argparse.Namespace) -> None:
@@ -156,7 +154,7 @@ def sampling_child(args: argparse.Namespace) -> None:
                              face_mask=torch.ones(1, 1, args.size, args.size), image=torch.zeros(1, 8, 8, 3))
     motion = SonicMotionBuckets(buckets=torch.full((n, 2), 32.0), predicted=torch.full((n, 2), 32.0))
     with comfy_on_stand_in():
-        model = sonic_model_patcher(WindowUNet.build())
+        model = sonic_model_patcher(window_unet())
         base = status_kib("VmRSS")
         exact = reset_peak_rss()
         torch.cuda.reset_peak_memory_stats()

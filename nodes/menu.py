@@ -6,5 +6,3 @@ CONDITIONING = "Sonic/conditioning"  # audio, reference picture and motion, prep
 SAMPLING = "Sonic/sampling"          # shift fusion: the one-node sampler and the GUIDER for core's samplers
 VIDEO = "Sonic/video"                # decode, RIFE, paste-back and the streaming mp4 writer
 SPEAKERS = "Sonic/speakers"          # several faces in one picture, one voice each
-
-STAGES = (LOADERS, CONDITIONING, SAMPLING, VIDEO, SPEAKERS)

@@ -57,9 +57,8 @@ def schedule_sigmas(model, scheduler: str, steps: int, denoise: float = 1.0, sam
 
 
 class WindowProgress:
-    """One progress tick per UNet window, with a preview on each step's first window; never backwards (2-evaluation
-    samplers redo a step). A preview copies a latent to the host, which waits for the GPU to finish the window: once
-    per step, not on every window (tests/test_host_syncs.py). `part` = (index, count) puts one of several clips
+    """One progress tick per UNet window, with a preview on each step's first window (a JPEG per window would cost
+    the host more than the tick); never backwards (2-evaluation samplers redo a step). `part` = (index, count) puts one of several clips
     sampled in a row on one bar (Sonic Speakers KSampler)."""
 
     def __init__(self, steps: int, windows_per_step: int, node_id: str | None, part: tuple[int, int] = (0, 1)):
@@ -72,7 +71,7 @@ class WindowProgress:
     def __call__(self, event: WindowEvent) -> None:
         done = self.offset + min(self.clip, event.step * event.windows_per_step + event.window + 1)
         self.done = max(self.done, done)
-        preview = ("JPEG", latent_preview(event.denoised[0]), 256) if event.window == 0 else None
+        preview = ("JPEG", latent_preview(event.denoised[0]), PREVIEW_SIDE) if event.window == 0 else None
         self.bar.update_absolute(self.done, self.total, preview=preview)
 
 

@@ -36,3 +36,27 @@ def make_conditioning(n: int, h: int = 4, w: int = 4, d: int = 8, t: int = 2, se
         motion_buckets=16 + 16 * torch.rand(n, 2, generator=g),
         face_mask=torch.ones(1, 1, h * 8, w * 8),
     )
+
+
+def node_inputs(cond):
+    """The Sonic nodes' types (audio, image, motion) carrying `cond`, as the sampler nodes receive them."""
+    from sonic_pack.nodes.sonic_types import SonicAudioEmbeds, SonicImageEmbeds, SonicMotionBuckets
+
+    n = cond.num_frames
+    audio = SonicAudioEmbeds(tokens=cond.audio_tokens, null_tokens=cond.null_audio_tokens,
+                             bucket_windows=torch.zeros(n, 50, 1, 8), num_frames=n)
+    image = SonicImageEmbeds(concat_latent=cond.concat_latent, image_embeds=cond.image_embeds,
+                             face_mask=cond.face_mask, image=torch.zeros(1, 32, 32, 3))
+    motion = SonicMotionBuckets(buckets=cond.motion_buckets, predicted=cond.motion_buckets)
+    return audio, image, motion
+
+
+def load_tiny_sonic(models_dir):
+    """(SonicModels, UNet MODEL) from a tools/tiny_models.py folder, as the loader builds them (fp32, no detector)."""
+    from sonic_pack.nodes.loaders import load_sonic_models
+
+    sonic = models_dir / "sonic"
+    return load_sonic_models(unet=sonic / "unet.pth", audio2token=sonic / "audio2token.pth",
+                             audio2bucket=sonic / "audio2bucket.pth", whisper=sonic / "whisper-tiny",
+                             face_detector=None, rife=sonic / "RIFE" / "flownet.pkl", dtype=torch.float32,
+                             low_vram=False)

@@ -10,24 +10,16 @@ import weakref
 import pytest
 import torch
 
+from sonic_fakes import load_tiny_sonic
 from tools.comfy_runtime import import_pack
 
 import_pack()
 import comfy.model_management as mm  # noqa: E402
-from sonic_pack.nodes import loaders  # noqa: E402
 from sonic_pack.nodes.audio import encode_sonic_audio  # noqa: E402
 from sonic_pack.nodes.video import interpolate_images  # noqa: E402
 from stand_in_device import STAND_IN, device_memory  # noqa: E402
 
 pytestmark = pytest.mark.device
-
-
-def _load(folder):
-    sonic = folder / "sonic"
-    return loaders.load_sonic_models(unet=sonic / "unet.pth", audio2token=sonic / "audio2token.pth",
-                                     audio2bucket=sonic / "audio2bucket.pth", whisper=sonic / "whisper-tiny",
-                                     face_detector=None, rife=sonic / "RIFE" / "flownet.pkl", dtype=torch.float32,
-                                     low_vram=False)
 
 
 def _voice(seconds: float = 0.5) -> dict:
@@ -49,7 +41,7 @@ def _loaded(patcher) -> bool:
 
 def test_the_stages_load_their_models_through_core_and_unload_models_frees_every_sonic_weight(stand_in_gpu,
                                                                                               tiny_models_dir):
-    models, unet = _load(tiny_models_dir)
+    models, unet = load_tiny_sonic(tiny_models_dir)
     gc.collect()
     start = device_memory.allocated
     embeds, _ = encode_sonic_audio(models, _voice())
@@ -71,7 +63,7 @@ def test_the_stages_load_their_models_through_core_and_unload_models_frees_every
 
 
 def test_core_offloads_whisper_to_make_room_for_the_unet(stand_in_gpu, tiny_models_dir, monkeypatch):
-    models, unet = _load(tiny_models_dir)
+    models, unet = load_tiny_sonic(tiny_models_dir)
     encode_sonic_audio(models, _voice())
     assert _on_device(models.whisper.encoder)
     # A card with room for the UNet and its work but not for Whisper beside it: core's free-memory reading.

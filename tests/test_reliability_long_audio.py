@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from reliability import case
-from sonic_fakes import RecordingUNet, make_conditioning
+from sonic_fakes import RecordingUNet, make_conditioning, node_inputs
 from tools.comfy_runtime import import_pack
 
 import_pack()
@@ -22,7 +22,6 @@ import comfy.model_management as mm  # noqa: E402
 from comfy_extras import nodes_custom_sampler as custom  # noqa: E402
 from sonic_pack.nodes.native_model import sonic_model_patcher  # noqa: E402
 from sonic_pack.nodes.sampling import SonicGuiderNode, run_sonic_sampler  # noqa: E402
-from sonic_pack.nodes.sonic_types import SonicAudioEmbeds, SonicImageEmbeds, SonicMotionBuckets  # noqa: E402
 from stand_in_device import device_memory  # noqa: E402
 
 pytestmark = pytest.mark.device
@@ -34,13 +33,7 @@ CORE_BUFFERS = 2  # core's device copies of the noise and the start latent
 
 
 def _inputs(n: int):
-    cond = make_conditioning(n, h=LATENT, w=LATENT, d=WIDTH, t=TOKENS)
-    audio = SonicAudioEmbeds(tokens=cond.audio_tokens, null_tokens=cond.null_audio_tokens,
-                             bucket_windows=torch.zeros(n, 50, 1, 8), num_frames=n)
-    image = SonicImageEmbeds(concat_latent=cond.concat_latent, image_embeds=cond.image_embeds,
-                             face_mask=cond.face_mask, image=torch.zeros(1, 32, 32, 3))
-    motion = SonicMotionBuckets(buckets=cond.motion_buckets, predicted=cond.motion_buckets)
-    return audio, image, motion
+    return node_inputs(make_conditioning(n, h=LATENT, w=LATENT, d=WIDTH, t=TOKENS))
 
 
 def _sampled_peak(n: int, sampler_name: str = "euler", custom_advanced: bool = False) -> tuple[int, torch.Tensor]:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sonic_fakes import RecordingUNet, make_conditioning
+from sonic_fakes import RecordingUNet, make_conditioning, node_inputs
 from tools.comfy_runtime import import_pack
 
 import_pack()
@@ -18,7 +18,6 @@ from comfy_extras import nodes_custom_sampler as custom  # noqa: E402
 from sonic_pack.nodes.native_model import SonicModelConfig, sonic_model_patcher  # noqa: E402
 from sonic_pack.nodes.sampling import SonicGuiderNode, SonicSampler, run_sonic_sampler, \
     schedule_sigmas  # noqa: E402
-from sonic_pack.nodes.sonic_types import SonicAudioEmbeds, SonicImageEmbeds, SonicMotionBuckets  # noqa: E402
 from sonic_pack.sonic_model.shift_fusion import ShiftFusion, edm_rows_denoiser  # noqa: E402
 
 
@@ -26,12 +25,7 @@ def _inputs(n=7, unet=None, low_vram=False):
     cond = make_conditioning(n)
     unet = unet or RecordingUNet()
     model = sonic_model_patcher(unet, low_vram=low_vram)
-    audio = SonicAudioEmbeds(tokens=cond.audio_tokens, null_tokens=cond.null_audio_tokens,
-                             bucket_windows=torch.zeros(n, 50, 1, 8), num_frames=n)
-    image = SonicImageEmbeds(concat_latent=cond.concat_latent, image_embeds=cond.image_embeds,
-                             face_mask=cond.face_mask, image=torch.zeros(1, 32, 32, 3))
-    motion = SonicMotionBuckets(buckets=cond.motion_buckets, predicted=cond.motion_buckets)
-    return model, audio, image, motion, unet
+    return (model, *node_inputs(cond), unet)
 
 
 def _sample(n=7, sampler_name="euler", steps=3, seed=1, window=3, shift=1, **kw):

@@ -195,17 +195,13 @@ def test_every_sonic_model_is_in_the_patcher_class_core_builds_its_own_models_wi
     VRAM is on, which needs an NVIDIA GPU); the UNet, Whisper with the adapters and RIFE follow that choice."""
     import comfy.model_patcher
 
-    from sonic_pack.nodes.loaders import load_sonic_models
+    from sonic_fakes import load_tiny_sonic
 
     class CoresChoice(comfy.model_patcher.ModelPatcher):
         pass
 
     monkeypatch.setattr(comfy.model_patcher, "CoreModelPatcher", CoresChoice, raising=False)
-    sonic = tiny_models_dir / "sonic"
-    models, unet = load_sonic_models(unet=sonic / "unet.pth", audio2token=sonic / "audio2token.pth",
-                                     audio2bucket=sonic / "audio2bucket.pth", whisper=sonic / "whisper-tiny",
-                                     face_detector=None, rife=sonic / "RIFE" / "flownet.pkl", dtype=torch.float32,
-                                     low_vram=False)
+    models, unet = load_tiny_sonic(tiny_models_dir)
     assert [type(p) for p in (unet, models.audio_patcher, models.rife_patcher)] == [CoresChoice] * 3
 
 
