@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from sonic_model.shift_fusion import ShiftFusion, SonicConditioning, edm_rows_denoiser  # noqa: E402
-from sonic_model.shift_windows import shifted_windows  # noqa: E402
-from sonic_model.memory_model import ATTENTION_SLICES  # noqa: E402
-from sonic_model.speed import apply_speed_options, compile_report  # noqa: E402
-from sonic_model.unet import build_sonic_unet  # noqa: E402
+from sonic_model.sampling.shift_fusion import ShiftFusion, SonicConditioning, edm_rows_denoiser  # noqa: E402
+from sonic_model.sampling.shift_windows import shifted_windows  # noqa: E402
+from sonic_model.sampling.memory_model import ATTENTION_SLICES  # noqa: E402
+from sonic_model.unet.speed import apply_speed_options, compile_report  # noqa: E402
+from sonic_model.unet.unet import build_sonic_unet  # noqa: E402
 
 FPS = 12.5
 WORKFLOW_STEPS = 25  # the shipped workflows' default

@@ -6,7 +6,7 @@
     ... --cases lean,safe_open,torch_mmap,naive                               # naive: model + whole file in memory
 
 Cases, each in a fresh subprocess, all but naive casting one tensor at a time and assigning into a meta-device model:
-  lean        sonic_model.weights.load_weights_into, what the pack loads with
+  lean        sonic_model.weights.weights.load_weights_into, what the pack loads with
   safe_open   safetensors.safe_open on a .safetensors file: get_tensor(key).to(dtype) per key, one assign=True load
   torch_mmap  torch.load(mmap=True, weights_only=True) on a .pth file: the same per-key cast and load
   naive       a materialised model and a fully read state dict (no mapping), a copying load
@@ -122,7 +122,7 @@ def write_safetensors(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, pa
 def _real_builder():
     """build_sonic_unet, imported before the baseline is taken (diffusers' import alone is ~0.25 GiB)."""
     try:
-        from sonic_model.unet import build_sonic_unet
+        from sonic_model.unet.unet import build_sonic_unet
 
         return build_sonic_unet
     except Exception as e:  # the benchmark must still run while the model class is in flux
@@ -139,7 +139,7 @@ def _build(
             model = builder(device="meta", dtype=dtype)
             got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
             if got == shapes:
-                return (model if device == "meta" else model.to_empty(device=device)), "sonic_model.unet"
+                return (model if device == "meta" else model.to_empty(device=device)), "sonic_model.unet.unet"
             note = f"generic (real UNet keys differ from the manifest: {len(set(got) ^ set(shapes))} keys)"
         except Exception as e:
             note = f"generic (build_sonic_unet unavailable: {type(e).__name__}: {str(e)[:80]})"
@@ -170,7 +170,7 @@ def load_torch_mmap(model: nn.Module, file: str, dtype: torch.dtype, peak: AnonP
 
 
 def child(args: argparse.Namespace) -> None:
-    from sonic_model.weights import load_weights_into
+    from sonic_model.weights.weights import load_weights_into
 
     shapes = manifest_shapes(Path(args.manifest), args.scale)
     dtype = DTYPES[args.dtype]
@@ -244,7 +244,7 @@ def main() -> None:
     ap.add_argument("--targets", default="fp16", help="comma-separated load dtypes to measure")
     ap.add_argument("--cases", default="lean,safe_open,torch_mmap", help=f"comma-separated, of {', '.join(CASES)}")
     ap.add_argument("--tmpdir", default=None, help="where the temp checkpoints go (default: system temp)")
-    ap.add_argument("--generic", action="store_true", help="never use sonic_model.unet, only the manifest module")
+    ap.add_argument("--generic", action="store_true", help="never use sonic_model.unet.unet, only the manifest module")
     ap.add_argument("--manifest", default=str(MANIFEST))
     ap.add_argument("--format", choices=["pth", "safetensors"], default="pth", help="the file lean reads")
     ap.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)

@@ -7,7 +7,7 @@
                         # core's CreateVideo/SaveVideo writer) for lengths up to 60 s, for contrast
 
 Each length runs in a fresh subprocess through the pack's real save function (`save_sonic_video`, the node's adapter
-around sonic_model.video_pipeline.write_video: chunked decode, RIFE ×2 across chunk borders, paste-back, H.264 +
+around sonic_model.video.video_pipeline.write_video: chunked decode, RIFE ×2 across chunk borders, paste-back, H.264 +
 AAC). The decoder is a stand-in (a fixed ×8 transposed conv: the
 SVD VAE is too slow on a CPU for 7500 frames); RIFE is the real full-size IFNet with random weights. Measured: the
 child's RSS once models and inputs exist (base), the peak RSS during the write (VmHWM, reset right before it), and
@@ -74,7 +74,7 @@ def child(args: argparse.Namespace) -> None:
     import comfy.model_management as mm
     from sonic_pack.nodes.model_patchers import core_patcher
     from sonic_pack.nodes.sonic_types import SonicImageEmbeds
-    from sonic_pack.sonic_model.rife import IFNet, load_rife
+    from sonic_pack.sonic_model.video.rife import IFNet, load_rife
 
     device = mm.get_torch_device()
     torch.manual_seed(0)
@@ -142,7 +142,7 @@ def sampling_child(args: argparse.Namespace) -> None:
     from sonic_pack.nodes.native_model import sonic_model_patcher
     from sonic_pack.nodes.sampling import run_sonic_sampler
     from sonic_pack.nodes.sonic_types import SonicAudioEmbeds, SonicImageEmbeds, SonicMotionBuckets
-    from sonic_pack.sonic_model import memory_model
+    from sonic_pack.sonic_model.sampling import memory_model
 
     n, side = args.frames, args.size // 8
     g = torch.Generator().manual_seed(0)

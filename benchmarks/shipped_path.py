@@ -26,7 +26,7 @@ def pack_module(name: str) -> ModuleType:
 
 def random_unet(config: dict | None, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The pack's Sonic UNet (None: SVD-xt) with small random weights, built straight on `device`."""
-    unet = pack_module("sonic_model.unet").build_sonic_unet(config, device="meta")
+    unet = pack_module("sonic_model.unet.unet").build_sonic_unet(config, device="meta")
     unet = torch.nn.Module.to_empty(unet, device=device)
     with torch.no_grad():
         for tensor in (*unet.parameters(), *unet.buffers()):
@@ -39,7 +39,7 @@ def sonic_model(unet: torch.nn.Module, low_vram: bool | None, compute_dtype: tor
                 weight_dtype: torch.dtype | None = None, compile: bool = False, compile_backend: str = "inductor"):
     """The core MODEL the loader makes of `unet` (load_sonic_models: fp8 storage, speed options, the patcher)."""
     native = pack_module("nodes.native_model")
-    speed = pack_module("sonic_model.speed")
+    speed = pack_module("sonic_model.unet.speed")
     if weight_dtype is not None:
         native.store_weights_in(unet, weight_dtype)
     options = speed.speed_options_for(low_vram=bool(low_vram), compile=compile)
@@ -95,7 +95,7 @@ def load_vae(models: Path):
 
 def load_rife(models: Path):
     """RIFE in its core patcher, as the Sonic loader hands it to the nodes."""
-    rife = pack_module("sonic_model.rife").load_rife(models / "sonic" / "RIFE" / "flownet.pkl")
+    rife = pack_module("sonic_model.video.rife").load_rife(models / "sonic" / "RIFE" / "flownet.pkl")
     return pack_module("nodes.model_patchers").core_patcher(rife)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Measured against predicted peak VRAM: the numbers that calibrate sonic_model/memory_model.py on a GPU.
+"""Measured against predicted peak VRAM: the numbers that calibrate sonic_model/sampling/memory_model.py on a GPU.
 
     .venv/bin/python benchmarks/vram_calibrate.py                   # CUDA: 512x512 and 1024x576, window 25
     .venv/bin/python benchmarks/vram_calibrate.py --sizes 512x512 --window 12
@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.vram_model import meta_unet, meta_vae, peak_live_bytes  # noqa: E402
-from sonic_model import memory_model as mm  # noqa: E402
+from sonic_model.sampling import memory_model as mm  # noqa: E402
 
 SAMPLING_MODES = (mm.BATCHED, mm.PER_ROW, mm.PER_ROW_SLICED)
 
@@ -70,7 +70,7 @@ def peak_bytes(device: torch.device, module: torch.nn.Module, call: Callable[...
 
 
 def _conditioning(frames: int, height: int, width: int, device: torch.device, audio_tokens: int):
-    from sonic_model.shift_fusion import SonicConditioning
+    from sonic_model.sampling.shift_fusion import SonicConditioning
     gen = torch.Generator().manual_seed(1)
     h, w = height // 8, width // 8
     return SonicConditioning(
@@ -83,8 +83,8 @@ def _conditioning(frames: int, height: int, width: int, device: torch.device, au
 
 
 def sampling_rows(device: torch.device, sizes: list[tuple[int, int]], window: int, config: dict | None) -> list[Row]:
-    from sonic_model.shift_fusion import ShiftFusion, edm_rows_denoiser
-    from sonic_model.speed import set_attention_slices
+    from sonic_model.sampling.shift_fusion import ShiftFusion, edm_rows_denoiser
+    from sonic_model.unet.speed import set_attention_slices
     unet = _randomised(meta_unet(config, torch.float16 if device.type == "cuda" else torch.float32), device)
     audio_tokens = mm.AUDIO_TOKENS if config is None else 4
     rows = []
@@ -118,8 +118,8 @@ def decode_rows(device: torch.device, sizes: list[tuple[int, int]], chunk: int) 
 
 
 def rife_rows(device: torch.device, sizes: list[tuple[int, int]], batch: int) -> list[Row]:
-    from sonic_model.rife import midpoint
-    from sonic_model.rife_blocks import IFNet
+    from sonic_model.video.rife import midpoint
+    from sonic_model.video.rife_blocks import IFNet
     with torch.device("meta"):
         net = _randomised(IFNet(), device)
     rows = []

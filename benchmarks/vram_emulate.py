@@ -14,7 +14,7 @@ runs that way, to show what a user who reserves part of a big card gets).
 Then, as a user's workflow does: the UNet as a core MODEL with low_vram auto (the guider picks the mode from the free
 memory), one sampling run per audio length (`--steps`: the peak does not depend on the step count), the first two
 decode chunks through the pack's decode (core VAE) and RIFE on them. Per phase the measured peak (torch's largest
-allocation during the phase, whatever is resident) against the prediction of sonic_model/memory_model.py for the
+allocation during the phase, whatever is resident) against the prediction of sonic_model/sampling/memory_model.py for the
 mode chosen, and pass/fail against the card. Without CUDA the same calls run at tiny size on the CPU, and only the
 predictions (for the full-size 512² run on the card) are figures.
 """
@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from sonic_model import memory_model as mm_model  # noqa: E402
+from sonic_model.sampling import memory_model as mm_model  # noqa: E402
 
 FPS = 12.5
 RESERVE_GIB = mm_model.COMFY_RESERVED_VRAM["linux"] / mm_model.GIB
@@ -127,7 +127,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def predicted_lines(card: int, seconds: list[float]) -> list[str]:
     """What the memory model predicts for the full-size 512² fp16 run on the card (the mode it would pick)."""
     free = mm_model.card_free_vram(card, "linux")
-    lines = [f"Predicted (sonic_model/memory_model.py) for 512², fp16, window 25 on {card / mm_model.GIB:.0f} GiB "
+    lines = [f"Predicted (sonic_model/sampling/memory_model.py) for 512², fp16, window 25 on {card / mm_model.GIB:.0f} GiB "
              f"({free / mm_model.GIB:.2f} GiB free after the CUDA context and core's reserve):", "",
              "| audio s | mode it picks | sampling GiB | decode GiB | RIFE GiB | peak GiB | fits |",
              "|---|---|---|---|---|---|---|"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Predicted peak VRAM of a Sonic run per resolution, mode and weight dtype (sonic_model/memory_model.py).
+"""Predicted peak VRAM of a Sonic run per resolution, mode and weight dtype (sonic_model/sampling/memory_model.py).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vram_model.py            # the table; last line: 512x512 auto
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vram_model.py --derive   # re-measure the model's coefficients
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sonic_model import memory_model as mm  # noqa: E402
+from sonic_model.sampling import memory_model as mm  # noqa: E402
 
 SIZES = ((512, 512), (576, 1024), (768, 768))  # (height, width)
 WEIGHT_DTYPES = ("fp16", "fp8_e4m3fn")
@@ -113,7 +113,7 @@ def peak_live_bytes(module: torch.nn.Module, call: Callable[..., object], inputs
 
 
 def meta_unet(config: dict | None = None, dtype: torch.dtype = torch.float16) -> torch.nn.Module:
-    from sonic_model.unet import build_sonic_unet
+    from sonic_model.unet.unet import build_sonic_unet
     return build_sonic_unet(config, device="meta", dtype=dtype)
 
 
@@ -135,7 +135,7 @@ def unet_inputs(frames: int, height: int, width: int, dtype: torch.dtype = torch
 
 def unet_activation_peak(unet: torch.nn.Module, frames: int, height: int, width: int, efficient: bool = True,
                          slices: int | None = None) -> int:
-    from sonic_model.speed import set_attention_slices
+    from sonic_model.unet.speed import set_attention_slices
     set_attention_slices(unet, slices)
     param = next(unet.parameters())
     return peak_live_bytes(unet, unet, unet_inputs(frames, height, width, param.dtype, param.device), efficient)
@@ -158,8 +158,8 @@ def vae_decode_peak(vae: torch.nn.Module, chunk: int, height: int, width: int) -
 
 def rife_peak(batch: int, height: int, width: int) -> tuple[int, int]:
     """(parameter count, live bytes of one midpoint batch) of RIFE's IFNet in fp32 on the meta device."""
-    from sonic_model.rife import midpoint
-    from sonic_model.rife_blocks import IFNet
+    from sonic_model.video.rife import midpoint
+    from sonic_model.video.rife_blocks import IFNet
     with torch.device("meta"):
         net = IFNet()
     frames = torch.empty(batch + 1, 3, height, width, device="meta")

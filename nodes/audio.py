@@ -5,8 +5,8 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
-from ..sonic_model.audio_clip import stereo_clip
-from ..sonic_model.whisper_features import encode_audio
+from ..sonic_model.audio.audio_clip import stereo_clip
+from ..sonic_model.audio.whisper_features import encode_audio
 from . import menu
 from .model_patchers import load_for_stage
 from .sonic_types import GENERATION_FPS, SonicAudio, SonicAudioEmbeds, SonicModel, SonicModels

@@ -15,7 +15,7 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
-from ..sonic_model.video_pipeline import decoded_chunks
+from ..sonic_model.video.video_pipeline import decoded_chunks
 from . import menu
 from .preview import PREVIEW_SIDE, preview_image
 

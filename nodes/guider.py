@@ -18,9 +18,9 @@ import torch
 import comfy.model_management as mm
 import comfy.samplers
 
-from ..sonic_model import memory_model
-from ..sonic_model.shift_fusion import FusedPrediction, GuidanceRows, ShiftFusion, SonicConditioning, WindowEvent
-from ..sonic_model.step_tracker import StepTracker
+from ..sonic_model.sampling import memory_model
+from ..sonic_model.sampling.shift_fusion import FusedPrediction, GuidanceRows, ShiftFusion, SonicConditioning, WindowEvent
+from ..sonic_model.sampling.step_tracker import StepTracker
 from .native_model import is_sonic_model
 
 # Model patches that rewrite two-way CFG from (cond, uncond): they have no meaning for Sonic's three rows.
@@ -141,7 +141,7 @@ class SonicGuider(comfy.samplers.CFGGuider):
     def _memory_settings(self, latent_shape) -> Iterator[None]:
         """This run's sampling mode on the MODEL for the run only: one loader feeds many workflows, and what one
         run chose (its memory estimate, sliced attention) must not be found by the next."""
-        from ..sonic_model.speed import attention_slices  # diffusers: on first use, not at ComfyUI start
+        from ..sonic_model.unet.speed import attention_slices  # diffusers: on first use, not at ComfyUI start
 
         mode, working = self._choose_memory(latent_shape)
         model = self.model_patcher.model

@@ -10,9 +10,9 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..sonic_model.face_detect import FaceBox, faces_by_size, select_face
+from ..sonic_model.image.face_detect import FaceBox, faces_by_size, select_face
 from ..sonic_model.pixels import to_uint8
-from ..sonic_model.reference_image import CLIP_SIZE, NO_FACE_WHOLE, check_image_size, clip_pixels_224, \
+from ..sonic_model.image.reference_image import CLIP_SIZE, NO_FACE_WHOLE, check_image_size, clip_pixels_224, \
     no_detector_message, prepare_reference
 from . import menu
 from .sonic_types import SonicImage, SonicImageEmbeds, SonicModel, SonicModels

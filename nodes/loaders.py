@@ -36,7 +36,7 @@ def low_vram_wanted(setting: str) -> bool | None:
 
 def loader_speed_options(low_vram: bool, compile: bool):
     """The UNet runtime options the loader's settings ask for (low VRAM also slices the attention)."""
-    from ..sonic_model.speed import speed_options_for  # diffusers: imported on first use, not at ComfyUI start
+    from ..sonic_model.unet.speed import speed_options_for  # diffusers: imported on first use, not at ComfyUI start
 
     return speed_options_for(low_vram=low_vram, compile=compile)
 
@@ -84,10 +84,10 @@ def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper
     """The Sonic bundle (audio models, face detector, RIFE) and the UNet as a core MODEL computing in `dtype`, its
     Linear/Conv weights stored in `weight_dtype` (fp8) when given."""
     # diffusers and transformers are imported here, on the first load, so ComfyUI starts without them.
-    from ..sonic_model.model_loading import load_audio2bucket, load_audio2token, load_sonic_unet
-    from ..sonic_model.rife import load_rife
-    from ..sonic_model.speed import apply_speed_options
-    from ..sonic_model.whisper_features import WhisperAudioEncoder
+    from ..sonic_model.weights.model_loading import load_audio2bucket, load_audio2token, load_sonic_unet
+    from ..sonic_model.video.rife import load_rife
+    from ..sonic_model.unet.speed import apply_speed_options
+    from ..sonic_model.audio.whisper_features import WhisperAudioEncoder
 
     model = load_sonic_unet(unet, dtype=dtype, device=mm.unet_offload_device())
     if weight_dtype is not None:
@@ -100,7 +100,7 @@ def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper
     states = encoder.encoder.config.encoder_layers + 1
     detector = None
     if face_detector is not None:
-        from ..sonic_model.face_detect import FaceDetector
+        from ..sonic_model.image.face_detect import FaceDetector
 
         detector = FaceDetector.from_file(face_detector, device="cpu")
     models = SonicModels(audio2token=load_audio2token(audio2token, channels, states),

@@ -7,7 +7,7 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..sonic_model.model_catalog import all_required_found, check_models, format_report
+from ..sonic_model.weights.model_catalog import all_required_found, check_models, format_report
 from . import menu
 from . import model_files
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..sonic_model.model_catalog import CATALOG, ENTRIES
+from ..sonic_model.weights.model_catalog import CATALOG, ENTRIES
 
 FOLDER, NONE = "sonic", "none"
 EXPECTED = {e.slot: e.relpath for e in CATALOG if e.folder == FOLDER}  # slot -> official name in a sonic folder

@@ -6,9 +6,9 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..sonic_model.audio_adapters import postprocess_buckets
-from ..sonic_model.motion_curve import MotionCurve
-from ..sonic_model.whisper_features import predict_buckets
+from ..sonic_model.audio.audio_adapters import postprocess_buckets
+from ..sonic_model.motion.motion_curve import MotionCurve
+from ..sonic_model.audio.whisper_features import predict_buckets
 from . import menu
 from .model_patchers import load_for_stage
 from .sonic_types import SonicAudio, SonicImage, SonicModel, SonicMotion, SonicMotionBuckets, SonicMotionCurve

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..sonic_model.motion_curve import EXAMPLE, INTERPOLATIONS, curve_from_values, parse_keyframes
+from ..sonic_model.motion.motion_curve import EXAMPLE, INTERPOLATIONS, curve_from_values, parse_keyframes
 from . import menu
 from .sonic_types import SonicMotionCurve
 

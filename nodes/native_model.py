@@ -16,7 +16,7 @@ import comfy.model_sampling
 import comfy.ops
 import comfy.supported_models_base
 
-from ..sonic_model.shift_fusion import GUIDANCE_ROWS
+from ..sonic_model.sampling.shift_fusion import GUIDANCE_ROWS
 from .model_patchers import core_patcher
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 700.0
@@ -75,7 +75,7 @@ class SonicBaseModel(comfy.model_base.BaseModel):
     """The Sonic UNet where core expects a diffusion model.
 
     `low_vram`: True runs the guidance rows one at a time with sliced attention, False batches them, None lets the
-    guider choose from the free VRAM (sonic_model.memory_model). `working_memory` is the guider's estimate of one
+    guider choose from the free VRAM (sonic_model.sampling.memory_model). `working_memory` is the guider's estimate of one
     run's sampling memory beside the weights, which core's loader keeps free (loading the rest of the UNet partially).
     """
 

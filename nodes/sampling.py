@@ -11,7 +11,7 @@ import comfy.samplers
 import comfy.utils
 from comfy_api.latest import io
 
-from ..sonic_model.shift_fusion import SonicConditioning, WindowEvent
+from ..sonic_model.sampling.shift_fusion import SonicConditioning, WindowEvent
 from . import menu
 from .guider import SonicGuider
 from .preview import PREVIEW_SIDE, preview_image

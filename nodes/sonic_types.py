@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
-from ..sonic_model.motion_curve import chart_points
-from ..sonic_model.whisper_features import FRAMES_PER_SECOND, AudioFeatures
+from ..sonic_model.motion.motion_curve import chart_points
+from ..sonic_model.audio.whisper_features import FRAMES_PER_SECOND, AudioFeatures
 
 SonicModel = io.Custom("SONIC_MODEL")
 SonicAudio = io.Custom("SONIC_AUDIO")
@@ -32,7 +32,7 @@ class SonicModels:
 
     audio2token: torch.nn.Module
     audio2bucket: torch.nn.Module
-    whisper: Any = None            # sonic_model.whisper_features.WhisperAudioEncoder
+    whisper: Any = None            # sonic_model.audio.whisper_features.WhisperAudioEncoder
     face_detector: Any = None
     rife: torch.nn.Module | None = None
     audio_patcher: Any = field(default=None, repr=False)

@@ -9,11 +9,11 @@ import torch
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..sonic_model.reference_image import check_image_size, mask_bounding_box, no_detector_message
-from ..sonic_model.speakers import FACE_ORDERS, LEFT_TO_RIGHT, box_centre, choose_faces, features_cut, mix_tracks, \
+from ..sonic_model.image.reference_image import check_image_size, mask_bounding_box, no_detector_message
+from ..sonic_model.speakers.speakers import FACE_ORDERS, LEFT_TO_RIGHT, box_centre, choose_faces, features_cut, mix_tracks, \
     ordered_faces, padded_track, seconds_of, speakers_preview
-from ..sonic_model.video_pipeline import PasteFaces
-from ..sonic_model.whisper_features import predict_buckets
+from ..sonic_model.video.video_pipeline import PasteFaces
+from ..sonic_model.audio.whisper_features import predict_buckets
 from . import menu
 from .audio import encode_sonic_audio, trimmed_audio
 from .decode import DEFAULT_CHUNK

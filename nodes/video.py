@@ -1,6 +1,6 @@
 """Frames → video: RIFE ×2, paste-back into the original picture, and the streaming "Decode + Save Video" node.
 
-The pipeline itself (stages, their messages, the streaming write) is sonic_model.video_pipeline; this file brings
+The pipeline itself (stages, their messages, the streaming write) is sonic_model.video.video_pipeline; this file brings
 ComfyUI's devices, VAE, progress bar, Cancel and output folder to it.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import folder_paths
 from comfy.cli_args import args
 from comfy_api.latest import io, ui
 
-from ..sonic_model.video_pipeline import PasteFaces, PasteInto, WrittenVideo, interpolated, write_video
+from ..sonic_model.video.video_pipeline import PasteFaces, PasteInto, WrittenVideo, interpolated, write_video
 from . import menu
 from .decode import DEFAULT_CHUNK, chunk_progress, check_latents, decode_chunk
 from .model_patchers import load_for_stage

@@ -307,7 +307,7 @@ def assert_complete_video(path: Path, frames: int) -> np.ndarray:
 
 
 def pack_module(name: str):
-    """A module of this pack as ComfyUI loaded it (ComfyUI names the package after the folder), e.g. 'sonic_model.unet'."""
+    """A module of this pack as ComfyUI loaded it (ComfyUI names the package after the folder), e.g. 'sonic_model.unet.unet'."""
     import sys
 
     import nodes

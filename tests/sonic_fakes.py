@@ -25,7 +25,7 @@ class RecordingUNet(torch.nn.Module):
 
 
 def make_conditioning(n: int, h: int = 4, w: int = 4, d: int = 8, t: int = 2, seed: int = 0):
-    from sonic_model.shift_fusion import SonicConditioning
+    from sonic_model.sampling.shift_fusion import SonicConditioning
 
     g = torch.Generator().manual_seed(seed)
     return SonicConditioning(

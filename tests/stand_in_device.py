@@ -434,7 +434,7 @@ def _counting(handler):
 StandInTensor.__torch_function__ = _counting(StandInTensor.__dict__["__torch_function__"])
 
 # Host→device copies that wait too: from pageable memory CUDA first lets the queue drain. Counted apart (model loads
-# make many, once per run); `non_blocking` copies from pinned memory (sonic_model/transfers.py) are not counted.
+# make many, once per run); `non_blocking` copies from pinned memory (sonic_model/sampling/transfers.py) are not counted.
 blocking_uploads: Counter = Counter()
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from sonic_model.audio_adapters import (
+from sonic_model.audio.audio_adapters import (
     AUDIO2BUCKET_CONFIG,
     AUDIO2TOKEN_CONFIG,
     AudioToBuckets,

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sonic_model.audio_clip import LAYOUT_5_1, clip_channels, downmix_to_stereo, stereo_clip, stereo_downmix_matrix
+from sonic_model.audio.audio_clip import LAYOUT_5_1, clip_channels, downmix_to_stereo, stereo_clip, stereo_downmix_matrix
 
 
 def test_5_1_uses_itu_bs775_gains_normalised_and_drops_the_lfe():

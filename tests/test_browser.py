@@ -22,7 +22,7 @@ from browser.comfy_page import click_widget, focus_node, frame_nodes, frontend_v
 from comfy_server import ARTIFACTS, ASSETS, SHORT_AUDIO, SHORT_AUDIO_SECONDS, load_json, running_comfy, \
     ui_workflows, write_short_wav
 from conftest import REPO
-from sonic_model.motion_curve import parse_keyframes
+from sonic_model.motion.motion_curve import parse_keyframes
 
 pytest_plugins = ["comfy_server_fixture"]  # the session's one server
 

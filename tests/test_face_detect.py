@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sonic_model import face_detect
-from sonic_model.face_detect import FaceBox, FaceDetector, decode_predictions, detector_input_size, make_grids, \
+from sonic_model.image import face_detect
+from sonic_model.image.face_detect import FaceBox, FaceDetector, decode_predictions, detector_input_size, make_grids, \
     nms, preprocess, select_face
 
 # Columns that scale with the input width / height: cx, w, and the 5 landmark x; cy, h, and the 5 landmark y.

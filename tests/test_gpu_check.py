@@ -216,7 +216,7 @@ def test_comfyui_033_is_packed_from_a_git_snapshot_without_what_the_run_never_re
 
 def test_the_emulation_reads_the_guiders_mode_and_predicts_for_the_card():
     from benchmarks.vram_emulate import mode_of, predicted_lines
-    from sonic_model import memory_model as mm
+    from sonic_model.sampling import memory_model as mm
 
     assert mode_of("per-row guidance") == mm.PER_ROW and mode_of("batched guidance") == mm.BATCHED
     offload = mode_of(str(mm.SamplingMode(mm.OFFLOAD.name, False, 8, True, int(1.25 * mm.GIB))))

@@ -38,7 +38,7 @@ def test_host_syncs_do_not_grow_with_the_windows(stand_in_gpu, low_vram):
     long, long_kinds, long_calls, long_uploads = _syncs_of_a_run(9, low_vram)  # three (and a wrapped fourth)
     assert long_calls >= 3 * short_calls  # the longer clip really has more windows
     assert long == short, f"device→host reads grow with the windows: {short_kinds} → {long_kinds}"
-    # The windows' slices go to the device as queued copies (sonic_model/transfers.py), never waiting ones.
+    # The windows' slices go to the device as queued copies (sonic_model/sampling/transfers.py), never waiting ones.
     assert long_uploads == short_uploads, (short_uploads, long_uploads)
     assert short <= 3 * STEPS + 4, short_kinds  # a few per step (σ reads), a few per run: never per window
 

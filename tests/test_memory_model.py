@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks import vram_model as bench
-from sonic_model import memory_model as mm
+from sonic_model.sampling import memory_model as mm
 
 GIB = mm.GIB
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sonic_fakes import RecordingUNet, make_conditioning
-from sonic_model.motion_curve import chart_points, curve_from_values, parse_keyframes
-from sonic_model.shift_windows import shifted_windows
+from sonic_model.motion.motion_curve import chart_points, curve_from_values, parse_keyframes
+from sonic_model.sampling.shift_windows import shifted_windows
 from tools.comfy_runtime import import_pack
 
 import_pack()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sonic_model.paste_back import feather_mask, paste_back, resize_frames
+from sonic_model.video.paste_back import feather_mask, paste_back, resize_frames
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sonic_model import reference_image
-from sonic_model.face_detect import FaceBox
-from sonic_model.reference_image import NO_FACE_MESSAGE, clip_pixels_224, expand_crop_box, face_mask, \
+from sonic_model.image import reference_image
+from sonic_model.image.face_detect import FaceBox
+from sonic_model.image.reference_image import NO_FACE_MESSAGE, clip_pixels_224, expand_crop_box, face_mask, \
     face_mask_box, prepare_reference, resolution_for
 
 

@@ -13,7 +13,7 @@ import torch
 from reliability import case
 from reliability_runtime import assert_comfy_keeps_running, audio_prompt, empty_audio, frames_of, load_audio, \
     node_outputs, run_error, write_float_wav, write_wav
-from sonic_model.audio_adapters import AudioToTokens
+from sonic_model.audio.audio_adapters import AudioToTokens
 from tools.process_memory import reset_peak_rss, status_kib
 
 pytest_plugins = ["reliability_fixtures"]

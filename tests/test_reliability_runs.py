@@ -125,9 +125,9 @@ def _raise_oom(*args, **kwargs):
                       "(Sonic Interpolate) or decode_chunk_size", 6),
 ], ids=["sampling", "decode", "interpolation"])
 def test_run_out_of_memory(comfy, monkeypatch, stage, advice, seed):
-    targets = {"sampling": (pack_module("sonic_model.unet").SonicUNet, "forward"),
+    targets = {"sampling": (pack_module("sonic_model.unet.unet").SonicUNet, "forward"),
                "decode": (temporal_ae.VideoDecoder, "forward"),
-               "interpolation": (pack_module("sonic_model.rife_blocks").IFNet, "forward")}
+               "interpolation": (pack_module("sonic_model.video.rife_blocks").IFNet, "forward")}
     owner, method = targets[stage]
     with monkeypatch.context() as patch:
         patch.setattr(owner, method, _raise_oom)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sonic_model import rife_blocks
-from sonic_model.rife import IFNet, interpolate_x2, iter_interpolated, load_rife, midpoint, warp
+from sonic_model.video import rife_blocks
+from sonic_model.video.rife import IFNet, interpolate_x2, iter_interpolated, load_rife, midpoint, warp
 from tools.parity_checks import rife as rife_check
 from tools.parity_checks.common import Golden, read_golden
 

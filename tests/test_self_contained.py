@@ -50,9 +50,9 @@ def test_no_tracked_file_points_outside_the_repository():
 
 def test_the_check_finds_an_outside_name():
     texts = {"a.py": "see ../shared/reference/README.md", "b.md": "(spec §7), the shared/reference folder",
-             "c.py": "fine", "sonic_model/shift_fusion.py": "(sonic-reference §6.5) and ../shared"}
+             "c.py": "fine", "sonic_model/sampling/shift_fusion.py": "(sonic-reference §6.5) and ../shared"}
     assert outside_names(texts) == {"a.py": ["../shared"], "b.md": ["spec §", "shared/reference"],
-                                    "sonic_model/shift_fusion.py": ["sonic-reference", "../shared"]}
+                                    "sonic_model/sampling/shift_fusion.py": ["sonic-reference", "../shared"]}
 
 
 def test_every_cited_section_exists():

@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sonic_fakes import RecordingUNet, make_conditioning
-from sonic_model.shift_fusion import ShiftFusion, edm_rows_denoiser
-from sonic_model.shift_windows import num_windows, shifted_windows, window_starts
-from sonic_model.step_tracker import StepTracker
+from sonic_model.sampling.shift_fusion import ShiftFusion, edm_rows_denoiser
+from sonic_model.sampling.shift_windows import num_windows, shifted_windows, window_starts
+from sonic_model.sampling.step_tracker import StepTracker
 
 
 def test_official_golden_window_schedule():

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-import sonic_model.unet as unet_module
-from sonic_model.audio_attention import AudioContext, SonicAudioAttnProcessor, sliced_sdpa
-from sonic_model.memory_model import ATTENTION_SLICES
-from sonic_model.speed import (SlicedAttnProcessor, SpeedOptions, apply_speed_options,
+import sonic_model.unet.unet as unet_module
+from sonic_model.unet.audio_attention import AudioContext, SonicAudioAttnProcessor, sliced_sdpa
+from sonic_model.sampling.memory_model import ATTENTION_SLICES
+from sonic_model.unet.speed import (SlicedAttnProcessor, SpeedOptions, apply_speed_options,
                                compile_report, speed_options_for)
 from tools.parity_checks.common import read_golden
 from tools.parity_checks.unet import build_model
@@ -154,7 +154,7 @@ def test_compile_matches_plain_model_and_reports_its_time(golden, plain_outputs,
     # benchmarks/gpu_bench.py --quick times the inductor build and run).
     model = apply_speed_options(build_model(golden), compile=True, compile_backend="aot_eager", attention_slices=2)
     torch._dynamo.reset()
-    with caplog.at_level(logging.INFO, logger="sonic_model.speed"):
+    with caplog.at_level(logging.INFO, logger="sonic_model.unet.speed"):
         assert _max_diff(model, golden, plain_outputs) < 1e-4
     report = compile_report(model)
     assert report.failure is None and len(report.compiled_shapes) == len(CASES) and report.compile_seconds > 0
@@ -171,7 +171,7 @@ def test_compile_failure_falls_back_with_the_reason_logged(golden, plain_outputs
 
     model = apply_speed_options(build_model(golden), compile=True, compile_backend=broken_backend)
     torch._dynamo.reset()
-    with caplog.at_level(logging.WARNING, logger="sonic_model.speed"):
+    with caplog.at_level(logging.WARNING, logger="sonic_model.unet.speed"):
         assert _max_diff(model, golden, plain_outputs) < 1e-6
     report = compile_report(model)
     assert report.failure is not None and "no C compiler" in report.failure
@@ -207,11 +207,12 @@ def test_loader_passes_the_options_to_the_unet(golden, monkeypatch) -> None:
     inputs = {i.id: i for i in loaders.SonicLoader.define_schema().inputs}
     assert inputs["compile"].default is False and "compil" in inputs["compile"].tooltip
     # load_sonic_models with every file reader stubbed: only the wiring of the options is under test.
-    from sonic_pack.sonic_model.unet import build_sonic_unet
+    from sonic_pack.sonic_model.unet.unet import build_sonic_unet
 
     unet = build_sonic_unet(golden.doc["config"])
     whisper = SimpleNamespace(encoder=SimpleNamespace(config=SimpleNamespace(d_model=8, encoder_layers=4)))
-    from sonic_pack.sonic_model import model_loading, whisper_features  # what the loader imports on first use
+    from sonic_pack.sonic_model.weights.weights import model_loading  # what the loader imports on first use
+    from sonic_pack.sonic_model.audio import whisper_features
 
     monkeypatch.setattr(model_loading, "load_sonic_unet", lambda path, dtype, device: unet)
     monkeypatch.setattr(whisper_features, "WhisperAudioEncoder", SimpleNamespace(from_folder=lambda path: whisper))

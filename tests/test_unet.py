@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from sonic_model.audio_attention import AudioContext, SonicAudioAttnProcessor
-from sonic_model.unet import SonicUNet, build_sonic_unet, sonic_unet_state_dict_shapes
+from sonic_model.unet.audio_attention import AudioContext, SonicAudioAttnProcessor
+from sonic_model.unet.unet import SonicUNet, build_sonic_unet, sonic_unet_state_dict_shapes
 from tools.parity_checks.common import compare_golden, read_golden
 from tools.parity_checks.unet import build_model, case_names, forward_case, run
 
@@ -118,7 +118,7 @@ def test_half_precision_forward(golden, model, dtype: torch.dtype, tol: float) -
 
 
 def test_sonic_model_imports_no_comfy(repo_dir: Path) -> None:
-    code = ("import sys, sonic_model.unet, sonic_model.audio_attention; "
+    code = ("import sys, sonic_model.unet.unet, sonic_model.unet.audio_attention; "
             "bad = [m for m in sys.modules if m == 'comfy' or m.startswith('comfy.') or m.startswith('comfy_')]; "
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], cwd=repo_dir, capture_output=True, text=True,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from sonic_model.partial_files import partial_path
+from sonic_model.video.partial_files import partial_path
 from sonic_model.pixels import to_uint8
-from sonic_model.video_writer import StreamingMp4Writer, as_fraction
+from sonic_model.video.video_writer import StreamingMp4Writer, as_fraction
 
 W, H = 34, 30
 
@@ -179,7 +179,7 @@ def test_a_killed_writers_partial_file_is_deleted_by_the_next_write_but_a_live_o
     (errno.ENOSPC, "The disk is full: writing the video {path} stopped at 3 KiB ("),
 ])
 def test_write_errors_name_the_fix(tmp_path, code, says):
-    from sonic_model.write_errors import write_failed
+    from sonic_model.video.write_errors import write_failed
 
     path = tmp_path / "Sonic_00001_.mp4"
     message = write_failed(str(path), OSError(code, os.strerror(code)), written=3000)

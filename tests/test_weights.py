@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sonic_model.file_signatures import NO_MATCH, identify_kind, sniff_container
-from sonic_model.weights import WeightFileError, load_weights_into, read_state_dict
+from sonic_model.weights.file_signatures import NO_MATCH, identify_kind, sniff_container
+from sonic_model.weights.weights import WeightFileError, load_weights_into, read_state_dict
 from tools.process_memory import AnonPeak
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -139,7 +139,7 @@ def test_mixed_dtype_file_kept_views_survive_released_neighbours(tmp_path: Path)
 BIG = 24 << 20
 _MEASURE = """
 import gc, sys, torch
-from sonic_model.weights import read_state_dict
+from sonic_model.weights.weights import read_state_dict
 from tools.process_memory import AnonPeak
 path, control = sys.argv[1], sys.argv[2] == "control"
 gc.collect()

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import WhisperConfig, WhisperModel
 
-from sonic_model.audio_resample import RESAMPLE_TOLERANCE, to_16k_mono
-from sonic_model.whisper_features import (
+from sonic_model.audio.audio_resample import RESAMPLE_TOLERANCE, to_16k_mono
+from sonic_model.audio.whisper_features import (
     OFFICIAL_MAX_UNITS,
     WhisperAudioEncoder,
     audio_length_units,
@@ -288,7 +288,7 @@ def test_encode_audio_rejects_bad_waveforms(models):
 
 
 def test_encode_audio_rejects_a_mismatched_whisper(models, short_golden):
-    from sonic_model.audio_adapters import AudioToBuckets, AudioToTokens
+    from sonic_model.audio.audio_adapters import AudioToBuckets, AudioToTokens
 
     encoder, _, _ = models
     with pytest.raises(ValueError, match="whisper-tiny"):

@@ -5,7 +5,7 @@
     .venv/bin/python tools/compile_check.py --full     # the SVD-xt UNet (on CUDA: tracing it takes minutes)
 
 The UNet is built as the loader builds it (sonic_model_patcher: comfy.ops layers, core's manual cast for fp8-stored
-weights) and explained through `SonicUNet.denoise_core`, the function `sonic_model.speed.CompiledCore` compiles.
+weights) and explained through `SonicUNet.denoise_core`, the function `sonic_model.unet.speed.CompiledCore` compiles.
 Each graph break would split the compiled UNet and run Python between the pieces on every window. Breaks come from
 code paths (comfy.ops casting, attention dispatch), which depend on the device and the storage, not on the sizes:
 `make gpu-check` explains the tiny config on CUDA to keep within its budget. Prints one row per
@@ -45,7 +45,7 @@ def shipped_unet(config: dict | None, weight_dtype: torch.dtype, compute_dtype: 
 
     pack = import_pack().__name__  # the pack as ComfyUI imports it: its own sonic_model, comfy.ops layers
     native = importlib.import_module(f"{pack}.nodes.native_model")
-    unet = importlib.import_module(f"{pack}.sonic_model.unet").build_sonic_unet(config, device="meta")
+    unet = importlib.import_module(f"{pack}.sonic_model.unet.unet").build_sonic_unet(config, device="meta")
     unet = torch.nn.Module.to_empty(unet, device=device)
     torch.manual_seed(0)
     with torch.no_grad():

@@ -39,7 +39,7 @@ def say(message: str) -> None:
 
 def find_real_models(option: Path | None) -> Path | None:
     """A models folder holding everything the basic workflow needs, or None."""
-    from sonic_model.model_catalog import all_required_found, check_models_dir, format_report
+    from sonic_model.weights.model_catalog import all_required_found, check_models_dir, format_report
 
     candidates = [option, os.environ.get("SONIC_MODELS_DIR"), ROOT.parent.parent / "models"]
     for candidate in candidates:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sonic_model.model_catalog import (  # noqa: E402
+from sonic_model.weights.model_catalog import (  # noqa: E402
     CATALOG, FileReport, all_required_found, check_models_dir, format_report, human_size,
 )
 

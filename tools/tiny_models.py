@@ -73,9 +73,9 @@ def write_sonic_files(sonic: Path, full_size: bool = False) -> None:
     """The Sonic files; full_size: the released models' shapes (SVD-xt UNet in fp16, whisper-tiny, full adapters)."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
-    from sonic_model.audio_adapters import AUDIO2BUCKET_CONFIG, AUDIO2TOKEN_CONFIG, AudioToBuckets, AudioToTokens
-    from sonic_model.rife import IFNet
-    from sonic_model.unet import build_sonic_unet
+    from sonic_model.audio.audio_adapters import AUDIO2BUCKET_CONFIG, AUDIO2TOKEN_CONFIG, AudioToBuckets, AudioToTokens
+    from sonic_model.video.rife import IFNet
+    from sonic_model.unet.unet import build_sonic_unet
 
     sonic.mkdir(parents=True, exist_ok=True)
     unet_config = None if full_size else TINY_UNET_CONFIG  # None: SVD-xt, the loader's default without a sidecar

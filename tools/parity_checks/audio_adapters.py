@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from sonic_model.audio_adapters import AudioToBuckets, AudioToTokens, postprocess_buckets
+from sonic_model.audio.audio_adapters import AudioToBuckets, AudioToTokens, postprocess_buckets
 from tools.parity_checks.common import Comparison, Golden, cast_model, compare_golden
 
 

@@ -31,20 +31,20 @@ def _shapes(module: torch.nn.Module, prefix: str = "") -> dict[str, list[int]]:
 def our_shapes(model: str) -> dict[str, list[int]]:
     """Key → shape of our full-size model, built without allocating its weights."""
     if model == "sonic_unet":
-        from sonic_model.unet import sonic_unet_state_dict_shapes
+        from sonic_model.unet.unet import sonic_unet_state_dict_shapes
 
         return sonic_unet_state_dict_shapes()
     with torch.device("meta"):
         if model == "audio2token":
-            from sonic_model.audio_adapters import AUDIO2TOKEN_CONFIG, AudioToTokens
+            from sonic_model.audio.audio_adapters import AUDIO2TOKEN_CONFIG, AudioToTokens
 
             return _shapes(AudioToTokens(**AUDIO2TOKEN_CONFIG))
         if model == "audio2bucket":
-            from sonic_model.audio_adapters import AUDIO2BUCKET_CONFIG, AudioToBuckets
+            from sonic_model.audio.audio_adapters import AUDIO2BUCKET_CONFIG, AudioToBuckets
 
             return _shapes(AudioToBuckets(**AUDIO2BUCKET_CONFIG))
         if model == "rife_flownet":
-            from sonic_model.rife import IFNet
+            from sonic_model.video.rife import IFNet
 
             return _shapes(IFNet(), prefix="module.")  # flownet.pkl stores every key under `module.`
     raise ValueError(f"no builder for manifest model {model!r}")

@@ -19,7 +19,7 @@ def _build_models(golden: Golden):
     from diffusers import AutoencoderKLTemporalDecoder
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from sonic_model.unet import SonicUNet
+    from sonic_model.unet.unet import SonicUNet
 
     doc = golden.doc
     unet = SonicUNet.from_config(doc["unet_config"])
@@ -49,9 +49,9 @@ def run(golden: Golden) -> list[Comparison]:
     from sonic_pack.nodes.guider import SonicGuider
     from sonic_pack.nodes.native_model import sonic_model_patcher
     from sonic_pack.nodes.sampling import schedule_sigmas
-    from sonic_pack.sonic_model.chunked_decode import iter_decoded_chunks
-    from sonic_pack.sonic_model.shift_fusion import SonicConditioning, combine_guidance
-    from sonic_pack.sonic_model.shift_windows import window_starts
+    from sonic_pack.sonic_model.video.chunked_decode import iter_decoded_chunks
+    from sonic_pack.sonic_model.sampling.shift_fusion import SonicConditioning, combine_guidance
+    from sonic_pack.sonic_model.sampling.shift_windows import window_starts
 
     assert pack is not None
     doc, t = golden.doc, golden.tensors

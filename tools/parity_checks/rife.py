@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from sonic_model.rife import IFNet, interpolate_x2, load_rife, midpoint
+from sonic_model.video.rife import IFNet, interpolate_x2, load_rife, midpoint
 from tools.parity_checks.common import Comparison, Golden, cast_model, compare_golden
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sonic_model.audio_attention import mask_to_token_grid
-from sonic_model.unet import SonicUNet, build_sonic_unet
+from sonic_model.unet.audio_attention import mask_to_token_grid
+from sonic_model.unet.unet import SonicUNet, build_sonic_unet
 from tools.parity_checks.common import Comparison, Golden, cast_model, compare, compare_golden
 
 MASK_GRID_PREFIX = "aux.mask_downsample_"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from sonic_model.audio_adapters import AudioToBuckets, AudioToTokens, postprocess_buckets
-from sonic_model.whisper_features import (
+from sonic_model.audio.audio_adapters import AudioToBuckets, AudioToTokens, postprocess_buckets
+from sonic_model.audio.whisper_features import (
     OFFICIAL_MAX_UNITS,
     SAMPLE_RATE,
     WhisperAudioEncoder,

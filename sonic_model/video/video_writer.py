@@ -16,9 +16,9 @@ from typing import Optional, Union
 
 import torch
 
-from .audio_clip import stereo_clip
+from ..audio.audio_clip import stereo_clip
 from .partial_files import PartialFile, remove_stale_partials
-from .pixels import to_uint8
+from ..pixels import to_uint8
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ Where things live: the clip-long state (the noisy latents, the fused x0, the aud
 on the device of the noisy latents, ComfyUI's intermediate device (host RAM) when sampling; each window's slices go
 to the compute device for its model call and its x0 comes back. So the GPU holds one window's work, whatever the
 length of the audio. Without a compute device everything runs where the latents are (the library used alone).
-The copies queue behind the GPU's work (sonic_model/transfers.py): a window's x0 is fused while the next window's
+The copies queue behind the GPU's work (sonic_model/sampling/transfers.py): a window's x0 is fused while the next window's
 UNet call runs, so the host never makes the card wait between windows.
 """
 from __future__ import annotations

@@ -46,7 +46,7 @@ import math
 from dataclasses import dataclass, replace
 
 from .shift_fusion import GUIDANCE_ROWS
-from .whisper_features import FRAMES_PER_SECOND
+from ..audio.whisper_features import FRAMES_PER_SECOND
 
 GIB = 2**30
 MIB = 2**20
@@ -54,7 +54,7 @@ MIB = 2**20
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8_e4m3fn": 1, "fp8_e5m2": 1}
 COMPUTE_DTYPES = ("fp32", "fp16", "bf16")
 
-# Sonic's SVD-xt UNet (sonic_model/configs/svd_xt_unet.json, audio projections included), built on the meta device.
+# Sonic's SVD-xt UNet (sonic_model/unet/configs/svd_xt_unet.json, audio projections included), built on the meta device.
 UNET_PARAMS = 1_575_741_162
 UNET_LARGEST_LAYER_PARAMS = 29_492_480  # up_blocks.0.resnets.0.spatial_res_block.conv1 (2560 → 1280, 3×3)
 UNET_BASE_CHANNELS = 320

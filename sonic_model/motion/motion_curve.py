@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .whisper_features import FRAMES_PER_SECOND
+from ..audio.whisper_features import FRAMES_PER_SECOND
 
 INTERPOLATIONS = ("linear", "smooth", "step")
 MAX_BUCKET = 255.0  # the UNet's time ids embed 0–255; the prediction is typically 0–128

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from .face_detect import FaceBox, select_face
-from .pixels import to_uint8
+from ..pixels import to_uint8
 
 MIN_SIDE = 64
 MASK_AREA = 1.1

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .audio_adapters import AudioToBuckets, AudioToTokens
-from .unet import SonicUNet, build_sonic_unet
+from ..audio.audio_adapters import AudioToBuckets, AudioToTokens
+from ..unet.unet import SonicUNet, build_sonic_unet
 from .weights import WeightFileError, identity_hint, load_weights_into, read_state_dict, slot_names
-from .whisper_features import BUCKET_WINDOW  # the bucket predictor's window: official, not stored in the file
+from ..audio.whisper_features import BUCKET_WINDOW  # the bucket predictor's window: official, not stored in the file
 
 
 def unet_config_for(path: str | Path) -> dict | None:

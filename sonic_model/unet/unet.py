@@ -140,7 +140,7 @@ class SonicUNet(UNetSpatioTemporalConditionModel):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         _install_audio_attention(self)
-        # Runtime speed options (sonic_model.speed sets them): not weights, not in the state dict.
+        # Runtime speed options (sonic_model.unet.speed sets them): not weights, not in the state dict.
         self.compiled_core: Callable[..., Tensor] | None = None
         self.mask_grids = MaskGridCache()
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .pixels import to_uint8
+from ..pixels import to_uint8
 
 INPUT_SHORT_SIDE = 416
 STRIDES = (8, 16, 32)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .rife_blocks import IFBlock, IFNet, IFNetOutput, warp
-from .weights import check_fits, read_state_dict
+from ..weights.weights import check_fits, read_state_dict
 
 __all__ = ["IFBlock", "IFNet", "IFNetOutput", "warp", "load_rife", "midpoint", "interpolate_x2",
            "iter_interpolated", "SIDE_MULTIPLE"]

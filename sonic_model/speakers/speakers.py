@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .audio_clip import stereo_clip
-from .audio_resample import resample
-from .face_detect import FaceBox, faces_by_size
-from .whisper_features import AudioFeatures
+from ..audio.audio_clip import stereo_clip
+from ..audio.audio_resample import resample
+from ..image.face_detect import FaceBox, faces_by_size
+from ..audio.whisper_features import AudioFeatures
 
 LEFT_TO_RIGHT = "left to right"
 LARGEST_FIRST = "largest first"

@@ -16,7 +16,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import Tensor, nn
 
 from .audio_attention import SonicAudioAttnProcessor, project_out, sliced_sdpa, split_heads
-from .memory_model import ATTENTION_SLICES
+from ..sampling.memory_model import ATTENTION_SLICES
 from .unet import SonicUNet
 
 log = logging.getLogger(__name__)
