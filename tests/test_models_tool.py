@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from fake_hub import FakeHub, range_start
-from sonic_model.weights.weights import model_catalog as mc
+from sonic_model.weights import model_catalog as mc
 from tools import models as tool
 
 REPO = Path(__file__).resolve().parents[1]

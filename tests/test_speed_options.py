@@ -211,7 +211,7 @@ def test_loader_passes_the_options_to_the_unet(golden, monkeypatch) -> None:
 
     unet = build_sonic_unet(golden.doc["config"])
     whisper = SimpleNamespace(encoder=SimpleNamespace(config=SimpleNamespace(d_model=8, encoder_layers=4)))
-    from sonic_pack.sonic_model.weights.weights import model_loading  # what the loader imports on first use
+    from sonic_pack.sonic_model.weights import model_loading  # what the loader imports on first use
     from sonic_pack.sonic_model.audio import whisper_features
 
     monkeypatch.setattr(model_loading, "load_sonic_unet", lambda path, dtype, device: unet)
