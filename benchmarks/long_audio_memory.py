@@ -74,7 +74,7 @@ def child(args: argparse.Namespace) -> None:
     import comfy.model_management as mm
     from sonic_pack.nodes.model_patchers import core_patcher
     from sonic_pack.nodes.sonic_types import SonicImageEmbeds
-    from sonic_pack.sonic_model.video.rife import IFNet, load_rife
+    from sonic_model.video.rife import IFNet, load_rife
 
     device = mm.get_torch_device()
     torch.manual_seed(0)
@@ -142,7 +142,7 @@ def sampling_child(args: argparse.Namespace) -> None:
     from sonic_pack.nodes.native_model import sonic_model_patcher
     from sonic_pack.nodes.sampling import run_sonic_sampler
     from sonic_pack.nodes.sonic_types import SonicAudioEmbeds, SonicImageEmbeds, SonicMotionBuckets
-    from sonic_pack.sonic_model.sampling import memory_model
+    from sonic_model.sampling import memory_model
 
     n, side = args.frames, args.size // 8
     g = torch.Generator().manual_seed(0)

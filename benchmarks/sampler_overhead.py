@@ -30,8 +30,8 @@ import comfy.samplers  # noqa: E402
 from sonic_pack.nodes.guider import SonicGuider  # noqa: E402
 from sonic_pack.nodes.native_model import sonic_model_patcher  # noqa: E402
 from sonic_pack.nodes.sampling import schedule_sigmas  # noqa: E402
-from sonic_pack.sonic_model.sampling.shift_fusion import SonicConditioning  # noqa: E402
-from sonic_pack.sonic_model.unet.unet import build_sonic_unet  # noqa: E402
+from sonic_model.sampling.shift_fusion import SonicConditioning  # noqa: E402
+from sonic_model.unet.unet import build_sonic_unet  # noqa: E402
 
 
 def conditioning(n: int, h: int, w: int, d: int, tokens: int = 4) -> SonicConditioning:

@@ -14,8 +14,8 @@ import_pack()
 from comfy_api.latest import io  # noqa: E402
 from sonic_pack.nodes.image import DETECTOR_MISSING, SonicReferenceImage  # noqa: E402
 from sonic_pack.nodes.sonic_types import SonicImageEmbeds, SonicModels  # noqa: E402
-from sonic_pack.sonic_model.image.face_detect import FaceBox  # noqa: E402
-from sonic_pack.sonic_model.image.reference_image import expand_crop_box, face_mask_box  # noqa: E402
+from sonic_model.image.face_detect import FaceBox  # noqa: E402
+from sonic_model.image.reference_image import expand_crop_box, face_mask_box  # noqa: E402
 from test_face_detect import candidate, red_image, scripted_detector  # noqa: E402
 
 NO_FACE = ("No face found in the reference image. Use a clearer frontal portrait, or set no_face to 'whole image' "

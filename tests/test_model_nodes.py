@@ -13,8 +13,8 @@ import folder_paths  # noqa: E402
 from sonic_pack.nodes import audio as audio_node  # noqa: E402
 from sonic_pack.nodes import loaders, model_files, motion  # noqa: E402
 from sonic_pack.nodes.sonic_types import SonicImageEmbeds  # noqa: E402
-from sonic_pack.sonic_model.weights.weights import WeightFileError  # noqa: E402
-from sonic_pack.sonic_model.audio.whisper_features import predict_buckets  # noqa: E402
+from sonic_model.weights.weights import WeightFileError  # noqa: E402
+from sonic_model.audio.whisper_features import predict_buckets  # noqa: E402
 
 
 @pytest.fixture()

@@ -22,7 +22,7 @@ from sonic_pack.nodes import loaders  # noqa: E402
 from sonic_pack.nodes.audio import SonicAudioEncode  # noqa: E402
 from sonic_pack.nodes.image import SonicReferenceImage  # noqa: E402
 from sonic_pack.nodes.sonic_types import SonicModels  # noqa: E402
-from sonic_pack.sonic_model.image.face_detect import FaceDetector  # noqa: E402
+from sonic_model.image.face_detect import FaceDetector  # noqa: E402
 
 FUZZ = settings(max_examples=80, deadline=None, derandomize=True, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -123,7 +123,7 @@ def test_a_clip_too_long_for_the_ram_or_the_gpu_is_refused_before_sampling(stand
       "sampling with the memory it needs and the longest audio that fits (\"Split the audio into parts of at most "
       "50.3 minutes\" on an 8 GB card).")
 def test_an_hour_at_512_is_refused_with_the_memory_it_needs_and_ten_minutes_fit_8_gb():
-    from sonic_pack.sonic_model.sampling import memory_model
+    from sonic_model.sampling import memory_model
 
     card = memory_model.card_free_vram(8 * memory_model.GIB)
     ten_minutes = memory_model.choose_mode(card, 512, 512, frames_total=7500, decode_chunk=None, rife_batch=None)

@@ -18,7 +18,7 @@ from comfy_extras import nodes_custom_sampler as custom  # noqa: E402
 from sonic_pack.nodes.native_model import SonicModelConfig, sonic_model_patcher  # noqa: E402
 from sonic_pack.nodes.sampling import SonicGuiderNode, SonicSampler, run_sonic_sampler, \
     schedule_sigmas  # noqa: E402
-from sonic_pack.sonic_model.sampling.shift_fusion import ShiftFusion, edm_rows_denoiser  # noqa: E402
+from sonic_model.sampling.shift_fusion import ShiftFusion, edm_rows_denoiser  # noqa: E402
 
 
 def _inputs(n=7, unet=None, low_vram=False):

@@ -15,9 +15,9 @@ from tools.comfy_runtime import import_pack
 import_pack()
 from sonic_pack.nodes.loaders import SonicLoader  # noqa: E402
 from sonic_pack.nodes.speakers import prepare_speakers, sample_speakers, speakers_paste  # noqa: E402
-from sonic_pack.sonic_model.video.paste_back import face_owners, paste_back, paste_faces  # noqa: E402
-from sonic_pack.sonic_model.speakers.speakers import mix_tracks  # noqa: E402
-from sonic_pack.sonic_model.video.video_pipeline import frame_batches  # noqa: E402
+from sonic_model.video.paste_back import face_owners, paste_back, paste_faces  # noqa: E402
+from sonic_model.speakers.speakers import mix_tracks  # noqa: E402
+from sonic_model.video.video_pipeline import frame_batches  # noqa: E402
 
 # Two faces side by side, (cx, cy, w, h) fractions of a 320×160 picture: 64-px faces, 128-px crops that do not meet.
 TWO_FACES = ((0.25, 0.5, 0.2, 0.4), (0.75, 0.5, 0.2, 0.4))

@@ -207,12 +207,12 @@ def test_loader_passes_the_options_to_the_unet(golden, monkeypatch) -> None:
     inputs = {i.id: i for i in loaders.SonicLoader.define_schema().inputs}
     assert inputs["compile"].default is False and "compil" in inputs["compile"].tooltip
     # load_sonic_models with every file reader stubbed: only the wiring of the options is under test.
-    from sonic_pack.sonic_model.unet.unet import build_sonic_unet
+    from sonic_model.unet.unet import build_sonic_unet
 
     unet = build_sonic_unet(golden.doc["config"])
     whisper = SimpleNamespace(encoder=SimpleNamespace(config=SimpleNamespace(d_model=8, encoder_layers=4)))
-    from sonic_pack.sonic_model.weights import model_loading  # what the loader imports on first use
-    from sonic_pack.sonic_model.audio import whisper_features
+    from sonic_model.weights import model_loading  # what the loader imports on first use
+    from sonic_model.audio import whisper_features
 
     monkeypatch.setattr(model_loading, "load_sonic_unet", lambda path, dtype, device: unet)
     monkeypatch.setattr(whisper_features, "WhisperAudioEncoder", SimpleNamespace(from_folder=lambda path: whisper))

@@ -20,8 +20,8 @@ from sonic_pack.nodes import decode as decode_mod  # noqa: E402
 from sonic_pack.nodes.decode import SonicDecode, decode_latents  # noqa: E402
 from sonic_pack.nodes.sonic_types import SonicImageEmbeds  # noqa: E402
 from sonic_pack.nodes.video import RIFE_MISSING, SonicInterpolate, SonicSaveVideo  # noqa: E402
-from sonic_pack.sonic_model.video.video_pipeline import stream_frames  # noqa: E402
-from sonic_pack.sonic_model.video.rife import interpolate_x2, load_rife  # noqa: E402
+from sonic_model.video.video_pipeline import stream_frames  # noqa: E402
+from sonic_model.video.rife import interpolate_x2, load_rife  # noqa: E402
 from tools.parity_checks.common import read_golden  # noqa: E402
 
 
@@ -355,7 +355,7 @@ def test_out_of_memory_in_rife_is_rifes_message(output_dir, rife, vae, monkeypat
 
 
 def test_out_of_memory_in_paste_back_is_paste_backs_message(output_dir, vae, monkeypatch):
-    from sonic_pack.sonic_model.video import video_pipeline
+    from sonic_model.video import video_pipeline
 
     monkeypatch.setattr(video_pipeline, "paste_back", _out_of_memory)
     image = SonicImageEmbeds(concat_latent=torch.zeros(1, 4, 2, 2), image_embeds=torch.zeros(1, 8),
@@ -369,7 +369,7 @@ def test_out_of_memory_in_paste_back_is_paste_backs_message(output_dir, vae, mon
 
 
 def test_a_failed_write_is_the_muxers_message(output_dir, rife, vae, monkeypatch):
-    from sonic_pack.sonic_model.video.video_writer import StreamingMp4Writer
+    from sonic_model.video.video_writer import StreamingMp4Writer
 
     def broken_pipe(self, frames):
         raise OSError(32, "Broken pipe")

@@ -15,8 +15,8 @@ import_pack()
 import comfy.model_management as mm  # noqa: E402
 from sonic_pack.nodes.guider import choose_sampling_mode  # noqa: E402
 from sonic_pack.nodes.native_model import sonic_model_patcher, store_weights_in  # noqa: E402
-from sonic_pack.sonic_model.sampling import memory_model  # noqa: E402
-from sonic_pack.sonic_model.unet.unet import build_sonic_unet  # noqa: E402
+from sonic_model.sampling import memory_model  # noqa: E402
+from sonic_model.unet.unet import build_sonic_unet  # noqa: E402
 
 GIB = 2 ** 30
 # fp8 (e4m3fn) storage against bf16 storage, both computing in bf16, on the UNet golden's three cases (random
@@ -160,7 +160,7 @@ def test_a_runs_memory_choice_stays_in_that_run_not_on_the_shared_model(monkeypa
 
     from sonic_fakes import make_conditioning
     from sonic_pack.nodes.guider import SonicGuider
-    from sonic_pack.sonic_model.unet.speed import SlicedAttnProcessor
+    from sonic_model.unet.speed import SlicedAttnProcessor
 
     unet = build_sonic_unet(TINY_UNET_CONFIG)
     model = sonic_model_patcher(unet, low_vram=None, compute_dtype=torch.float32)

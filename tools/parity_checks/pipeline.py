@@ -49,9 +49,9 @@ def run(golden: Golden) -> list[Comparison]:
     from sonic_pack.nodes.guider import SonicGuider
     from sonic_pack.nodes.native_model import sonic_model_patcher
     from sonic_pack.nodes.sampling import schedule_sigmas
-    from sonic_pack.sonic_model.video.chunked_decode import iter_decoded_chunks
-    from sonic_pack.sonic_model.sampling.shift_fusion import SonicConditioning, combine_guidance
-    from sonic_pack.sonic_model.sampling.shift_windows import window_starts
+    from sonic_model.video.chunked_decode import iter_decoded_chunks
+    from sonic_model.sampling.shift_fusion import SonicConditioning, combine_guidance
+    from sonic_model.sampling.shift_windows import window_starts
 
     assert pack is not None
     doc, t = golden.doc, golden.tensors
