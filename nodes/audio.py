@@ -1,38 +1,30 @@
 """Sonic Encode Audio: any AUDIO → per-frame Whisper tokens, the frame count, and the audio trimmed to the video."""
 from __future__ import annotations
 
-import comfy.model_management as mm
-import comfy.utils
 from comfy_api.latest import io
 
-from ..sonic_model.audio.audio_clip import stereo_clip
+from ..sonic_model.audio.audio_clip import clip_for_frames
 from ..sonic_model.audio.whisper_features import encode_audio
 from . import menu
+from .host import ComfyHost
 from .model_patchers import load_for_stage
 from .sonic_types import GENERATION_FPS, SonicAudio, SonicAudioEmbeds, SonicModel, SonicModels
 
 
 def trimmed_audio(audio: dict, num_frames: int, fps: float = GENERATION_FPS) -> dict:
-    """The input audio cut to exactly num_frames / fps seconds at its own rate (so the video file stays in sync),
-    surround downmixed to stereo (what video files and core's audio nodes take)."""
-    waveform, rate = stereo_clip(audio["waveform"], audio["sample_rate"])
-    samples = round(num_frames * rate / fps)
-    return {"waveform": waveform[None, :, :samples].contiguous(), "sample_rate": rate}
+    """An AUDIO cut to exactly the video's frames (audio_clip.clip_for_frames), as an AUDIO."""
+    waveform, rate = clip_for_frames(audio["waveform"], audio["sample_rate"], num_frames, fps)
+    return {"waveform": waveform[None], "sample_rate": rate}
 
 
 def encode_sonic_audio(models: SonicModels, audio: dict, node_id: str | None = None) -> tuple[SonicAudioEmbeds, dict]:
-    """The library's encode_audio on ComfyUI's devices, with a progress bar and Cancel between its steps."""
+    """The library's encode_audio with ComfyUI as its host (progress bar, Cancel, results on the intermediate
+    device), on the audio models core loaded for the stage."""
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
         raise ValueError("Sonic Encode Audio needs an AUDIO input (e.g. from Load Audio).")
-    bar = comfy.utils.ProgressBar(1, node_id=node_id)
-
-    def on_progress(done: int, total: int) -> None:
-        bar.update_absolute(done, total)
-        mm.throw_exception_if_processing_interrupted()  # Cancel between Whisper chunks and token batches
-
     audio_models = load_for_stage(models.audio_patcher)  # core keeps it there, or offloads it, from now on
     embeds = encode_audio(models.whisper, audio["waveform"], audio["sample_rate"], audio_models.audio2token,
-                          output_device=mm.intermediate_device(), on_progress=on_progress)
+                          host=ComfyHost(node_id))
     return embeds, trimmed_audio(audio, embeds.num_frames)
 
 

@@ -6,20 +6,16 @@ pixels, so a chunk here goes through the model in one call. See docs/decode-chun
 """
 from __future__ import annotations
 
-import logging
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
 import comfy.model_management as mm
-import comfy.utils
 from comfy_api.latest import io
 
 from ..sonic_model.video.video_pipeline import decoded_chunks
 from . import menu
-from .preview import PREVIEW_SIDE, preview_image
-
-log = logging.getLogger(__name__)
+from .host import ComfyHost
 
 DEFAULT_CHUNK = 8  # the official decode_chunk_size
 
@@ -33,19 +29,11 @@ def decode_chunk(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     # Core's estimate is per frame (its formula ignores the batch axis): ask room for the whole chunk.
     memory = vae.memory_used_decode(latents.shape, vae.vae_dtype) * n
     output_device = getattr(vae, "output_device", mm.intermediate_device())
-    for attempt in (1, 2):
-        try:
-            mm.load_models_gpu([vae.patcher], memory_required=memory,
-                               force_full_load=getattr(vae, "disable_offload", False))
-            with torch.inference_mode():
-                x = latents.to(device=vae.device, dtype=vae.vae_dtype)
-                pixels = vae.first_stage_model.decode(x)
-                return vae.process_output(pixels.to(output_device).float()).movedim(1, -1)
-        except torch.OutOfMemoryError:  # not core's OOM_EXCEPTION, which may be plain Exception
-            if attempt == 2:
-                raise  # video_pipeline.decoded_chunks explains it
-            log.warning("Sonic decode: out of memory on a %d-frame chunk; emptying the cache and retrying once.", n)
-            mm.soft_empty_cache()  # the retry's load_models_gpu evicts other models to make `memory` free
+    mm.load_models_gpu([vae.patcher], memory_required=memory, force_full_load=getattr(vae, "disable_offload", False))
+    with torch.inference_mode():
+        x = latents.to(device=vae.device, dtype=vae.vae_dtype)
+        pixels = vae.first_stage_model.decode(x)
+        return vae.process_output(pixels.to(output_device).float()).movedim(1, -1)
 
 
 def check_latents(latent: dict) -> torch.Tensor:
@@ -59,22 +47,13 @@ def check_latents(latent: dict) -> torch.Tensor:
     return samples
 
 
-def chunk_progress(node_id: Optional[str]) -> Callable[[int, int, torch.Tensor], None]:
-    """After each decoded chunk: a ProgressBar step with a preview of its last frame, then a Cancel check."""
-    bar = comfy.utils.ProgressBar(1, node_id=node_id)
-
-    def on_chunk(done: int, total: int, frames: torch.Tensor) -> None:
-        bar.update_absolute(done, total, preview=("JPEG", preview_image(frames[-1]), PREVIEW_SIDE))
-        mm.throw_exception_if_processing_interrupted()  # Cancel between chunks (also without a server hook)
-
-    return on_chunk
-
-
 def iter_decode(vae: Any, samples: torch.Tensor, chunk_size: int = DEFAULT_CHUNK,
                 node_id: Optional[str] = None) -> Iterator[torch.Tensor]:
-    """Yields decoded chunks (n,H,W,3) of Sonic latents (N,4,h,w) with core's VAE; progress, preview and Cancel
-    per chunk."""
-    return decoded_chunks(samples, chunk_size, lambda latents: decode_chunk(vae, latents), chunk_progress(node_id))
+    """Yields decoded chunks (n,H,W,3) of Sonic latents (N,4,h,w) with core's VAE, ComfyUI as the host: progress
+    with a preview and Cancel per chunk, a chunk out of memory retried once after the cache is emptied."""
+    host = ComfyHost(node_id)
+    return decoded_chunks(samples, chunk_size, lambda latents: decode_chunk(vae, latents), host,
+                          host.progress(-(-samples.shape[0] // chunk_size)))
 
 
 def decode_latents(vae: Any, samples: torch.Tensor, chunk_size: int = DEFAULT_CHUNK,

@@ -18,9 +18,11 @@ import torch
 import comfy.model_management as mm
 import comfy.samplers
 
+from ..sonic_model.host import explained
 from ..sonic_model.sampling import memory_model
 from ..sonic_model.sampling.shift_fusion import FusedPrediction, GuidanceRows, ShiftFusion, SonicConditioning, WindowEvent
 from ..sonic_model.sampling.step_tracker import StepTracker
+from .host import ComfyHost
 from .native_model import is_sonic_model
 
 # Model patches that rewrite two-way CFG from (cond, uncond): they have no meaning for Sonic's three rows.
@@ -97,16 +99,16 @@ class SonicGuider(comfy.samplers.CFGGuider):
                 callback(step, denoised, x, total_steps)
 
         self._start = (noise, latent_image)
+        h, w = (s * 8 for s in latent_image.shape[-2:])
+        # torch's type only (not core's OOM_EXCEPTION, which may be Exception, Cancel too); ComfyUI also unloads
+        # models for it, so the next run starts clean.
+        out_of_memory = explained(ComfyHost(), lambda error: (
+            f"Sonic ran out of GPU memory while sampling {n} frames at {w}×{h} with windows of {self.fusion.window}. "
+            f"Set the loader's low_vram to 'on', lower the Reference Image resolution, or use a smaller window. "
+            f"({error})"), (torch.OutOfMemoryError,))
         try:
-            with self._memory_settings(latent_image.shape):
+            with out_of_memory, self._memory_settings(latent_image.shape):
                 samples = super().sample(noise, latent_image, sampler, sigmas, denoise_mask, tracked, *args, **kwargs)
-        except torch.OutOfMemoryError as error:  # not core's OOM_EXCEPTION: that may be Exception, Cancel too
-            mm.soft_empty_cache(True)  # ComfyUI also unloads models for this exception type: the next run starts clean
-            h, w = (s * 8 for s in latent_image.shape[-2:])
-            raise torch.OutOfMemoryError(
-                f"Sonic ran out of GPU memory while sampling {n} frames at {w}×{h} with windows of "
-                f"{self.fusion.window}. Set the loader's low_vram to 'on', lower the Reference Image resolution, "
-                f"or use a smaller window. ({error})") from None
         finally:
             self._start = self._mask = None
             self.fusion.release()

@@ -6,8 +6,8 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..sonic_model.audio.audio_adapters import postprocess_buckets
 from ..sonic_model.motion.motion_curve import MotionCurve
+from ..sonic_model.motion.overrides import AUTO, chosen_buckets
 from ..sonic_model.audio.whisper_features import predict_buckets
 from . import menu
 from .model_patchers import load_for_stage
@@ -17,7 +17,6 @@ from .sonic_types import SonicAudio, SonicImage, SonicModel, SonicMotion, SonicM
 PRESETS = {f"{name} ({beta:.1f})": beta for name, beta in (("mild", 0.5), ("moderate", 1.0), ("intense", 2.0))}
 DEFAULT_PRESET = "moderate (1.0)"  # the official dynamic_scale
 CUSTOM = "custom"
-AUTO = -1  # slider value meaning "keep the prediction"
 
 
 def dynamic_scale(preset: str, beta: float) -> float:
@@ -30,20 +29,9 @@ def dynamic_scale(preset: str, beta: float) -> float:
 
 def motion_buckets(raw: torch.Tensor, scale: float, head_motion: int, expression: int,
                    curves: tuple[MotionCurve | None, MotionCurve | None] = (None, None)) -> SonicMotionBuckets:
-    """Per column: a connected curve (drawn on the frames, ×β like the prediction) > a fixed value > the prediction."""
-    predicted = postprocess_buckets(raw, scale)
-    buckets, sources = predicted.clone(), []
-    for column, (override, curve) in enumerate(zip((head_motion, expression), curves)):
-        if curve is not None:
-            buckets[:, column] = curve.sample(buckets.shape[0]) * float(scale)
-            sources.append("curve")
-        elif override != AUTO:
-            buckets[:, column] = float(override)
-            sources.append("fixed")
-        else:
-            sources.append("prediction")
-    return SonicMotionBuckets(buckets=buckets.to(mm.intermediate_device()), predicted=predicted,
-                              sources=tuple(sources))
+    """The library's choice per column (curve > fixed value > prediction) as the motion socket's value."""
+    buckets, predicted, sources = chosen_buckets(raw, scale, (head_motion, expression), curves)
+    return SonicMotionBuckets(buckets=buckets.to(mm.intermediate_device()), predicted=predicted, sources=sources)
 
 
 class SonicMotionBucketsNode(io.ComfyNode):

@@ -11,19 +11,26 @@ import comfy.samplers
 import comfy.utils
 from comfy_api.latest import io
 
+from ..sonic_model.host import Host
 from ..sonic_model.sampling.shift_fusion import SonicConditioning, WindowEvent
 from . import menu
 from .guider import SonicGuider
+from .host import ComfyHost
 from .preview import PREVIEW_SIDE, preview_image
 from .sonic_types import SonicAudio, SonicAudioEmbeds, SonicImage, SonicImageEmbeds, SonicMotion, SonicMotionBuckets
 
 _SD15_RGB = torch.tensor(comfy.latent_formats.SD15().latent_rgb_factors)  # SVD latents are SD1.5 latents
 
 
-def latent_preview(x0: torch.Tensor, max_side: int = PREVIEW_SIDE) -> Image.Image:
-    """A cheap RGB look at one frame's latent (4, h, w), for the progress bar."""
+def latent_rgb(x0: torch.Tensor) -> torch.Tensor:
+    """A cheap RGB look (h, w, 3) in [0, 1] at one frame's latent (4, h, w), for the progress bar's preview."""
     rgb = torch.einsum("chw,cr->hwr", x0.float().cpu(), _SD15_RGB)  # about [-1, 1]
-    return preview_image((rgb + 1) / 2, max_side)
+    return (rgb + 1) / 2
+
+
+def latent_preview(x0: torch.Tensor, max_side: int = PREVIEW_SIDE) -> Image.Image:
+    """The preview picture ComfyUI shows for one frame's latent."""
+    return preview_image(latent_rgb(x0), max_side)
 
 
 def sonic_conditioning(audio: SonicAudioEmbeds, image: SonicImageEmbeds,
@@ -57,22 +64,16 @@ def schedule_sigmas(model, scheduler: str, steps: int, denoise: float = 1.0, sam
 
 
 class WindowProgress:
-    """One progress tick per UNet window, with a preview on each step's first window (a JPEG per window would cost
-    the host more than the tick); never backwards (2-evaluation samplers redo a step). `part` = (index, count) puts one of several clips
-    sampled in a row on one bar (Sonic Speakers KSampler)."""
+    """Window events → the host's progress: one count per UNet window, a preview on each step's first window (a JPEG
+    per window would cost the host more than the count); `part` = (index, count) puts one of several clips sampled
+    in a row on one bar (Sonic Speakers KSampler)."""
 
-    def __init__(self, steps: int, windows_per_step: int, node_id: str | None, part: tuple[int, int] = (0, 1)):
-        self.clip = steps * windows_per_step
-        self.offset = part[0] * self.clip
-        self.total = part[1] * self.clip
-        self.done = self.offset
-        self.bar = comfy.utils.ProgressBar(self.total, node_id=node_id)
+    def __init__(self, steps: int, windows_per_step: int, host: Host, part: tuple[int, int] = (0, 1)):
+        self.progress = host.progress(steps * windows_per_step).share(*part)
 
     def __call__(self, event: WindowEvent) -> None:
-        done = self.offset + min(self.clip, event.step * event.windows_per_step + event.window + 1)
-        self.done = max(self.done, done)
-        preview = ("JPEG", latent_preview(event.denoised[0]), PREVIEW_SIDE) if event.window == 0 else None
-        self.bar.update_absolute(self.done, self.total, preview=preview)
+        preview = latent_rgb(event.denoised[0]) if event.window == 0 else None
+        self.progress(event.step * event.windows_per_step + event.window + 1, preview=preview)
 
 
 def run_sonic_sampler(model, audio: SonicAudioEmbeds, image: SonicImageEmbeds, motion: SonicMotionBuckets,
@@ -91,7 +92,7 @@ def run_sonic_sampler(model, audio: SonicAudioEmbeds, image: SonicImageEmbeds, m
     if len(sigmas) < 2:
         raise ValueError("The σ schedule has no steps (denoise 0, or an empty SIGMAS input): raise steps/denoise.")
     guider = SonicGuider(model, cond, cfg_image=cfg_image, cfg_audio=cfg_audio, shift=shift, window=window)
-    guider.on_window = WindowProgress(len(sigmas) - 1, guider.fusion.windows_per_step, node_id, part)
+    guider.on_window = WindowProgress(len(sigmas) - 1, guider.fusion.windows_per_step, ComfyHost(node_id), part)
     latent = start_latent(image, cond.num_frames, view=True)["samples"]  # a clip-long buffer less in RAM
     noise = comfy.sample.prepare_noise(latent, seed)  # core's seeded noise: a seed means what it means in KSampler
     samples = guider.sample(noise, latent, sampler, sigmas, callback=None, disable_pbar=True, seed=seed)

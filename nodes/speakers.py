@@ -10,8 +10,8 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..sonic_model.image.reference_image import check_image_size, mask_bounding_box, no_detector_message
-from ..sonic_model.speakers.speakers import FACE_ORDERS, LEFT_TO_RIGHT, box_centre, choose_faces, features_cut, mix_tracks, \
-    ordered_faces, padded_track, seconds_of, speakers_preview
+from ..sonic_model.speakers.speakers import FACE_ORDERS, LEFT_TO_RIGHT, box_centre, features_cut, mix_tracks, \
+    padded_track, pair_tracks_with_faces, seconds_of, speakers_preview
 from ..sonic_model.video.video_pipeline import PasteFaces
 from ..sonic_model.audio.whisper_features import predict_buckets
 from . import menu
@@ -42,20 +42,10 @@ def speaker_masks(masks: list, width: int, height: int) -> list:
 
 
 def speaker_faces(models: SonicModels, rgb, masks: list, face_order: str, faces: str) -> tuple[list, list, int | None]:
-    """The face box each track drives (a mask's bounding box, or a detected face), what the readout calls it (its
-    number in face_order, or "mask") and how many faces were found (None when every track has a mask)."""
-    unmasked = sum(mask is None for mask in masks)
-    found, ordered, chosen = None, [], iter([])
-    if unmasked:
-        if models.face_detector is None:
-            raise ValueError(no_detector_message(DETECTOR_WHERE, "connect a mask for every speaker"))
-        detected = detect_faces(models, rgb, "error")
-        found, ordered = len(detected), ordered_faces(detected, face_order)
-        chosen = iter(choose_faces(detected, face_order, faces, unmasked))
-    boxes = [mask_bounding_box(mask) if mask is not None else next(chosen) for mask in masks]
-    labels = ["mask" if mask is not None else next(i for i, f in enumerate(ordered) if f is box)
-              for mask, box in zip(masks, boxes)]
-    return boxes, labels, found
+    """The library's pairing of tracks with faces, with the bundle's face detector (run only if a track has no mask)."""
+    detect = None if models.face_detector is None else (lambda: detect_faces(models, rgb, "error"))
+    return pair_tracks_with_faces(masks, detect, face_order, faces,
+                                  no_detector_message(DETECTOR_WHERE, "connect a mask for every speaker"))
 
 
 @torch.no_grad()

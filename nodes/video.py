@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
-import comfy.model_management as mm
-import comfy.utils
 import folder_paths
 from comfy.cli_args import args
 from comfy_api.latest import io, ui
 
-from ..sonic_model.video.video_pipeline import PasteFaces, PasteInto, WrittenVideo, interpolated, write_video
+from ..sonic_model.video.video_pipeline import PasteFaces, PasteInto, WrittenVideo, interpolate_all, paste_all, \
+    write_video
 from . import menu
-from .decode import DEFAULT_CHUNK, chunk_progress, check_latents, decode_chunk
+from .decode import DEFAULT_CHUNK, check_latents, decode_chunk
+from .host import ComfyHost
 from .model_patchers import load_for_stage
 from .sonic_types import GENERATION_FPS, SonicImage, SonicImageEmbeds, SonicModel
 
@@ -41,28 +40,20 @@ def rife_patcher(sonic_model: Any) -> Any:
     return patcher
 
 
-@contextmanager
-def rife_loaded(patcher: Any, frame_hw: tuple[int, int], batch_size: int) -> Iterator[Optional[torch.nn.Module]]:
+def loaded_rife(patcher: Any, frame_hw: tuple[int, int], batch_size: int) -> Optional[torch.nn.Module]:
     """RIFE on ComfyUI's compute device for the stage, loaded by core (which keeps it there or offloads it later),
-    with room for one batch of frame pairs beside it. Out of memory empties core's cache before the stage's own
-    message; other errors pass through."""
+    with room for one batch of frame pairs beside it; None without a patcher."""
     if patcher is None:
-        yield None
-        return
+        return None
     h, w = frame_hw
-    model = load_for_stage(patcher, batch_size * h * w * 3 * 4 * 64)  # ~64 frame-sized fp32 buffers per pair
-    try:
-        yield model
-    except torch.OutOfMemoryError:
-        mm.soft_empty_cache(True)
-        raise
+    return load_for_stage(patcher, batch_size * h * w * 3 * 4 * 64)  # ~64 frame-sized fp32 buffers per pair
 
 
-def paste_function(image: Optional[SonicImageEmbeds], feather: int) -> Optional[PasteInto]:
+def paste_function(image: Optional[SonicImageEmbeds], feather: int, host: ComfyHost) -> Optional[PasteInto]:
     """Paste-back into the original picture, or None when the reference was not cropped."""
     if image is None or image.crop_box is None or image.original is None:
         return None
-    return PasteInto(image.original, image.crop_box, feather)
+    return PasteInto(image.original, image.crop_box, feather, host)
 
 
 def save_sonic_video(vae: Any, samples: Union[torch.Tensor, list[torch.Tensor]], *,
@@ -82,45 +73,29 @@ def save_sonic_video(vae: Any, samples: Union[torch.Tensor, list[torch.Tensor]],
 
     first = samples if isinstance(samples, torch.Tensor) else samples[0]
     frame_hw = (first.shape[-2] * 8, first.shape[-1] * 8)
-    with rife_loaded(rife, frame_hw, chunk_size) as rife_net:
-        written = write_video(samples, lambda latents: decode_chunk(vae, latents), path_for,
-                              fps=INTERPOLATED_FPS if rife is not None else GENERATION_FPS, chunk_size=chunk_size,
-                              rife=rife_net, paste=faces if faces is not None else paste_function(image, feather),
-                              audio=None if audio is None else (audio["waveform"], audio["sample_rate"]), crf=crf,
-                              metadata=metadata, on_chunk=chunk_progress(node_id))
+    host = ComfyHost(node_id)
+    if faces is not None:
+        faces.host = host
+    rife_net = loaded_rife(rife, frame_hw, chunk_size)
+    written = write_video(samples, lambda latents: decode_chunk(vae, latents), path_for,
+                          fps=INTERPOLATED_FPS if rife is not None else GENERATION_FPS, chunk_size=chunk_size,
+                          rife=rife_net, paste=faces if faces is not None else paste_function(image, feather, host),
+                          audio=None if audio is None else (audio["waveform"], audio["sample_rate"]), crf=crf,
+                          metadata=metadata, host=host)
     return written
 
 
 def interpolate_images(patcher: Any, images: torch.Tensor, batch_size: int = 8,
                        node_id: Optional[str] = None) -> torch.Tensor:
-    """(N,H,W,3) → (2N−1,H,W,3) on mm.intermediate_device(), computed batch by batch on the compute device by
-    RIFE (its core patcher)."""
-    if images.dim() != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected IMAGE frames (N,H,W,3), got {tuple(images.shape)}")
-    count = max(2 * images.shape[0] - 1, 0)
-    out = torch.empty((count, *images.shape[1:]), dtype=torch.float32, device=mm.intermediate_device())
-    bar = comfy.utils.ProgressBar(max(count, 1), node_id=node_id)
-    with rife_loaded(patcher, tuple(images.shape[1:3]), batch_size) as model:
-        for i, frame in enumerate(interpolated(images, model, batch_size)):
-            out[i] = frame
-            if i % (2 * batch_size) == 0 or i == count - 1:
-                bar.update_absolute(i + 1, count)
-                mm.throw_exception_if_processing_interrupted()
-    return out
+    """(N,H,W,3) → (2N−1,H,W,3) by RIFE (its core patcher, loaded for the stage), ComfyUI as the host."""
+    model = loaded_rife(patcher, tuple(images.shape[1:3]), batch_size)
+    return interpolate_all(images, model, batch_size, ComfyHost(node_id))
 
 
-def paste_images(images: torch.Tensor, image: Optional[SonicImageEmbeds], feather: int,
-                 batch: int = 16) -> torch.Tensor:
-    paste = paste_function(image, feather)
-    if paste is None:
-        return images
-    first = paste(images[:1])
-    out = torch.empty((images.shape[0], *first.shape[1:]), dtype=torch.float32, device=mm.intermediate_device())
-    out[:1] = first
-    for start in range(1, images.shape[0], batch):
-        out[start:start + batch] = paste(images[start:start + batch])
-        mm.throw_exception_if_processing_interrupted()
-    return out
+def paste_images(images: torch.Tensor, image: Optional[SonicImageEmbeds], feather: int) -> torch.Tensor:
+    host = ComfyHost()
+    paste = paste_function(image, feather, host)
+    return images if paste is None else paste_all(images, paste, host=host)
 
 
 FEATHER_TOOLTIP = "Width in pixels of the soft edge blending the animated crop into the original picture (0 = hard)."

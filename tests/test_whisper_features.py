@@ -19,6 +19,7 @@ from sonic_model.audio.whisper_features import (
     num_frames_for,
     predict_buckets,
 )
+from recording_host import RecordingHost
 from tools.parity_checks import whisper as check
 from tools.parity_checks.common import read_golden
 
@@ -127,8 +128,7 @@ def test_long_audio_is_not_capped_and_encoded_chunk_by_chunk(models, short_golde
     hook = encoder.encoder.register_forward_pre_hook(lambda mod, args: calls.append(tuple(args[0].shape)))
     try:
         clip = short_golden.tensors["in.clip_image_embeds"]
-        features = encode_audio(encoder, wave, 16000, audio2token, frame_batch=1000,
-                                on_progress=lambda done, total: progress.append((done, total)))
+        features = encode_audio(encoder, wave, 16000, audio2token, frame_batch=1000, host=RecordingHost(progress))
         raw = predict_buckets(audio2bucket, features, clip)
         chunks = math.ceil(seconds / 30)
         assert calls == [(1, 80, 3000)] * chunks  # one bounded encoder call per 30 s chunk

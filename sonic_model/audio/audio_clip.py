@@ -90,3 +90,11 @@ def stereo_clip(waveform: Tensor, sample_rate: int | float) -> tuple[Tensor, int
     take."""
     waveform, rate = clip_channels(waveform, sample_rate)
     return downmix_to_stereo(waveform), rate
+
+
+def clip_for_frames(waveform: Tensor, sample_rate: int | float, num_frames: int,
+                    fps: float) -> tuple[Tensor, int]:
+    """The clip cut to exactly `num_frames` / `fps` seconds at its own rate, so a video of those frames stays in
+    sync, as a stereo clip (see stereo_clip)."""
+    waveform, rate = stereo_clip(waveform, sample_rate)
+    return waveform[:, :round(num_frames * rate / fps)].contiguous(), rate

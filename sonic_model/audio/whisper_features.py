@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..host import Host
 from .audio_adapters import AudioToBuckets, AudioToTokens, null_audio_tokens
 from .audio_resample import to_16k_mono
 
@@ -246,14 +247,13 @@ def too_short_message(num_samples: int) -> str:
 @torch.no_grad()
 def encode_audio(encoder: WhisperAudioEncoder, waveform: Tensor, sample_rate: int, audio2token: AudioToTokens, *,
                  max_units: int | None = None, frame_batch: int = FRAME_BATCH,
-                 output_device: torch.device | str | None = None,
-                 on_progress: Callable[[int, int], None] | None = None) -> AudioFeatures:
+                 host: Host | None = None) -> AudioFeatures:
     """Any clip (an AUDIO's waveform and rate: any length, rate and channel count) → per-frame tokens, null tokens and
     bucket windows. The one path from audio to conditioning: Encode Audio and the parity check both call it.
 
     Whisper runs per 30 s chunk and audio2token `frame_batch` frames at a time, so minutes of audio stay bounded;
-    `on_progress(done, total)` is called after each of those steps (a progress bar, a Cancel check). Results go to
-    `output_device` (default: audio2token's device). No length cap unless `max_units` is given (upstream:
+    each of those steps is one count of the host's progress (which also checks Cancel). Results go to the host's
+    offload device (without a host: audio2token's device). No length cap unless `max_units` is given (upstream:
     OFFICIAL_MAX_UNITS)."""
     wave = to_16k_mono(waveform, sample_rate)
     num_samples = int(wave.shape[0])
@@ -264,22 +264,22 @@ def encode_audio(encoder: WhisperAudioEncoder, waveform: Tensor, sample_rate: in
     _check_fits(encoder, audio2token)
     chunks = -(-units * TOKENS_PER_UNIT // encoder.tokens_per_chunk)
     total = chunks + -(-frames // frame_batch)
-    report = on_progress or (lambda done, total: None)
+    report = (host or Host()).progress(total)
 
     hidden = encoder.hidden_states(wave, max_tokens=units * TOKENS_PER_UNIT,
-                                   on_chunk=lambda done: report(done, total))
+                                   on_chunk=lambda done: report(done))
     token_seq, bucket_seq = padded_sequences(hidden, units)
     del hidden
     token_windows = _windows(token_seq, TOKEN_WINDOW, frames)
     param = _param(audio2token)
-    output_device = param.device if output_device is None else output_device
+    output_device = param.device if host is None else host.offload_device
     # Filled in place: a list of batches joined at the end would hold the tokens twice (2 × 940 MiB for 10 minutes).
     tokens = torch.empty(frames, audio2token.context_tokens, audio2token.output_dim, device=output_device,
                          dtype=param.dtype)
     for batch_index, start in enumerate(range(0, frames, frame_batch), start=1):
         batch = token_windows[None, start:start + frame_batch].to(param.device, param.dtype)
         tokens[start:start + frame_batch] = audio2token(batch)[0]
-        report(chunks + batch_index, total)
+        report(chunks + batch_index)
     bucket_windows = _windows(bucket_seq.to(output_device), BUCKET_WINDOW, frames)
     return AudioFeatures(tokens=tokens, null_tokens=null_audio_tokens(audio2token).to(output_device),
                          bucket_windows=bucket_windows, num_frames=frames, num_units=units, num_samples=num_samples)

@@ -3,7 +3,8 @@ Whisper, the tracks mixed into the video's sound, and a preview of the chosen fa
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -11,8 +12,9 @@ from PIL import Image, ImageDraw
 
 from ..audio.audio_clip import stereo_clip
 from ..audio.audio_resample import resample
-from ..image.face_detect import FaceBox, faces_by_size
 from ..audio.whisper_features import AudioFeatures
+from ..image.face_detect import FaceBox, faces_by_size
+from ..image.reference_image import mask_bounding_box
 
 LEFT_TO_RIGHT = "left to right"
 LARGEST_FIRST = "largest first"
@@ -117,3 +119,23 @@ def speakers_preview(rgb: np.ndarray, boxes: Sequence[Box]) -> torch.Tensor:
         draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=colour, width=width)
         draw.text((x1 + width + 2, y1 + width + 1), str(track), fill=colour)
     return torch.from_numpy(np.asarray(image).astype(np.float32) / 255)[None]
+
+
+def pair_tracks_with_faces(masks: Sequence[Optional[np.ndarray]], detect: Optional[Callable[[], Sequence[FaceBox]]],
+                           face_order: str, faces: str, no_detector: str) -> tuple[list, list, Optional[int]]:
+    """The face box each track drives: its mask's bounding box, or the next face chosen among the detected ones (in
+    `face_order`, picked by `faces`). Also what the readout calls it (its number in face_order, or "mask") and how
+    many faces were found (None when every track has a mask, and the detector is not run). `detect` is None when no
+    detector is loaded; `no_detector` is then the message."""
+    unmasked = sum(mask is None for mask in masks)
+    found, ordered, chosen = None, [], iter([])
+    if unmasked:
+        if detect is None:
+            raise ValueError(no_detector)
+        detected = list(detect())
+        found, ordered = len(detected), ordered_faces(detected, face_order)
+        chosen = iter(choose_faces(detected, face_order, faces, unmasked))
+    boxes = [mask_bounding_box(mask) if mask is not None else next(chosen) for mask in masks]
+    labels = ["mask" if mask is not None else next(i for i, f in enumerate(ordered) if f is box)
+              for mask, box in zip(masks, boxes)]
+    return boxes, labels, found
