@@ -10,6 +10,7 @@ have. The per-step latent arithmetic on the host is cheap next to the UNet windo
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -23,10 +24,8 @@ from ..sonic_model.sampling import memory_model
 from ..sonic_model.sampling.shift_fusion import FusedPrediction, GuidanceRows, ShiftFusion, SonicConditioning, WindowEvent
 from ..sonic_model.sampling.step_tracker import StepTracker
 from .host import ComfyHost
+from .model_tools import compile_backend, origin_of, refuse_unsupported_tools
 from .native_model import is_sonic_model
-
-# Model patches that rewrite two-way CFG from (cond, uncond): they have no meaning for Sonic's three rows.
-_TWO_WAY_CFG_PATCHES = ("sampler_cfg_function", "sampler_pre_cfg_function")
 
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
@@ -76,6 +75,8 @@ class SonicGuider(comfy.samplers.CFGGuider):
         self._mask: torch.Tensor | None = None
         self._start: tuple[torch.Tensor, torch.Tensor] | None = None  # the caller's noise and latent, host copies
         self._compute_device: torch.device | None = None
+        self.compile_backend: str | None = None  # core's TorchCompileModel on this MODEL: its backend
+        self.first_call_seconds: float | None = None  # under torch.compile: the first UNet call (compile + run)
 
     @property
     def unet_calls(self) -> int:
@@ -88,6 +89,10 @@ class SonicGuider(comfy.samplers.CFGGuider):
 
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, *args, **kwargs):
         n = self.cond.num_frames
+        refuse_unsupported_tools(self.model_patcher)  # before any model is loaded or step taken
+        self._try_post_cfg_hooks(latent_image)
+        self.compile_backend = compile_backend(self.model_patcher)
+        self.first_call_seconds = None
         if latent_image.shape[0] != n:
             raise ValueError(f"The latent has {latent_image.shape[0]} frames but the Sonic audio has {n}: connect "
                              "the Sonic Guider's start latent (or one of as many frames) to the sampler.")
@@ -181,10 +186,6 @@ class SonicGuider(comfy.samplers.CFGGuider):
         return mode, working
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (core's signature)
-        for patch in _TWO_WAY_CFG_PATCHES:
-            if model_options.get(patch):
-                raise ValueError(f"A model patch that rewrites two-way CFG ({patch}, e.g. RescaleCFG) cannot be "
-                                 "combined with Sonic's three-way guidance: remove it from the MODEL chain.")
         sigma = float(timestep.reshape(-1)[0])
         step = self.first_step + (self._tracker.step_for(sigma) if self._tracker else 0)
         transformer_options = model_options.get("transformer_options", {})
@@ -203,17 +204,70 @@ class SonicGuider(comfy.samplers.CFGGuider):
         return self._mask
 
     def _apply_model(self, rows: GuidanceRows, transformer_options: dict) -> torch.Tensor:
+        if self.compile_backend is not None and self.first_call_seconds is None:
+            return self._timed_first_call(rows, transformer_options)
+        return self._apply_model_now(rows, transformer_options)
+
+    def _apply_model_now(self, rows: GuidanceRows, transformer_options: dict) -> torch.Tensor:
         return self.inner_model.apply_model(
             rows.x, rows.sigma, c_concat=rows.concat, c_crossattn=rows.clip, transformer_options=transformer_options,
             audio_tokens=rows.audio, time_ids=rows.time_ids, frames=rows.frames,
             face_mask=self._face_mask(rows.face_mask, rows.x.device))
 
+    def _timed_first_call(self, rows: GuidanceRows, transformer_options: dict) -> torch.Tensor:
+        """The first UNet call under core's torch.compile, timed: it traces and compiles the UNet."""
+        start = time.perf_counter()
+        out = self._apply_model_now(rows, transformer_options)
+        if out.device.type == "cuda":
+            torch.cuda.synchronize(out.device)
+        self.first_call_seconds = time.perf_counter() - start
+        logging.info("Sonic: the UNet runs under core's torch.compile (backend %s); the first window took %.1f s "
+                     "(compile + one run)", self.compile_backend, self.first_call_seconds)
+        return out
+
     def _post_cfg(self, fused: FusedPrediction, x, timestep, model_options: dict) -> torch.Tensor:
         """Core's post-CFG hooks (CFG++ samplers read the uncond x0 through them), with Sonic's fused predictions."""
         denoised = fused.guided
         for hook in model_options.get("sampler_post_cfg_function", []):
-            denoised = hook({"denoised": denoised, "cond": None, "uncond": None, "model": self.inner_model,
-                             "uncond_denoised": fused.uncond, "cond_denoised": fused.full,
-                             "cond_scale": self.fusion.cfg_audio, "sigma": timestep,
-                             "model_options": model_options, "input": x})
+            denoised = hook(PostCfgArgs(origin_of(hook), {
+                "denoised": denoised, "model": self.inner_model, "uncond_denoised": fused.uncond,
+                "cond_denoised": fused.full, "cond_scale": self.fusion.cfg_audio, "sigma": timestep,
+                "model_options": model_options, "input": x}))
         return denoised
+
+
+    def _try_post_cfg_hooks(self, latent: torch.Tensor) -> None:
+        """Each post-CFG hook on the MODEL once, on a one-pixel stand-in: one that asks for core's conditioning
+        (PostCfgArgs) is refused now rather than after the first step. Anything else it raises is left for the
+        run itself to report."""
+        x = torch.zeros(1, *latent.shape[1:2], 1, 1)
+        for hook in self.model_options.get("sampler_post_cfg_function", []):
+            args = PostCfgArgs(origin_of(hook), {
+                "denoised": x, "model": self.model_patcher.model, "uncond_denoised": x, "cond_denoised": x,
+                "cond_scale": self.fusion.cfg_audio, "sigma": torch.ones(1), "model_options": self.model_options,
+                "input": x})
+            try:
+                hook(args)
+            except NeedsCoreConditioning:
+                raise
+            except Exception:  # noqa: BLE001 - a stand-in's fault is not the hook's: the run shows real ones
+                pass
+
+
+class NeedsCoreConditioning(ValueError):
+    """A post-CFG hook asked for core's cond/uncond batches."""
+
+
+class PostCfgArgs(dict):
+    """A post-CFG hook's arguments. Sonic has no core conditioning to give: a hook that asks for it (to run the UNet
+    again on core's cond batches, as PerturbedAttentionGuidance does) is told so, by name, at the first step."""
+
+    def __init__(self, origin: str, values: dict):
+        super().__init__(values)
+        self.origin = origin
+
+    def __missing__(self, key):
+        if key in ("cond", "uncond"):
+            raise NeedsCoreConditioning(f"{self.origin} reruns the UNet on core's conditioning ('{key}'), which Sonic's "
+                             "guidance does not use: remove it from the MODEL chain.")
+        raise KeyError(key)

@@ -12,6 +12,8 @@ from comfy_api.latest import io
 
 from . import menu
 from . import model_files
+from .advanced import advanced
+from .loader_settings import DEFAULTS, LoaderSettings, SonicSettings
 from .native_model import sonic_model_patcher, store_weights_in
 from .sonic_types import SonicModel, SonicModels
 
@@ -34,11 +36,12 @@ def low_vram_wanted(setting: str) -> bool | None:
     return True if mm.vram_state in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM) else None
 
 
-def loader_speed_options(low_vram: bool, compile: bool):
-    """The UNet runtime options the loader's settings ask for (low VRAM also slices the attention)."""
+def loader_speed_options(low_vram: bool):
+    """The UNet runtime options the loader's settings ask for (low VRAM also slices the attention). Compiling is
+    core's TorchCompileModel on the loader's MODEL, not a loader setting."""
     from ..sonic_model.unet.speed import speed_options_for  # diffusers: imported on first use, not at ComfyUI start
 
-    return speed_options_for(low_vram=low_vram, compile=compile)
+    return speed_options_for(low_vram=low_vram, compile=False)
 
 
 def _stamp(path: Path | None) -> tuple:
@@ -80,7 +83,7 @@ def _svd_parts(path: Path):
 
 def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper: Path, face_detector: Path | None,
                       rife: Path | None, dtype: torch.dtype, low_vram: bool | None,
-                      compile: bool = False, weight_dtype: torch.dtype | None = None) -> tuple[SonicModels, object]:
+                      weight_dtype: torch.dtype | None = None) -> tuple[SonicModels, object]:
     """The Sonic bundle (audio models, face detector, RIFE) and the UNet as a core MODEL computing in `dtype`, its
     Linear/Conv weights stored in `weight_dtype` (fp8) when given."""
     # diffusers and transformers are imported here, on the first load, so ComfyUI starts without them.
@@ -92,8 +95,8 @@ def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper
     model = load_sonic_unet(unet, dtype=dtype, device=mm.unet_offload_device())
     if weight_dtype is not None:
         store_weights_in(model, weight_dtype)
-    options = loader_speed_options(bool(low_vram), compile)
-    apply_speed_options(model, compile=options.compile, attention_slices=options.attention_slices)
+    options = loader_speed_options(bool(low_vram))
+    apply_speed_options(model, attention_slices=options.attention_slices)
     patcher = sonic_model_patcher(model, low_vram=low_vram, compute_dtype=dtype)
     encoder = WhisperAudioEncoder.from_folder(whisper)
     channels = encoder.encoder.config.d_model
@@ -140,25 +143,12 @@ class SonicLoader(io.ComfyNode):
                 slot_input("face_detector", "yoloface_v5m.pt in models/sonic: finds the face for the mask and "
                                             "crop. 'none' animates the whole image."),
                 slot_input("rife", "RIFE/flownet.pkl in models/sonic: doubles 12.5 fps to 25 fps. 'none' to skip."),
-                io.Combo.Input("dtype", options=["auto", "fp16", "bf16", "fp32"], default="auto",
-                               tooltip="UNet precision. auto: ComfyUI's choice for your GPU (fp32 on CPU). Try bf16 "
-                                       "or fp32 if the video comes out black."),
-                io.Combo.Input("low_vram", options=["auto", "on", "off"], default="auto",
-                               tooltip="auto: the sampler picks the fastest way that fits the free VRAM (guidance "
-                                       "rows batched or one at a time, part of the UNet offloaded when needed) and "
-                                       "logs it; --lowvram means on. on: the three guidance passes one after another "
-                                       "and the attention in slices. off: always batched (fastest, most VRAM)."),
-                io.Boolean.Input("compile", default=False,
-                                 tooltip="torch.compile the UNet: the first run is slower while it compiles (the "
-                                         "compile time is logged), later runs at the same size are faster. Falls "
-                                         "back to normal speed, with the reason logged, where compiling fails."),
-                # after the older widgets, so workflows saved before it keep their widget positions
-                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", optional=True,
-                               tooltip="How the UNet's weights are stored. fp8 halves its VRAM (≈1.6 GB instead of "
-                                       "3.2) and computes in `dtype`, cast per layer; an approximation of the "
-                                       "official weights, not parity. default: stored in `dtype`."),
-                io.Vae.Input("vae", optional=True, tooltip="Optional VAE (SVD's); overrides the checkpoint's."),
-                io.ClipVision.Input("clip_vision", optional=True,
+                SonicSettings.Input("settings", optional=True,
+                                    tooltip="From 'Sonic Loader Settings': precision, weight storage and memory "
+                                            "mode. Not connected: dtype auto, low_vram auto, weights stored in "
+                                            "dtype. To compile, put core's TorchCompileModel after 'model'."),
+                io.Vae.Input("vae", optional=True, **advanced(), tooltip="Optional VAE (SVD's); overrides the checkpoint's."),
+                io.ClipVision.Input("clip_vision", optional=True, **advanced(),
                                     tooltip="Optional CLIP vision (ViT-H); overrides the checkpoint's."),
             ],
             outputs=[
@@ -172,7 +162,7 @@ class SonicLoader(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, svd_checkpoint, unet, audio2token, audio2bucket, whisper, face_detector, rife,
-                           **settings) -> tuple:
+                           **_) -> tuple:
         """A file replaced on disk under the same name makes ComfyUI run the loader again instead of reusing its
         cached output (its cache only compares the names)."""
         return (_checkpoint_stamp(svd_checkpoint),
@@ -180,17 +170,18 @@ class SonicLoader(io.ComfyNode):
                                   face_detector=face_detector, rife=rife)))
 
     @classmethod
-    def execute(cls, svd_checkpoint, unet, audio2token, audio2bucket, whisper, face_detector, rife, dtype,
-                low_vram, compile=False, vae=None, clip_vision=None, weight_dtype="default") -> io.NodeOutput:
+    def execute(cls, svd_checkpoint, unet, audio2token, audio2bucket, whisper, face_detector, rife,
+                settings: LoaderSettings | None = None, vae=None, clip_vision=None) -> io.NodeOutput:
         paths = {slot: model_files.resolve(slot, name) for slot, name in
                  dict(unet=unet, audio2token=audio2token, audio2bucket=audio2bucket, whisper=whisper,
                       face_detector=face_detector, rife=rife).items()}
         for slot in ("unet", "audio2token", "audio2bucket", "whisper"):
             if paths[slot] is None:
                 raise ValueError(f"Sonic needs {model_files.EXPECTED[slot]}: pick it in the '{slot}' input.")
-        torch_dtype = choose_dtype(dtype, mm.get_torch_device())
-        lean = low_vram_wanted(low_vram)
-        stored = WEIGHT_DTYPES[weight_dtype]
+        settings = settings or DEFAULTS
+        torch_dtype = choose_dtype(settings.dtype, mm.get_torch_device())
+        lean = low_vram_wanted(settings.low_vram)
+        stored = WEIGHT_DTYPES[settings.weight_dtype]
         # No cache of our own: ComfyUI's output cache reuses this node's models while its inputs (and the files'
         # stamps, fingerprint_inputs) are unchanged, and "free model and node cache" gives their memory back.
         core_vae = core_clip = None
@@ -202,10 +193,9 @@ class SonicLoader(io.ComfyNode):
         # Sonic's own files first: a wrong one is reported before the big SVD checkpoint is read.
         models, unet_model = load_sonic_models(paths["unet"], paths["audio2token"], paths["audio2bucket"],
                                                paths["whisper"], paths["face_detector"], paths["rife"], torch_dtype,
-                                               lean, bool(compile), weight_dtype=stored)
+                                               lean, weight_dtype=stored)
         if needs_checkpoint:
             core_vae, core_clip = _svd_parts(svd_path)
-        logging.info("Sonic: loaded models (%s, weights %s, low_vram=%s, compile=%s)", torch_dtype,
-                     stored or torch_dtype, lean, bool(compile))
+        logging.info("Sonic: loaded models (%s, weights %s, low_vram=%s)", torch_dtype, stored or torch_dtype, lean)
         return io.NodeOutput(models, vae if vae is not None else core_vae,
                              clip_vision if clip_vision is not None else core_clip, unet_model)

@@ -35,8 +35,12 @@ class SonicModelConfig(comfy.supported_models_base.BASE):
     latent_format = comfy.latent_formats.SD15
     sampling_settings = {"sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "sigma_data": 1.0}
 
-    def __init__(self, weight_dtype: torch.dtype, manual_cast_dtype: torch.dtype | None):
-        super().__init__({"disable_unet_model_creation": True})
+    def __init__(self, weight_dtype: torch.dtype, manual_cast_dtype: torch.dtype | None,
+                 model_channels: int | None = None):
+        # model_channels: the first level's width, which core's UNet-patch nodes (FreeU) read before patching; they
+        # then reach the start of sampling and are refused there by name (nodes/model_tools.py).
+        extra = {} if model_channels is None else {"model_channels": model_channels}
+        super().__init__({"disable_unet_model_creation": True, **extra})
         self.set_inference_dtype(weight_dtype, manual_cast_dtype)
 
 
@@ -140,7 +144,9 @@ def sonic_model_patcher(unet: torch.nn.Module, low_vram: bool | None = None,
         compute_dtype = conv_in.bias.dtype if conv_in is not None and conv_in.bias is not None else weight_dtype
     manual_cast = None if compute_dtype == weight_dtype else compute_dtype
     use_comfy_ops(unet, sonic_operations(weight_dtype, manual_cast, device))
-    model = SonicBaseModel(unet, SonicModelConfig(weight_dtype, manual_cast), low_vram=low_vram)
+    channels = getattr(getattr(unet, "config", None), "block_out_channels", None)
+    config = SonicModelConfig(weight_dtype, manual_cast, model_channels=channels[0] if channels else None)
+    model = SonicBaseModel(unet, config, low_vram=low_vram)
     return core_patcher(model)
 
 

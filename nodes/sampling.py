@@ -98,6 +98,9 @@ def run_sonic_sampler(model, audio: SonicAudioEmbeds, image: SonicImageEmbeds, m
     samples = guider.sample(noise, latent, sampler, sigmas, callback=None, disable_pbar=True, seed=seed)
     if report is not None:
         report["mode"] = str(guider.sampling_mode)
+        if guider.compile_backend is not None:
+            report["compiled"] = guider.compile_backend
+            report["first_window_seconds"] = round(guider.first_call_seconds or 0.0, 2)
     return samples.to(mm.intermediate_device())
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import uuid
 from pathlib import Path
 
@@ -67,9 +68,18 @@ class PromptFailed(Exception):
     pass
 
 
+def _as_posted(prompt: dict) -> dict:
+    """The prompt as POST /prompt hands it to validation: after the pack's on-prompt hook, which moves the loader
+    settings of prompts saved by older versions (nodes/loader_settings.py)."""
+    from tools.comfy_runtime import import_pack
+
+    return importlib.import_module(f"{import_pack().__name__}.nodes.loader_settings").migrate_prompt(prompt)
+
+
 def run_prompt(prompt: dict) -> dict:
     """Validate and execute an API-format prompt; returns the history entry's outputs. Raises PromptFailed."""
     state = load_runtime()
+    prompt = _as_posted(prompt)
     prompt_id = str(uuid.uuid4())
     valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
     if not valid[0]:

@@ -13,6 +13,7 @@ import folder_paths  # noqa: E402
 from sonic_pack.nodes import audio as audio_node  # noqa: E402
 from sonic_pack.nodes import loaders, model_files, motion  # noqa: E402
 from sonic_pack.nodes.sonic_types import SonicImageEmbeds  # noqa: E402
+from sonic_pack.nodes.loader_settings import LoaderSettings  # noqa: E402
 from sonic_model.weights.weights import WeightFileError  # noqa: E402
 from sonic_model.audio.whisper_features import predict_buckets  # noqa: E402
 
@@ -134,7 +135,7 @@ def test_loader_keeps_no_models_of_its_own(sonic_dir, tiny_models_dir, monkeypat
     folder_paths.filename_list_cache.clear()
     args = dict(svd_checkpoint="svd_xt_random.safetensors", unet="unet.pth", audio2token="audio2token.pth",
                 audio2bucket="audio2bucket.pth", whisper="whisper-tiny", face_detector="none",
-                rife="RIFE/flownet.pkl", dtype="fp32", low_vram="auto")
+                rife="RIFE/flownet.pkl", settings=LoaderSettings(dtype="fp32"))
     first = loaders.SonicLoader.execute(**args)
     again = loaders.SonicLoader.execute(**args)
     assert first.args[0] is not again.args[0] and first.args[3] is not again.args[3]

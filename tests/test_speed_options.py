@@ -201,11 +201,11 @@ def test_loader_passes_the_options_to_the_unet(golden, monkeypatch) -> None:
     from sonic_pack.nodes import loaders
 
     # (the pack's own copy of sonic_model: compare fields, not classes)
-    assert asdict(loaders.loader_speed_options(True, True)) == asdict(
-        SpeedOptions(compile=True, attention_slices=ATTENTION_SLICES))
-    assert asdict(loaders.loader_speed_options(False, False)) == asdict(SpeedOptions())
+    assert asdict(loaders.loader_speed_options(True)) == asdict(SpeedOptions(attention_slices=ATTENTION_SLICES))
+    assert asdict(loaders.loader_speed_options(False)) == asdict(SpeedOptions())
     inputs = {i.id: i for i in loaders.SonicLoader.define_schema().inputs}
-    assert inputs["compile"].default is False and "compil" in inputs["compile"].tooltip
+    # one way to compile: core's TorchCompileModel after the loader (tests/test_core_model_tools.py)
+    assert "compile" not in inputs and "TorchCompileModel" in inputs["settings"].tooltip
     # load_sonic_models with every file reader stubbed: only the wiring of the options is under test.
     from sonic_model.unet.unet import build_sonic_unet
 
@@ -219,8 +219,8 @@ def test_loader_passes_the_options_to_the_unet(golden, monkeypatch) -> None:
     monkeypatch.setattr(model_loading, "load_audio2token", lambda *a: torch.nn.Identity())
     monkeypatch.setattr(model_loading, "load_audio2bucket", lambda *a: torch.nn.Identity())
     models, model = loaders.load_sonic_models(Path("u"), Path("t"), Path("b"), Path("w"), None, None,
-                                              torch.float32, low_vram=True, compile=True)
-    assert model.model.diffusion_model.unet is unet and compile_report(model.model.diffusion_model) is not None
+                                              torch.float32, low_vram=True)
+    assert model.model.diffusion_model.unet is unet and compile_report(model.model.diffusion_model) is None
     assert all(m.processor.slices == ATTENTION_SLICES for m in unet.modules()
                if isinstance(m, Attention) and not isinstance(m.processor, AttnProcessor2_0))
     plain, plain_model = loaders.load_sonic_models(Path("u"), Path("t"), Path("b"), Path("w"), None, None,

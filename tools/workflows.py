@@ -42,7 +42,7 @@ def _sonic_models(image: str, audio: str) -> list[Node]:
         Node(1, "SonicLoader", {"svd_checkpoint": "svd_xt_1_1.safetensors", "unet": "unet.pth",
                                 "audio2token": "audio2token.pth", "audio2bucket": "audio2bucket.pth",
                                 "whisper": "whisper-tiny", "face_detector": "yoloface_v5m.pt",
-                                "rife": "RIFE/flownet.pkl", "dtype": "auto", "low_vram": "auto"}, pos=(40, 80)),
+                                "rife": "RIFE/flownet.pkl"}, pos=(40, 80)),
         Node(2, "LoadImage", {"image": image}, pos=(40, 520)),
         Node(3, "LoadAudio", {"audio": audio}, pos=(40, 900)),
         Node(4, "SonicAudioEncode", {}, {"sonic_model": (1, 0), "audio": (3, 0)}, pos=(460, 900)),

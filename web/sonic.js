@@ -359,8 +359,12 @@ function setupSampler(node) {
   const readout = addReadout(node, "sonic_cfg_audio_hint", [CFG_AUDIO_HINT], { dim: true });
   // After a run: how it sampled (with low_vram auto, the fastest way the memory model fits into the free VRAM).
   node.sonicOnExecuted = (output) => {
-    const mode = output?.sonic_sampling?.[0]?.mode;
-    if (mode) readout.setLines([CFG_AUDIO_HINT, `sampled with ${mode}`]);
+    const report = output?.sonic_sampling?.[0];
+    if (!report?.mode) return;
+    const lines = [CFG_AUDIO_HINT, `sampled with ${report.mode}`];
+    // Core's TorchCompileModel upstream: its first window includes the compile.
+    if (report.compiled) lines.push(`compiled (${report.compiled}), first window ${fmt(report.first_window_seconds, 1)} s`);
+    readout.setLines(lines);
   };
 }
 

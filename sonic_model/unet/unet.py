@@ -161,7 +161,10 @@ class SonicUNet(UNetSpatioTemporalConditionModel):
                              f"need a leading size B·F = {batch * frames}")
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)
         grids = None
-        if face_mask is not None:
+        # The per-run cache is host-side bookkeeping (identity and version checks) that would split a graph that
+        # torch.compile traces through here (core's TorchCompileModel compiles the whole diffusion model): there
+        # the grids are computed inside the graph instead, a few resizes of one mask per call.
+        if face_mask is not None and not torch.compiler.is_compiling():
             grids = self.mask_grids.lookup(face_mask, self.token_grid_sizes(*sample.shape[-2:]), sample.dtype)
         core = self.compiled_core or self.denoise_core
         return core(sample, timesteps, added_time_ids, clip_states, audio_tokens, face_mask, grids)
