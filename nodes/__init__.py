@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io  # noqa: E402
 
 from .audio import SonicAudioEncode
 from .decode import SonicDecode
+from .devices import SonicDevices
 from .loaders import SonicLoader
 from .model_check import SonicModelCheck
 from .model_files import register_sonic_folder
@@ -19,7 +20,7 @@ from .video import SonicInterpolate, SonicPasteBack, SonicSaveVideo
 register_sonic_folder()
 
 # In graph order: load → encode → sample → decode → video.
-NODES = [SonicLoader, SonicAudioEncode, SonicReferenceImage, SonicMotionCurveNode, SonicMotionBucketsNode,
+NODES = [SonicLoader, SonicDevices, SonicAudioEncode, SonicReferenceImage, SonicMotionCurveNode, SonicMotionBucketsNode,
          SonicSampler, SonicGuiderNode, SonicDecode, SonicInterpolate, SonicPasteBack, SonicSaveVideo,
          SonicSpeakersNode, SonicSpeakersSampler, SonicSpeakersSaveVideo,
          SonicModelCheck]
