@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io  # noqa: E402
 
 from .audio import SonicAudioEncode
 from .decode import SonicDecode
+from .devices import SonicDevices
 from .loader_settings import SonicLoaderSettings, register_prompt_migration
 from .loaders import SonicLoader
 from .model_check import SonicModelCheck
@@ -21,7 +22,7 @@ register_sonic_folder()
 register_prompt_migration()  # API prompts saved with the loader's old settings widgets
 
 # In graph order: load → encode → sample → decode → video.
-NODES = [SonicLoader, SonicLoaderSettings, SonicAudioEncode, SonicReferenceImage, SonicMotionCurveNode, SonicMotionBucketsNode,
+NODES = [SonicLoader, SonicLoaderSettings, SonicDevices, SonicAudioEncode, SonicReferenceImage, SonicMotionCurveNode, SonicMotionBucketsNode,
          SonicSampler, SonicGuiderNode, SonicDecode, SonicInterpolate, SonicPasteBack, SonicSaveVideo,
          SonicSpeakersNode, SonicSpeakersSampler, SonicSpeakersSaveVideo,
          SonicModelCheck]

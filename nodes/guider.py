@@ -5,13 +5,14 @@ guider replaces `predict_noise` (every evaluation covers the clip with the step'
 the three guidance rows per window through core's BaseModel.apply_model, and the per-frame x0 average) and
 `inner_sample`, which hands the sampler its latents on ComfyUI's intermediate device instead: the sampler's clip-long
 buffers then live in host RAM and only one window's work is on the GPU, so minutes of audio fit the cards users
-have. The per-step latent arithmetic on the host is cheap next to the UNet windows.
+have. The per-step latent arithmetic on the host is cheap next to the UNet windows. A MODEL with UNet copies on
+other GPUs (Sonic Devices, or core's multi-GPU clones) spreads each step's windows over them (guider_devices.py).
 """
 from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import torch
@@ -23,6 +24,8 @@ from ..sonic_model.host import explained
 from ..sonic_model.sampling import memory_model
 from ..sonic_model.sampling.shift_fusion import FusedPrediction, GuidanceRows, ShiftFusion, SonicConditioning, WindowEvent
 from ..sonic_model.sampling.step_tracker import StepTracker
+from .devices import device_copies
+from .guider_devices import RunDevices
 from .host import ComfyHost
 from .model_tools import compile_backend, origin_of, refuse_unsupported_tools
 from .native_model import is_sonic_model
@@ -72,7 +75,8 @@ class SonicGuider(comfy.samplers.CFGGuider):
         self.sampling_mode: memory_model.SamplingMode | None = None
         self.on_window = on_window
         self._tracker: StepTracker | None = None
-        self._mask: torch.Tensor | None = None
+        self._masks: dict[torch.device, torch.Tensor] = {}  # the face mask per compute device, for the run
+        self._devices: RunDevices | None = None
         self._start: tuple[torch.Tensor, torch.Tensor] | None = None  # the caller's noise and latent, host copies
         self._compute_device: torch.device | None = None
         self.compile_backend: str | None = None  # core's TorchCompileModel on this MODEL: its backend
@@ -115,7 +119,11 @@ class SonicGuider(comfy.samplers.CFGGuider):
             with out_of_memory, self._memory_settings(latent_image.shape):
                 samples = super().sample(noise, latent_image, sampler, sigmas, denoise_mask, tracked, *args, **kwargs)
         finally:
-            self._start = self._mask = None
+            self._start = None
+            self._masks = {}
+            if self._devices is not None:
+                self._devices.close()
+                self._devices = None
             self.fusion.release()
         if not torch.isfinite(samples).all():
             raise FloatingPointError("Sampling produced NaN/Inf latents: the UNet overflowed in this precision. "
@@ -151,15 +159,19 @@ class SonicGuider(comfy.samplers.CFGGuider):
         from ..sonic_model.unet.speed import attention_slices  # diffusers: on first use, not at ComfyUI start
 
         mode, working = self._choose_memory(latent_shape)
-        model = self.model_patcher.model
+        models = [self.model_patcher.model, *(copy.model for copy in device_copies(self.model_patcher))]
         self.sampling_mode = mode
         self.fusion.batched_cfg = mode.batched_guidance
-        before, model.working_memory = model.working_memory, working
+        before = [model.working_memory for model in models]
         try:
-            with attention_slices(model.diffusion_model.unet, mode.attention_slices):
+            with ExitStack() as stack:  # every GPU's copy samples as the main one does
+                for model in models:
+                    model.working_memory = working
+                    stack.enter_context(attention_slices(model.diffusion_model.unet, mode.attention_slices))
                 yield
         finally:
-            model.working_memory = before
+            for model, working_before in zip(models, before):
+                model.working_memory = working_before
 
     def _choose_memory(self, latent_shape) -> tuple[memory_model.SamplingMode, int | None]:
         """The sampling mode for the free VRAM, before core loads the model (it reads our memory estimate)."""
@@ -189,27 +201,36 @@ class SonicGuider(comfy.samplers.CFGGuider):
         sigma = float(timestep.reshape(-1)[0])
         step = self.first_step + (self._tracker.step_for(sigma) if self._tracker else 0)
         transformer_options = model_options.get("transformer_options", {})
+        if self._devices is None:
+            self._devices = RunDevices.for_run(self.model_patcher, self.inner_model, self._compute_device,
+                                               model_options)
+        spread = self._devices.spread(lambda model: (lambda rows: self._apply_model(rows, dict(transformer_options),
+                                                                                   model)))
         fused = self.fusion.denoise(x, sigma, step, lambda rows: self._apply_model(rows, transformer_options),
-                                    device=self._compute_device,
+                                    device=self._compute_device, spread=spread,
                                     with_rows=bool(model_options.get("sampler_post_cfg_function")))
         return self._post_cfg(fused, x, timestep, model_options)
 
     def _face_mask(self, mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-        """Cast once per run to the model's compute dtype and device, so the UNet's mask-grid cache keeps hitting."""
+        """Cast once per run (and device) to the model's compute dtype, so the UNet's mask-grid cache keeps
+        hitting."""
         if mask is None:
             return None
         dtype = self.inner_model.compute_dtype
-        if self._mask is None or self._mask.device != device or self._mask.dtype != dtype:
-            self._mask = mask.to(device, dtype)
-        return self._mask
+        cached = self._masks.get(device)
+        if cached is None or cached.dtype != dtype:
+            cached = self._masks[device] = mask.to(device, dtype)  # each device's thread sets its own entry
+        return cached
 
-    def _apply_model(self, rows: GuidanceRows, transformer_options: dict) -> torch.Tensor:
-        if self.compile_backend is not None and self.first_call_seconds is None:
+    def _apply_model(self, rows: GuidanceRows, transformer_options: dict, model=None) -> torch.Tensor:
+        """One window's rows through core's model call: the main UNet's, or `model`, a copy on another GPU (the
+        first call on the main one timed under core's torch.compile)."""
+        if model is None and self.compile_backend is not None and self.first_call_seconds is None:
             return self._timed_first_call(rows, transformer_options)
-        return self._apply_model_now(rows, transformer_options)
+        return self._apply_model_now(rows, transformer_options, model)
 
-    def _apply_model_now(self, rows: GuidanceRows, transformer_options: dict) -> torch.Tensor:
-        return self.inner_model.apply_model(
+    def _apply_model_now(self, rows: GuidanceRows, transformer_options: dict, model=None) -> torch.Tensor:
+        return (model or self.inner_model).apply_model(
             rows.x, rows.sigma, c_concat=rows.concat, c_crossattn=rows.clip, transformer_options=transformer_options,
             audio_tokens=rows.audio, time_ids=rows.time_ids, frames=rows.frames,
             face_mask=self._face_mask(rows.face_mask, rows.x.device))

@@ -1,6 +1,7 @@
 """Load SVD + Sonic weights: core's VAE and CLIP vision from the user's SVD-xt checkpoint, Sonic's own files."""
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -81,23 +82,41 @@ def _svd_parts(path: Path):
     return vae, clip_vision
 
 
-def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper: Path, face_detector: Path | None,
-                      rife: Path | None, dtype: torch.dtype, low_vram: bool | None,
-                      weight_dtype: torch.dtype | None = None) -> tuple[SonicModels, object]:
-    """The Sonic bundle (audio models, face detector, RIFE) and the UNet as a core MODEL computing in `dtype`, its
-    Linear/Conv weights stored in `weight_dtype` (fp8) when given."""
-    # diffusers and transformers are imported here, on the first load, so ComfyUI starts without them.
-    from ..sonic_model.weights.model_loading import load_audio2bucket, load_audio2token, load_sonic_unet
-    from ..sonic_model.video.rife import load_rife
+def load_unet_patcher(unet: Path, dtype: torch.dtype, low_vram: bool | None,
+                      weight_dtype: torch.dtype | None = None, load_device: torch.device | None = None):
+    """The Sonic UNet from its file as a core MODEL loading on `load_device` (None: ComfyUI's device), able to build
+    copies of itself for other GPUs (Sonic Devices; core's multi-GPU clones where core has them)."""
+    from ..sonic_model.weights.model_loading import load_sonic_unet
     from ..sonic_model.unet.speed import apply_speed_options
-    from ..sonic_model.audio.whisper_features import WhisperAudioEncoder
 
     model = load_sonic_unet(unet, dtype=dtype, device=mm.unet_offload_device())
     if weight_dtype is not None:
         store_weights_in(model, weight_dtype)
     options = loader_speed_options(bool(low_vram))
     apply_speed_options(model, attention_slices=options.attention_slices)
-    patcher = sonic_model_patcher(model, low_vram=low_vram, compute_dtype=dtype)
+    patcher = sonic_model_patcher(model, low_vram=low_vram, compute_dtype=dtype, load_device=load_device)
+    recipe = (unet, dtype, low_vram, weight_dtype)
+    patcher.model.rebuild = functools.partial(_rebuilt_on, recipe)
+    if hasattr(patcher, "cached_patcher_init"):  # core's multi-GPU clones rebuild a model from its loader's recipe
+        patcher.cached_patcher_init = (load_unet_patcher, recipe)
+    return patcher
+
+
+def _rebuilt_on(recipe: tuple, device: torch.device):
+    return load_unet_patcher(*recipe, load_device=device)
+
+
+def load_sonic_models(unet: Path, audio2token: Path, audio2bucket: Path, whisper: Path, face_detector: Path | None,
+                      rife: Path | None, dtype: torch.dtype, low_vram: bool | None,
+                      weight_dtype: torch.dtype | None = None) -> tuple[SonicModels, object]:
+    """The Sonic bundle (audio models, face detector, RIFE) and the UNet as a core MODEL computing in `dtype`, its
+    Linear/Conv weights stored in `weight_dtype` (fp8) when given."""
+    # diffusers and transformers are imported here, on the first load, so ComfyUI starts without them.
+    from ..sonic_model.weights.model_loading import load_audio2bucket, load_audio2token
+    from ..sonic_model.video.rife import load_rife
+    from ..sonic_model.audio.whisper_features import WhisperAudioEncoder
+
+    patcher = load_unet_patcher(unet, dtype, low_vram, weight_dtype)
     encoder = WhisperAudioEncoder.from_folder(whisper)
     channels = encoder.encoder.config.d_model
     states = encoder.encoder.config.encoder_layers + 1

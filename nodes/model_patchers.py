@@ -24,11 +24,13 @@ class SonicAudioModels(torch.nn.Module):
         self.audio2bucket = audio2bucket
 
 
-def core_patcher(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+def core_patcher(module: torch.nn.Module, load_device: torch.device | None = None) -> comfy.model_patcher.ModelPatcher:
     """`module` in the patcher class core builds its own models with in the running release: CoreModelPatcher
-    (dynamic VRAM's patcher where core turned that on at start-up), or ModelPatcher before that name existed."""
+    (dynamic VRAM's patcher where core turned that on at start-up), or ModelPatcher before that name existed.
+    `load_device`: where core loads it (None: ComfyUI's device; another GPU for a Sonic Devices copy)."""
     patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
-    return patcher_class(module, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return patcher_class(module, load_device=load_device or mm.get_torch_device(),
+                         offload_device=mm.unet_offload_device())
 
 
 def load_for_stage(patcher: comfy.model_patcher.ModelPatcher, working_bytes: int = 0) -> torch.nn.Module:

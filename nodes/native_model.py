@@ -6,6 +6,8 @@ about Sonic stays in the Sonic guider (nodes/guider.py): shift fusion, three-way
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 import comfy.latent_formats
@@ -89,6 +91,9 @@ class SonicBaseModel(comfy.model_base.BaseModel):
         self.model_sampling = SonicModelSampling(config)
         self.low_vram = low_vram
         self.working_memory: int | None = None
+        # Builds a fresh copy of this UNet's patcher loading on a given device, from the files it came from (the
+        # loader sets it): what Sonic Devices copies the UNet to other GPUs with. None: not copyable.
+        self.rebuild: Callable[[torch.device], comfy.model_patcher.ModelPatcher] | None = None
 
     def memory_required(self, input_shape, cond_shapes={}):  # noqa: B006 (core's signature)
         if self.working_memory is not None:
@@ -130,14 +135,15 @@ def store_weights_in(unet: torch.nn.Module, weight_dtype: torch.dtype) -> torch.
     return unet
 
 
-def sonic_model_patcher(unet: torch.nn.Module, low_vram: bool | None = None,
-                        compute_dtype: torch.dtype | None = None) -> comfy.model_patcher.ModelPatcher:
+def sonic_model_patcher(unet: torch.nn.Module, low_vram: bool | None = None, compute_dtype: torch.dtype | None = None,
+                        load_device: torch.device | None = None) -> comfy.model_patcher.ModelPatcher:
     """A core MODEL around a loaded Sonic UNet (built from comfy.ops layers; weights stay where they are), in the
     patcher class core builds its own models with.
 
     compute_dtype: the dtype the UNet computes in; None = its conv_in bias's (store_weights_in leaves biases in the
-    compute dtype). Weights stored in another dtype (fp8) are cast per layer by comfy.ops (core's manual cast)."""
-    device = mm.get_torch_device()
+    compute dtype). Weights stored in another dtype (fp8) are cast per layer by comfy.ops (core's manual cast).
+    load_device: where core loads it (None: ComfyUI's device)."""
+    device = load_device or mm.get_torch_device()
     conv_in = getattr(unet, "conv_in", None)
     weight_dtype = conv_in.weight.dtype if conv_in is not None else next(unet.parameters()).dtype
     if compute_dtype is None:
@@ -147,7 +153,7 @@ def sonic_model_patcher(unet: torch.nn.Module, low_vram: bool | None = None,
     channels = getattr(getattr(unet, "config", None), "block_out_channels", None)
     config = SonicModelConfig(weight_dtype, manual_cast, model_channels=channels[0] if channels else None)
     model = SonicBaseModel(unet, config, low_vram=low_vram)
-    return core_patcher(model)
+    return core_patcher(model, load_device)
 
 
 def is_sonic_model(model) -> bool:

@@ -1,25 +1,30 @@
-"""A stand-in accelerator for the CPU suite: tensors moved to it report `cuda:0`, compute on the CPU, and are
-refused where CUDA refuses them, so device mistakes fail here as they would on a user's GPU.
+"""A stand-in accelerator for the CPU suite: two devices, `cuda:0` and `cuda:1`, whose tensors compute on the CPU
+and are refused where CUDA refuses them, so device mistakes fail here as they would on a user's GPU (or GPUs).
 
 How: `StandInTensor` is a wrapper subclass (it holds a CPU tensor and reports the stand-in device); its
 `__torch_dispatch__` checks the devices of every ATen call before running it on the held CPU tensors. A
 `TorchFunctionMode` turns `.to(device)`, `.cuda()` and factory calls with `device=` the stand-in into
 `StandInTensor`s, so `Module.to(device)` (ComfyUI's ModelPatcher) and `torch.zeros(..., device=device)` work.
 
-It also counts device memory as CUDA's caching allocator reports it to `torch.cuda.memory_allocated()`: the bytes
-of every storage some stand-in tensor still holds (views share their storage's bytes), and the peak since the last
-reset (`torch.cuda.max_memory_allocated()` / `reset_peak_memory_stats()`, answered from `device_memory` inside
-`stand_in_device()`). No caching, no rounding to blocks: the figure is the live set, the floor of a real GPU's.
+It also counts device memory per device as CUDA's caching allocator reports it to `torch.cuda.memory_allocated(d)`:
+the bytes of every storage some stand-in tensor of that device still holds (views share their storage's bytes), and
+the peak since the last reset (`torch.cuda.max_memory_allocated()` / `reset_peak_memory_stats()`, answered from
+`device_memories` inside `stand_in_device()`; `device_memory` is cuda:0's). No caching, no rounding to blocks: the
+figure is the live set, the floor of a real GPU's. As on CUDA, "cuda" without an index is the calling thread's
+current device (`torch.cuda.set_device`, per thread), cuda:0 until a thread sets another.
 
 What it refuses, with CUDA's wording:
-- non-scalar tensors of two devices in one operation (0-dim CPU tensors beside device tensors are allowed);
-- indexing a CPU tensor with device indices (CPU indices into a device tensor stay allowed);
+- non-scalar tensors of two devices in one operation (0-dim CPU tensors beside device tensors are allowed), the
+  two stand-in devices included: a cuda:0 tensor beside a cuda:1 tensor fails as on two GPUs;
+- indexing a CPU tensor with device indices, or one device's tensor with the other's (CPU indices into a device
+  tensor stay allowed);
 - `.numpy()` (and numpy's `__array__`) of a device tensor;
 - a CPU generator for random numbers made on the device.
 """
 from __future__ import annotations
 
 from collections import Counter
+import threading
 import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -29,11 +34,19 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 STAND_IN = torch.device("cuda", 0)
+STAND_INS = (STAND_IN, torch.device("cuda", 1))  # the devices it offers (torch.cuda.device_count() answers 2)
 _REAL_GENERATOR = torch.Generator
 CPU = torch.device("cpu")
 
-# ATen ops computed on the stand-in, by name (e.g. 'convolution'): tests read it to show the work ran there.
+# ATen ops computed on the stand-in, by name (e.g. 'convolution'): tests read it to show the work ran there;
+# `ops_on[index]` counts them per device.
 device_ops: Counter = Counter()
+ops_on: dict[int, Counter] = {d.index: Counter() for d in STAND_INS}
+_thread = threading.local()  # `current`: the thread's current device index (torch.cuda.set_device)
+
+
+def current_index() -> int:
+    return getattr(_thread, "current", STAND_IN.index)
 
 # Ops that move data between devices: their point is to take tensors of two devices.
 _CROSS_DEVICE = {torch.ops.aten.copy_.default, torch.ops.aten._to_copy.default, torch.ops.aten._copy_from.default,
@@ -59,46 +72,60 @@ class DeviceMemory:
         self.peak = 0
         self._holders: dict[int, int] = {}  # storage key → live stand-in tensors on it
         self._bytes: dict[int, int] = {}
+        self._lock = threading.Lock()  # one host thread per device makes and frees tensors at once
 
     def hold(self, wrapper: torch.Tensor, host: torch.Tensor) -> None:
         storage = host.untyped_storage()
         key = storage._cdata  # the storage's own address: stable while any wrapper (and so `host`) lives
-        if key not in self._holders:
-            self._holders[key] = 0
-            self._bytes[key] = storage.nbytes()
-            self.allocated += self._bytes[key]
-            self.peak = max(self.peak, self.allocated)
-        self._holders[key] += 1
+        with self._lock:
+            if key not in self._holders:
+                self._holders[key] = 0
+                self._bytes[key] = storage.nbytes()
+                self.allocated += self._bytes[key]
+                self.peak = max(self.peak, self.allocated)
+            self._holders[key] += 1
         weakref.finalize(wrapper, self._release, key)
 
     def _release(self, key: int) -> None:
-        self._holders[key] -= 1
-        if not self._holders[key]:
-            del self._holders[key]
-            self.allocated -= self._bytes.pop(key)
+        with self._lock:
+            self._holders[key] -= 1
+            if not self._holders[key]:
+                del self._holders[key]
+                self.allocated -= self._bytes.pop(key)
 
     def reset_peak(self) -> None:
         self.peak = self.allocated
 
 
-# The stand-in's allocator: tests and benchmarks read it directly or through torch.cuda's memory functions.
-device_memory = DeviceMemory()
+# The stand-in's allocators, one per device: tests and benchmarks read them directly or through torch.cuda's memory
+# functions. `device_memory` is cuda:0's, the one device of single-GPU tests.
+device_memories = {d.index: DeviceMemory() for d in STAND_INS}
+device_memory = device_memories[STAND_IN.index]
 
 
-def is_stand_in(device: Any) -> bool:
-    """True for the stand-in device however it is spelled ('cuda', 'cuda:0', torch.device, 0)."""
+def stand_in_of(device: Any) -> torch.device | None:
+    """The stand-in device that `device` names ('cuda' = the thread's current one, 'cuda:1', torch.device, 0), or
+    None when it names none of them."""
     if device is None or isinstance(device, bool):
-        return False
+        return None
     try:
         device = torch.device(device)
     except (TypeError, RuntimeError):
-        return False
-    return device.type == STAND_IN.type and device.index in (None, STAND_IN.index)
+        return None
+    if device.type != STAND_IN.type:
+        return None
+    index = current_index() if device.index is None else device.index
+    return torch.device(STAND_IN.type, index) if index < len(STAND_INS) else None
 
 
-def same_device_error(op: str, detail: str) -> RuntimeError:
-    return RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, {STAND_IN} "
-                        f"and cpu! (stand-in accelerator, {op}: {detail})")
+def is_stand_in(device: Any) -> bool:
+    """True for a stand-in device however it is spelled ('cuda', 'cuda:0', 'cuda:1', torch.device, 0)."""
+    return stand_in_of(device) is not None
+
+
+def same_device_error(op: str, detail: str, devices: tuple = (STAND_IN, "cpu")) -> RuntimeError:
+    return RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, {devices[0]} "
+                        f"and {devices[1]}! (stand-in accelerator, {op}: {detail})")
 
 
 class StandInTensor(torch.Tensor):
@@ -107,22 +134,22 @@ class StandInTensor(torch.Tensor):
     host: torch.Tensor
 
     @staticmethod
-    def __new__(cls, host: torch.Tensor) -> "StandInTensor":
+    def __new__(cls, host: torch.Tensor, device: torch.device = STAND_IN) -> "StandInTensor":
         wrapper = torch.Tensor._make_wrapper_subclass(
             cls, host.size(), strides=host.stride(), storage_offset=host.storage_offset(), dtype=host.dtype,
-            layout=host.layout, device=STAND_IN, requires_grad=False)
+            layout=host.layout, device=device, requires_grad=False)
         wrapper.host = host
-        device_memory.hold(wrapper, host)
+        device_memories[device.index].hold(wrapper, host)
         return wrapper
 
     def __repr__(self, *, tensor_contents=None) -> str:
-        return f"StandInTensor({self.host!r}, device='{STAND_IN}')"
+        return f"StandInTensor({self.host!r}, device='{self.device}')"
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _NUMPY:
-            raise TypeError(f"can't convert {STAND_IN} device type tensor to numpy. Use Tensor.cpu() to copy the "
+            raise TypeError(f"can't convert {args[0].device} device type tensor to numpy. Use Tensor.cpu() to copy the "
                             "tensor to host memory first.")
         if func in _HOST_READS:
             return func(*tree_map(_host_of, args), **tree_map(_host_of, kwargs))
@@ -150,11 +177,16 @@ class StandInTensor(torch.Tensor):
             return isinstance(args[0], StandInTensor) == isinstance(args[1], StandInTensor)
         check_devices(func, args, kwargs)
         target, args, kwargs = _device_argument(func, args, kwargs)
-        on_device = is_stand_in(target) if target is not None else any(
-            isinstance(t, StandInTensor) for t in tree_flatten((args, kwargs))[0])
-        if on_device:
+        on_device = stand_in_of(target) if target is not None else _device_of_inputs(args, kwargs)
+        if on_device is not None:
             device_ops[func.overloadpacket.__name__] += 1
+            ops_on[on_device.index][func.overloadpacket.__name__] += 1
         return _run_unwrapped(func, args, kwargs, on_device)
+
+
+def _device_of_inputs(args: tuple, kwargs: dict) -> torch.device | None:
+    """The stand-in device of an op's tensors (check_devices made sure there is at most one), None for CPU ones."""
+    return next((t.device for t in tree_flatten((args, kwargs))[0] if isinstance(t, StandInTensor)), None)
 
 
 def _device_argument(func, args: tuple, kwargs: dict):
@@ -186,14 +218,15 @@ def _on_host(func, args: tuple, kwargs: dict):
     elif func is torch.Tensor.cpu:
         target = CPU
     if target is not None:
-        on_device = is_stand_in(target)
-        kwargs = {**kwargs, "device": CPU} if on_device and "device" in kwargs else kwargs
+        on_device = stand_in_of(target)
+        kwargs = {**kwargs, "device": CPU} if on_device is not None and "device" in kwargs else kwargs
     else:
-        on_device = any(isinstance(t, StandInTensor) for t in tree_flatten((args, kwargs))[0])
+        on_device = _device_of_inputs(args, kwargs)
     return _run_unwrapped(func, args, kwargs, on_device)
 
 
-def _run_unwrapped(func, args: tuple, kwargs: dict, on_device: bool):
+def _run_unwrapped(func, args: tuple, kwargs: dict, on_device: torch.device | None):
+    """Run `func` on the held CPU tensors; the tensors it makes are on `on_device` (None: the CPU)."""
     inputs = {}  # host tensor id → its wrapper: an op that hands back its input (x.to(x.device)) gives the wrapper
 
     def unwrap(value):
@@ -210,8 +243,8 @@ def _run_unwrapped(func, args: tuple, kwargs: dict, on_device: bool):
         if not isinstance(value, torch.Tensor):
             return value
         if id(value) in inputs:
-            return inputs[id(value)] if on_device else value
-        return StandInTensor(value) if on_device and value.device.type == "cpu" else value
+            return inputs[id(value)] if on_device is not None else value
+        return StandInTensor(value, on_device) if on_device is not None and value.device.type == "cpu" else value
 
     return tree_map(wrap, out)
 
@@ -234,9 +267,16 @@ def _index_tensors(index) -> list[torch.Tensor]:
 
 
 def _check_index(tensor: torch.Tensor, index) -> None:
-    if not isinstance(tensor, StandInTensor) and any(isinstance(i, StandInTensor) for i in _index_tensors(index)):
-        raise RuntimeError("indices should be either on cpu or on the same device as the indexed tensor (cpu) "
-                           f"(stand-in accelerator, indexing {_describe(tensor)} with indices on {STAND_IN})")
+    _check_indices(tensor, _index_tensors(index), "indexing")
+
+
+def _check_indices(tensor: torch.Tensor, indices: list[torch.Tensor], name: str) -> None:
+    """CUDA's rule: indices on the CPU or on the indexed tensor's own device."""
+    for i in indices:
+        if isinstance(i, StandInTensor) and i.device != tensor.device:
+            raise RuntimeError("indices should be either on cpu or on the same device as the indexed tensor "
+                               f"({tensor.device}) (stand-in accelerator, {name}: indexed {_describe(tensor)}, "
+                               f"indices on {i.device})")
 
 
 # Python indexing is handled here rather than in ATen: torch's C++ indexing sets a CUDA device guard first, which
@@ -244,7 +284,7 @@ def _check_index(tensor: torch.Tensor, index) -> None:
 def _getitem(tensor: torch.Tensor, index):
     _check_index(tensor, index)
     out = _host_of(tensor)[tree_map(_host_of, index)]
-    return StandInTensor(out) if isinstance(tensor, StandInTensor) else out
+    return StandInTensor(out, tensor.device) if isinstance(tensor, StandInTensor) else out
 
 
 def _setitem(tensor: torch.Tensor, index, value) -> None:
@@ -253,8 +293,7 @@ def _setitem(tensor: torch.Tensor, index, value) -> None:
 
 
 def _describe(t: torch.Tensor) -> str:
-    where = STAND_IN if isinstance(t, StandInTensor) else t.device
-    return f"{tuple(t.shape)} on {where}"
+    return f"{tuple(t.shape)} on {t.device}"
 
 
 def check_devices(func, args: tuple, kwargs: dict) -> None:
@@ -264,11 +303,7 @@ def check_devices(func, args: tuple, kwargs: dict) -> None:
     name = func if isinstance(func, str) else getattr(func, "__name__", str(func))
     if func in _INDEXING:
         indexed, indices = args[0], [i for i in args[1] if isinstance(i, torch.Tensor)]
-        if not isinstance(indexed, StandInTensor):
-            if any(isinstance(i, StandInTensor) for i in indices):
-                raise RuntimeError("indices should be either on cpu or on the same device as the indexed tensor "
-                                   f"(cpu) (stand-in accelerator, {name}: indexed {_describe(indexed)}, indices on "
-                                   f"{STAND_IN})")
+        _check_indices(indexed, indices, name)
         rest = [a for a in tree_flatten((args[2:], kwargs))[0] if isinstance(a, torch.Tensor)]
         tensors = [indexed, *rest]  # CPU indices into a device tensor are fine, as on CUDA
     else:
@@ -276,7 +311,11 @@ def check_devices(func, args: tuple, kwargs: dict) -> None:
     device = [t for t in tensors if isinstance(t, StandInTensor)]
     host = [t for t in tensors if not isinstance(t, StandInTensor) and t.device.type == "cpu" and t.dim() > 0]
     if device and host:
-        raise same_device_error(name, f"{_describe(device[0])} beside {_describe(host[0])}")
+        raise same_device_error(name, f"{_describe(device[0])} beside {_describe(host[0])}", (device[0].device, "cpu"))
+    other = next((t for t in device if t.device != device[0].device), None)
+    if other is not None:  # two GPUs: neither reads the other's memory in an operation
+        raise same_device_error(name, f"{_describe(device[0])} beside {_describe(other)}",
+                                (device[0].device, other.device))
 
 
 def _target_of_to(args: tuple, kwargs: dict):
@@ -293,12 +332,13 @@ class StandInMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is torch.Tensor.cuda:
             _count_upload(args[0], kwargs)
-            return _move(args[0], None, bool(kwargs.get("non_blocking", False)))
+            target = stand_in_of(args[1] if len(args) > 1 else kwargs.get("device", "cuda"))
+            return _move(args[0], None, bool(kwargs.get("non_blocking", False)), device=target)
         if func is torch.Tensor.to:
             device, dtype, _, memory_format = _target_of_to(args, kwargs)
             if is_stand_in(device):
                 _count_upload(args[0], kwargs)
-                return _move(args[0], dtype, bool(kwargs.get("copy", False)), memory_format)
+                return _move(args[0], dtype, bool(kwargs.get("copy", False)), memory_format, stand_in_of(device))
             return func(*args, **kwargs)
         if func is torch.Tensor.pin_memory:  # host memory the stand-in's copies could queue from: any CPU memory
             return args[0]
@@ -311,9 +351,10 @@ class StandInMode(TorchFunctionMode):
             if wanted != found:
                 raise RuntimeError(f"Expected a '{wanted}' device type for generator but found '{found}' "
                                    f"(stand-in accelerator, {getattr(func, '__name__', func)})")
-        if is_stand_in(kwargs.get("device")):
+        target = stand_in_of(kwargs.get("device"))
+        if target is not None:
             out = func(*args, **{**kwargs, "device": CPU})
-            return tree_map(lambda t: StandInTensor(t) if isinstance(t, torch.Tensor)
+            return tree_map(lambda t: StandInTensor(t, target) if isinstance(t, torch.Tensor)
                             and not isinstance(t, StandInTensor) else t, out)
         return func(*args, **kwargs)
 
@@ -324,9 +365,9 @@ _FROM_DATA = {torch.tensor, torch.as_tensor, torch.asarray}
 
 def _from_device_data(func, args: tuple, kwargs: dict) -> torch.Tensor:
     target = kwargs.get("device")
-    on_device = target is None or is_stand_in(target)
+    on_device = args[0].device if target is None else stand_in_of(target)
     out = func(args[0].host, *args[1:], **{**kwargs, "device": CPU})
-    return StandInTensor(out) if on_device else out
+    return StandInTensor(out, on_device) if on_device is not None else out
 
 
 class StandInGenerator(_REAL_GENERATOR):
@@ -352,18 +393,20 @@ class GeneratorFor(metaclass=_GeneratorFor):
     pass
 
 
-def _move(tensor: torch.Tensor, dtype, copy: bool, memory_format=None) -> torch.Tensor:
+def _move(tensor: torch.Tensor, dtype, copy: bool, memory_format=None, device: torch.device | None = None
+          ) -> torch.Tensor:
+    device = device or stand_in_of("cuda")
     if isinstance(tensor, StandInTensor):
-        if (dtype is None or dtype == tensor.dtype) and not copy:
+        if (dtype is None or dtype == tensor.dtype) and not copy and tensor.device == device:
             return tensor
-        return StandInTensor(tensor.host.to(dtype=dtype or tensor.dtype, copy=True))
+        return StandInTensor(tensor.host.to(dtype=dtype or tensor.dtype, copy=True), device)  # GPU to GPU: a copy
     options = {"memory_format": memory_format} if memory_format is not None else {}
-    return StandInTensor(tensor.to(dtype=dtype or tensor.dtype, copy=True, **options))
+    return StandInTensor(tensor.to(dtype=dtype or tensor.dtype, copy=True, **options), device)
 
 
-def to_stand_in(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy of a CPU tensor on the stand-in device (what `tensor.to('cuda')` gives inside `stand_in_device()`)."""
-    return _move(tensor, None, True)
+def to_stand_in(tensor: torch.Tensor, device: torch.device = STAND_IN) -> torch.Tensor:
+    """A copy of a CPU tensor on a stand-in device (what `tensor.to('cuda')` gives inside `stand_in_device()`)."""
+    return _move(tensor, None, True, device=device)
 
 
 @contextmanager
@@ -375,6 +418,8 @@ def stand_in_device() -> Iterator[torch.device]:
     overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
     torch.__future__.set_overwrite_module_params_on_conversion(True)
     torch.Generator = GeneratorFor
+    thread_run = threading.Thread.run
+    threading.Thread.run = _run_on_stand_in(thread_run)
     cuda_functions = {name: getattr(torch.cuda, name) for name in _CUDA_FUNCTIONS}
     for name, answer in _CUDA_FUNCTIONS.items():
         setattr(torch.cuda, name, answer)
@@ -382,22 +427,41 @@ def stand_in_device() -> Iterator[torch.device]:
         with StandInMode():
             yield STAND_IN
     finally:
+        threading.Thread.run = thread_run
         torch.Generator = _REAL_GENERATOR
         for name, function in cuda_functions.items():
             setattr(torch.cuda, name, function)
         torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
 
 
-# torch.cuda's allocator statistics, answered by the stand-in's (the device argument is the one stand-in device), and
-# the calls core 0.33 makes around sampling: synchronize after loading a model (the stand-in computes as it is
-# asked, so there is never work in flight) and the current-device guard (the stand-in is device 0, the only one).
+def _memory_of(device=None) -> DeviceMemory:
+    return device_memories[stand_in_of("cuda" if device is None else device).index]
+
+
+def _set_device(device) -> None:
+    _thread.current = stand_in_of(device if not isinstance(device, int) else f"cuda:{device}").index
+
+
+def _run_on_stand_in(thread_run):
+    """Thread.run for threads started inside the block: torch's function modes are per thread, and a thread that
+    drives a device (one per GPU, as core's multi-GPU pool has) must see the stand-in as the main thread does."""
+    def run(self) -> None:
+        with StandInMode():
+            thread_run(self)
+    return run
+
+
+# torch.cuda's allocator statistics, answered by the stand-in's per device, and the calls core 0.33 makes around
+# sampling: synchronize after loading a model (the stand-in computes as it is asked, so there is never work in
+# flight) and the current-device guard (per thread, as CUDA's).
 _CUDA_FUNCTIONS = {
-    "memory_allocated": lambda device=None: device_memory.allocated,
-    "max_memory_allocated": lambda device=None: device_memory.peak,
-    "reset_peak_memory_stats": lambda device=None: device_memory.reset_peak(),
+    "memory_allocated": lambda device=None: _memory_of(device).allocated,
+    "max_memory_allocated": lambda device=None: _memory_of(device).peak,
+    "reset_peak_memory_stats": lambda device=None: _memory_of(device).reset_peak(),
     "synchronize": lambda device=None: None,
-    "current_device": lambda: STAND_IN.index,
-    "set_device": lambda device: None,
+    "current_device": current_index,
+    "set_device": _set_device,
+    "device_count": lambda: len(STAND_INS),
 }
 
 

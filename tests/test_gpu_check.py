@@ -23,8 +23,8 @@ from tools.gpu_check_workflows import length_verdict
 MiB = 2**20
 
 
-STAGE_NAMES = ["parity", "workflows 0.3.75", "workflows 0.33.0", "bench shipped path", "emulate 8 GiB",
-               "emulate 12 GiB", "compile"]
+STAGE_NAMES = ["parity", "workflows 0.3.75", "workflows 0.33.0", "bench shipped path", "multi-GPU",
+               "emulate 8 GiB", "emulate 12 GiB", "compile"]
 
 
 def _dry_run(tmp_path: Path, models: Path, *extra: str) -> tuple[subprocess.CompletedProcess, str, Path]:
@@ -46,6 +46,8 @@ def test_dry_run_passes_every_stage_and_writes_one_report(tmp_path, tiny_models_
     for name in STAGE_NAMES:
         assert f"## {name}: " in report
         assert (out / f"stage-{name.lower().replace(' ', '-')}.md").read_text().startswith(f"## {name}: ")
+    # no GPU on the dry run: the stage says so (on a one-GPU machine: "one GPU: skipped")
+    assert re.search(r"## multi-GPU: skipped \(\d+ s of its 30 s budget\): no GPU: skipped \(Sonic Devices", report)
     assert re.search(r"## workflows 0\.33\.0: (ok|skipped \(\d+ s of its \d+ s budget\): \S.+)", report)
     for dtype in ("fp32", "fp16", "bf16"):
         assert f"| {dtype} | " in report
@@ -74,7 +76,7 @@ def test_stages_rerun_only_those_named_and_keep_the_other_parts(tmp_path, tiny_m
     result, report, _ = _dry_run(tmp_path, tiny_models_dir, "--stages", "parity")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "earlier part" in report and "stale part" not in report and "## parity: ok" in report
-    assert "| compile | 55 | 3 | ok |" in report and "| bench shipped path | 120 | - | not run |" in report
+    assert "| compile | 55 | 3 | ok |" in report and "| bench shipped path | 90 | - | not run |" in report
     assert report.startswith("# Sonic gpu-check: PASSED")
     bad = subprocess.run([sys.executable, "tools/gpu_check.py", "--dry-run", "--stages", "parity,nope"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)

@@ -20,6 +20,8 @@ stages, in order, each within its time budget (STAGES; the dry run prints them):
                        skipped, with the reason, where that tree is not packed
   bench shipped path   benchmarks/shipped_bench.py: the Sonic MODEL + Sonic guider + core sampler, the library path
                        as a comparison row
+  multi-GPU            benchmarks/multi_gpu_bench.py: the same path on one GPU, then spread over every GPU
+                       (Sonic Devices): the speed-up against the expected one; "one GPU: skipped" where there is one
   emulate 8 GiB        benchmarks/vram_emulate.py: the process capped to an 8 GiB card, low_vram auto, 10 s and
   emulate 12 GiB       60 s of audio: measured vs predicted peak per phase, the mode chosen, pass/fail
   compile              tools/compile_check.py: the shipped UNet's graph breaks under torch.compile
@@ -52,7 +54,7 @@ if str(ROOT) not in sys.path:
 
 from tools.reference_data import REFERENCE_DIR  # noqa: E402
 from tools.gpu_check_core import COMFYUI_033_NAME, COMFYUI_DIR, WORK, Clock, Plan, Step, say  # noqa: E402
-from tools.gpu_check_stages import bench_step, compile_step, emulate_step, parity_step  # noqa: E402
+from tools.gpu_check_stages import bench_step, compile_step, emulate_step, multi_gpu_step, parity_step  # noqa: E402
 from tools.gpu_check_workflows import missing_033_packages, site_env, workflows_step  # noqa: E402
 
 PAYLOAD = ROOT / ".gpu-check" / "payload"
@@ -101,7 +103,8 @@ STAGES = (
     Stage("workflows 0.3.75", 150, lambda c, k: workflows_step("workflows 0.3.75", c.plan, c.plan.runs, COMFYUI_DIR,
                                                                c.out, c.work, k, c.models)),
     Stage("workflows 0.33.0", 70, workflows_033),
-    Stage("bench shipped path", 120, lambda c, k: bench_step("bench shipped path", c.plan, c.out, k)),
+    Stage("bench shipped path", 90, lambda c, k: bench_step("bench shipped path", c.plan, c.out, k)),
+    Stage("multi-GPU", 30, lambda c, k: multi_gpu_step("multi-GPU", c.plan, c.out, k)),
     Stage("emulate 8 GiB", 40, lambda c, k: emulate_step("emulate 8 GiB", 8, c.plan, c.out, c.work, c.models, k)),
     Stage("emulate 12 GiB", 40, lambda c, k: emulate_step("emulate 12 GiB", 12, c.plan, c.out, c.work, c.models, k)),
     Stage("compile", 55, lambda c, k: compile_step("compile", c.plan, c.out, k)),

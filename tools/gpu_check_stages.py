@@ -103,3 +103,21 @@ def compile_step(name: str, plan: Plan, out: Path, clock: Clock) -> Step:
     if not step.ok:
         step.lines += _tail(output)
     return step
+
+
+def multi_gpu_step(name: str, plan: Plan, out: Path, clock: Clock) -> Step:
+    """benchmarks/multi_gpu_bench.py on every GPU there is; a one-GPU machine reports that and skips the run."""
+    import torch
+
+    gpus = torch.cuda.device_count() if plan.cuda else 0
+    if gpus < 2:
+        return Step(name, skipped=f"{'one GPU' if gpus == 1 else 'no GPU'}: skipped (Sonic Devices spreads a step's "
+                                  f"windows over two or more GPUs; this machine has {gpus})")
+    code, output, seconds = run_logged([sys.executable, "benchmarks/multi_gpu_bench.py"], out / "multi-gpu.log",
+                                       clock.left())
+    step = Step(name, ok=code == 0)
+    step.lines += [f"`benchmarks/multi_gpu_bench.py` on {gpus} GPUs (exit {code}, {seconds:.0f} s)", "",
+                   *_tables(output, ("|", "Sonic Devices"))]
+    if not step.ok:
+        step.lines += _tail(output)
+    return step

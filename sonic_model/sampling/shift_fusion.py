@@ -12,17 +12,24 @@ on the device of the noisy latents, ComfyUI's intermediate device (host RAM) whe
 to the compute device for its model call and its x0 comes back. So the GPU holds one window's work, whatever the
 length of the audio. Without a compute device everything runs where the latents are (the library used alone).
 The copies queue behind the GPU's work (sonic_model/sampling/transfers.py): a window's x0 is fused while the next window's
-UNet call runs, so the host never makes the card wait between windows.
+UNet call runs, so the host never makes the card wait between windows. With several devices (a WindowSpread,
+sonic_model/sampling/window_devices.py) each runs its share of the step's windows on its own host thread and the host fuses
+them in window order, exactly as one device would.
 """
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from .shift_windows import num_windows, shifted_windows
 from .transfers import Pending, to_device
+
+if TYPE_CHECKING:
+    from .window_devices import WindowSpread
 
 SVD_FPS_ID = 12.5  # the official time id: the generation frame rate as is, not fps − 1
 GUIDANCE_ROWS = 3  # [uncond, image-only, full]
@@ -100,6 +107,7 @@ class WindowEvent:
     sigma: float
     x: torch.Tensor         # (f, 4, h, w) the window's noisy latents, where the clip's latents are
     denoised: torch.Tensor  # (f, 4, h, w) its guided x0, there too
+    device: torch.device | None = None  # where its model call ran
 
 
 def combine_guidance(u: torch.Tensor, i: torch.Tensor, c: torch.Tensor, cfg_image: float,
@@ -125,8 +133,9 @@ class ShiftFusion:
         self.batched_cfg = batched_cfg
         self.on_window = on_window
         self.unet_calls = 0
+        self._calls_lock = threading.Lock()  # several devices' threads count their calls
         self._on_host: SonicConditioning | None = None
-        self._per_run: tuple[torch.device, dict] | None = None
+        self._per_run: dict[torch.device, dict] = {}
 
     @property
     def windows_per_step(self) -> int:
@@ -140,18 +149,19 @@ class ShiftFusion:
 
     def release(self) -> None:
         """Drop the per-run copies (a guider outlives its run in ComfyUI's cache: its copies must not hold VRAM)."""
-        self._on_host = self._per_run = None
+        self._on_host = None
+        self._per_run = {}
 
     def _per_run_on(self, cond: SonicConditioning, device: torch.device) -> dict:
         """What every window uses whole (reference latent, CLIP embedding, face mask, a shared null token set), on
-        the compute device: moved once per run, not per window."""
-        if self._per_run is None or self._per_run[0] != device:
+        the compute device: moved once per run (and device), not per window."""
+        if device not in self._per_run:  # each device's thread adds its own entry
             null = cond.null_audio_tokens
             move = (lambda t: None if t is None else to_device(t, device))  # noqa: E731
-            self._per_run = (device, {
+            self._per_run[device] = {
                 "concat": move(cond.concat_latent), "embeds": move(cond.image_embeds), "mask": move(cond.face_mask),
-                "null": None if null.dim() == 3 else move(null)})
-        return self._per_run[1]
+                "null": None if null.dim() == 3 else move(null)}
+        return self._per_run[device]
 
     def _rows(self, cond: SonicConditioning, x: torch.Tensor, sigma: torch.Tensor, idx: torch.Tensor,
               device: torch.device) -> GuidanceRows:
@@ -174,22 +184,28 @@ class ShiftFusion:
             time_ids=to_device(ids, device).unsqueeze(0).expand(GUIDANCE_ROWS, -1),
             face_mask=whole["mask"], frames=f)
 
+    def _count_call(self) -> None:
+        with self._calls_lock:
+            self.unet_calls += 1
+
     def _denoise_rows(self, rows: GuidanceRows, denoise: RowsDenoiser) -> torch.Tensor:
         if self.batched_cfg:
-            self.unet_calls += 1
+            self._count_call()
             return denoise(rows)
         parts = []
         for r in range(rows.rows):  # low VRAM: one guidance row per UNet call
-            self.unet_calls += 1
+            self._count_call()
             parts.append(denoise(rows.row(r)))
         return torch.cat(parts)
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma: float, step: int, denoise: RowsDenoiser, *,
-                device: torch.device | None = None, with_rows: bool = True) -> FusedPrediction:
+                device: torch.device | None = None, with_rows: bool = True,
+                spread: WindowSpread | None = None) -> FusedPrediction:
         """x: (N, 4, h, w) noisy latents at `sigma`, `step` counted over the whole schedule; returns fused x0 where
         x is. `device`: where the model calls run (None: where x is). `with_rows`: also fuse the uncond and full
-        rows' x0 (post-CFG hooks read them)."""
+        rows' x0 (post-CFG hooks read them). `spread`: several devices share the windows (then `denoise` and
+        `device` are unused: each device has its own)."""
         n = x.shape[0]
         if n != self.cond.num_frames:
             raise ValueError(f"latents have {n} frames but the audio conditioning has {self.cond.num_frames}")
@@ -203,10 +219,19 @@ class ShiftFusion:
         full = torch.zeros_like(x32) if with_rows else None
         count = torch.zeros(n, device=host, dtype=torch.float32)
         windows = shifted_windows(n, self.window, self.shift, step, self.stride)
-        waiting = None  # the previous window's x0, on its way back while this window's UNet call is queued
+
+        def run_window(frames: list[int], on: torch.device, rows_denoiser: RowsDenoiser) -> tuple:
+            """One window's model call on `on`; its x0 (and rows) on the way back to the host."""
+            idx = torch.tensor(frames, device=host)
+            rows = self._rows(cond, x32, sigma_t, idx, on)
+            u, i, c = self._denoise_rows(rows, rows_denoiser).float().reshape(GUIDANCE_ROWS, len(frames),
+                                                                               *x.shape[1:])
+            x0 = combine_guidance(u, i, c, self.cfg_image, self.cfg_audio)
+            return (idx, Pending(x0, host), Pending(u, host) if with_rows else None,
+                    Pending(c, host) if with_rows else None, on)
 
         def fuse(w: int, frames: list[int], idx: torch.Tensor, x0: Pending, u: Pending | None,
-                 c: Pending | None) -> None:
+                 c: Pending | None, on: torch.device) -> None:
             x0 = x0.result()
             guided.index_add_(0, idx, x0)
             if with_rows:
@@ -214,23 +239,60 @@ class ShiftFusion:
                 full.index_add_(0, idx, c.result())
             count.index_add_(0, idx, torch.ones(len(frames), device=host))
             if self.on_window is not None:
-                self.on_window(WindowEvent(step, w, len(windows), frames, float(sigma), x32[idx], x0))
+                self.on_window(WindowEvent(step, w, len(windows), frames, float(sigma), x32[idx], x0, on))
 
-        for w, frames in enumerate(windows):
-            idx = torch.tensor(frames, device=host)
-            rows = self._rows(cond, x32, sigma_t, idx, device)
-            u, i, c = self._denoise_rows(rows, denoise).float().reshape(GUIDANCE_ROWS, len(frames), *x.shape[1:])
-            x0 = combine_guidance(u, i, c, self.cfg_image, self.cfg_audio)
-            queued = (w, frames, idx, Pending(x0, host), Pending(u, host) if with_rows else None,
-                      Pending(c, host) if with_rows else None)
-            del rows, u, i, c, x0  # before the next window's rows exist: one window's work on the device, not two
-            if waiting is not None:
-                fuse(*waiting)
-            waiting = queued
-        fuse(*waiting)
+        if spread is not None and len(spread.devices) > 1:
+            self._spread_windows(spread, windows, step, run_window, fuse)
+        else:
+            waiting = None  # the previous window's x0, on its way back while this window's UNet call is queued
+            for w, frames in enumerate(windows):
+                # run_window returns before the next window's rows exist: one window's work on the device, not two
+                queued = (w, frames, *run_window(frames, device, denoise))
+                if waiting is not None:
+                    fuse(*waiting)
+                waiting = queued
+            fuse(*waiting)
         count = count.view(-1, 1, 1, 1)
         return FusedPrediction(guided.div_(count), uncond.div_(count) if with_rows else None,
                                full.div_(count) if with_rows else None)
+
+
+    @staticmethod
+    def _spread_windows(spread: WindowSpread, windows: list[list[int]], step: int, run_window: Callable,
+                        fuse: Callable) -> None:
+        """Each device's share queued on its own thread; the host fuses window by window in index order, so
+        neither the sums nor the progress events depend on which device finishes first."""
+        from .window_devices import assign_windows, out_of_memory_on
+
+        owners = assign_windows(len(windows), spread.devices)
+        stop = threading.Event()  # set when the host stops early (Cancel, an error): the queued windows are skipped
+        owed: Counter = Counter()
+
+        def on_device(w: int, frames: list[int], device: torch.device):
+            if stop.is_set():
+                return None
+            try:
+                with torch.no_grad():  # grad mode is per thread
+                    return run_window(frames, device, spread.denoisers[device])
+            except torch.OutOfMemoryError as error:
+                raise out_of_memory_on(device, w, len(windows), step, error) from None
+
+        for w, (frames, device) in enumerate(zip(windows, owners)):
+            spread.pool.submit(device, on_device, w, frames, device)
+            owed[device] += 1
+        try:
+            for w, (frames, device) in enumerate(zip(windows, owners)):
+                result, error = spread.pool.get_result(device)
+                owed[device] -= 1
+                if error is not None:
+                    raise error
+                spread.ran.append((step, w, device))
+                fuse(w, frames, *result)
+        finally:  # a pool outlives this step (core's lasts the run): leave none of this step's results in it
+            stop.set()
+            for device, left in owed.items():
+                for _ in range(left):
+                    spread.pool.get_result(device)
 
 
 def edm_rows_denoiser(unet: torch.nn.Module) -> RowsDenoiser:
