@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from ..sonic_model.window_devices import DeviceThreads, RowsDenoiser, WindowSpread
+from ..sonic_model.sampling.window_devices import DeviceThreads, RowsDenoiser, WindowSpread
 from .devices import DEVICE_COPIES
 
 

@@ -21,8 +21,8 @@ from comfy_extras import nodes_custom_sampler as custom  # noqa: E402
 from sonic_pack.nodes import devices as sonic_devices  # noqa: E402
 from sonic_pack.nodes import sampling  # noqa: E402
 from sonic_pack.nodes.native_model import SonicDiffusionModel, sonic_model_patcher  # noqa: E402
-from sonic_pack.sonic_model import shift_fusion  # noqa: E402
-from sonic_pack.sonic_model.window_devices import assign_windows  # noqa: E402
+from sonic_model.sampling import shift_fusion  # noqa: E402
+from sonic_model.sampling.window_devices import assign_windows  # noqa: E402
 from stand_in_device import STAND_INS, ops_on  # noqa: E402
 
 pytestmark = pytest.mark.device
