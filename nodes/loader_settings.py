@@ -27,7 +27,7 @@ class LoaderSettings:
 
 DEFAULTS = LoaderSettings()
 # The loader's own widgets before the settings moved out, in their saved order (UI workflows keep values by
-# position: web/sonic.js moves these, this module moves them in API prompts).
+# position: web/loader_migration.js moves these, this module moves them in API prompts).
 OLD_SETTING_KEYS = ("dtype", "low_vram", "compile", "weight_dtype")
 
 

@@ -216,6 +216,53 @@ def test_every_shipped_workflow_renders_with_its_widgets(browser, loop, request,
     loop.run_until_complete(scenario())
 
 
+OLD_LOADER_SETTINGS = ["fp16", "on", True, "fp8_e4m3fn"]  # dtype, low_vram, compile, weight_dtype, as saved before
+MIGRATED = """(() => {
+    const graph = app.graph;
+    const link = (id) => typeof graph.links.get === "function" ? graph.links.get(id) : graph.links[id];
+    const loader = graph._nodes.find((n) => n.type === "SonicLoader");
+    const settings = graph._nodes.filter((n) => n.type === "SonicLoaderSettings");
+    const compilers = graph._nodes.filter((n) => n.type === "TorchCompileModel");
+    const into = loader.inputs[loader.findInputSlot("settings")].link;
+    const modelUsers = (loader.outputs[loader.findOutputSlot("model")].links ?? []).map((id) => link(id).target_id);
+    const compiled = compilers.length ? (compilers[0].outputs[0].links ?? []).map((id) => graph.getNodeById(link(id).target_id).type) : [];
+    return {loaderValues: loader.widgets_values ?? loader.widgets.map((w) => w.value),
+            settings: settings.map((n) => n.widgets.map((w) => [w.name, w.value])),
+            settingsLinked: into != null && settings.length === 1 && link(into).origin_id === settings[0].id,
+            compilers: compilers.map((n) => n.widgets.map((w) => [w.name, w.value])),
+            modelUsers: modelUsers.map((id) => graph.getNodeById(id).type), compiled};
+})()"""
+
+
+@pytest.mark.parametrize("frontend", [CI, NEW])
+def test_a_workflow_saved_with_the_old_loader_settings_keeps_them(browser, loop, request, frontend):
+    """Saved before the settings left the loader: four values after its files. They become a Sonic Loader Settings
+    node wired to the loader and core's TorchCompileModel on its MODEL, and the prompt carries them."""
+    server = _server(request, frontend)
+    workflow = load_json(REPO / "workflows" / f"{SCREENSHOT_WORKFLOW}.json")
+    loader = next(n for n in workflow["nodes"] if n["type"] == "SonicLoader")
+    users = {n["type"] for n in workflow["nodes"] for i in n.get("inputs", [])
+             if i.get("link") in set(loader["outputs"][3].get("links") or [])}
+    loader["widgets_values"] = loader["widgets_values"] + OLD_LOADER_SETTINGS
+
+    async def scenario():
+        page = await _open(browser, server, frontend)
+        await load_workflow(page, workflow)
+        state = await page.evaluate(MIGRATED)
+        assert state["settings"] == [[["dtype", "fp16"], ["low_vram", "on"], ["weight_dtype", "fp8_e4m3fn"]]], state
+        assert state["settingsLinked"], state
+        assert [dict(c)["backend"] for c in state["compilers"]] == ["inductor"], state
+        assert state["modelUsers"] == ["TorchCompileModel"] and set(state["compiled"]) == users, (state, users)
+        prompt = await page.evaluate("app.graphToPrompt().then(p => p.output)")
+        kinds = [node["class_type"] for node in prompt.values()]
+        assert kinds.count("SonicLoaderSettings") == kinds.count("TorchCompileModel") == 1, kinds
+        loader_inputs = next(n["inputs"] for n in prompt.values() if n["class_type"] == "SonicLoader")
+        assert not set(loader_inputs) & {"dtype", "low_vram", "compile", "weight_dtype"}, loader_inputs
+        _assert_no_errors(page, server.url)
+
+    loop.run_until_complete(scenario())
+
+
 def test_motion_controls_answer_real_clicks(browser, loop, comfy_server):
     async def widgets(page, node_id):
         return {w["name"]: w for w in (await node_state(page, node_id))["widgets"]}
