@@ -23,11 +23,12 @@ from comfy_server import ARTIFACTS, ASSETS, SHORT_AUDIO, SHORT_AUDIO_SECONDS, lo
     ui_workflows, write_short_wav
 from conftest import REPO
 from sonic_model.motion_curve import parse_keyframes
+from tools.comfy_runtime import VENV_DIR
 
 pytest_plugins = ["comfy_server_fixture"]  # the session's one server
 
 CI, NEW = "ci", "1.58.1"  # the CI runtime's own frontend; today's (tools/setup_env.sh installs it)
-NEW_FRONTEND_ROOT = REPO / ".venv" / f"frontend-{NEW}" / "comfyui_frontend_package" / "static"
+NEW_FRONTEND_ROOT = VENV_DIR / f"frontend-{NEW}" / "comfyui_frontend_package" / "static"
 RENAMED_PACK = "ComfyUI-Sonic"  # a clone's folder name other than the project's (sonic-portrait)
 CLASSIC, NODES2 = "classic", "nodes2"
 # A second clip for the Nodes 2.0 run on the same server: a node whose inputs did not change is answered from the
