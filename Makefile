@@ -1,5 +1,7 @@
 # Two commands a newcomer needs. Both set up .venv (torch, deps, a real ComfyUI runtime) on first use.
-PY := .venv/bin/python
+# SONIC_VENV picks another venv (another torch: README "Compatibility"); setup and the tests read it too.
+export SONIC_VENV ?= .venv
+PY := $(SONIC_VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
 
 .PHONY: demo test test-device setup parity bench gpu-check-prepare gpu-check

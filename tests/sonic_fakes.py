@@ -1,5 +1,8 @@
-"""Small stand-ins shared by the sampler tests: a recording UNet and matching conditioning."""
+"""Small stand-ins shared by the node tests: a recording UNet, matching conditioning, and a node class prepared as
+the executor prepares it."""
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -60,3 +63,12 @@ def load_tiny_sonic(models_dir):
                              audio2bucket=sonic / "audio2bucket.pth", whisper=sonic / "whisper-tiny",
                              face_detector=None, rife=sonic / "RIFE" / "flownet.pkl", dtype=torch.float32,
                              low_vram=False)
+
+
+def prepared_node(cls, unique_id: str = "7", **hidden):
+    """The V3 node class as the executor prepares it, with its hidden inputs: 0.3.75 and older take them as a dict,
+    later cores take the executor's V3 data with the dict under "hidden_inputs"."""
+    values = {"UNIQUE_ID": unique_id, **hidden}
+    if "v3_data" in inspect.signature(cls.PREPARE_CLASS_CLONE).parameters:
+        values = {"hidden_inputs": values}
+    return cls.PREPARE_CLASS_CLONE(values)

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from reliability import case
 from reliability_runtime import FACE_LARGE, portrait, write_detector
+from sonic_fakes import prepared_node
 from test_image_node import FakeClipVision, FakeVAE
 from tools.comfy_runtime import import_pack
 
@@ -68,7 +69,7 @@ def test_fuzz_audio_encode(sonic_models, audio):
             "loud noise": 1e4 * torch.randn(batch, channels, samples, generator=g)}[audio["signal"]]
     seconds = samples / rate
     try:
-        node = SonicAudioEncode.PREPARE_CLASS_CLONE({"UNIQUE_ID": "3"})  # as ComfyUI runs it: with its node id
+        node = prepared_node(SonicAudioEncode, "3")  # as ComfyUI runs it: with its node id
         output = node.execute(sonic_model=sonic_models, audio={"waveform": wave, "sample_rate": rate})
     except ValueError as error:
         message = str(error)

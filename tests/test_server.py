@@ -21,10 +21,13 @@ OVER_HTTP = [w for w in WORKFLOWS if w.stem != "sonic_dialogue"]
 
 def test_the_pack_imports_without_failures(comfy_server):
     log = comfy_server.log()
-    assert "IMPORT FAILED" not in log, log[-4000:]
     pack = str(comfy_server.work / "custom_nodes")
-    imported = [line for line in log.splitlines() if "seconds:" in line and pack in line]
+    # Core's own extras report their failures too ("IMPORT FAILED: nodes_glsl.py" where a core extra's optional
+    # package is missing): those are core's and this environment's; the pack's import is judged on its own lines.
+    assert f"Cannot import {pack}" not in log, log[-4000:]
+    imported = [line for line in log.splitlines() if " seconds" in line and pack in line]
     assert len(imported) == 1, f"the pack is not in ComfyUI's import times:\n{log[-4000:]}"
+    assert "IMPORT FAILED" not in imported[0], imported[0]
     # web/ is served once, by WEB_DIRECTORY: a pyproject `web` entry would serve it a second time under the project
     # name whenever the folder is named otherwise (tests/test_browser.py loads the pack from such a folder).
     assert "register web folder" not in log, "pyproject.toml's [tool.comfy] web serves web/ a second time"

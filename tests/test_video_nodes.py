@@ -8,6 +8,7 @@ import av
 import pytest
 import torch
 
+from sonic_fakes import prepared_node
 from tools.comfy_runtime import import_pack
 
 import_pack()
@@ -99,16 +100,6 @@ def _latents(n: int, h: int = 2, w: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 4, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-def _node(cls, unique_id: str = "7", **hidden):
-    """The node class as the executor prepares it, with its hidden inputs (their wrapping changed after 0.3.75)."""
-    import inspect
-
-    values = {"UNIQUE_ID": unique_id, **hidden}
-    if "v3_data" in inspect.signature(cls.PREPARE_CLASS_CLONE).parameters:
-        values = {"hidden_inputs": values}
-    return cls.PREPARE_CLASS_CLONE(values)
-
-
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
@@ -145,7 +136,7 @@ def test_core_would_split_a_chunk_on_low_memory_but_ours_stays_whole(core_vae, m
 
 def test_decode_node_output_and_schema(core_vae):
     latents = _latents(5, seed=2)
-    out = _node(SonicDecode).execute(core_vae, {"samples": latents}, 2).args[0]
+    out = prepared_node(SonicDecode).execute(core_vae, {"samples": latents}, 2).args[0]
     with torch.inference_mode():
         expected = torch.cat([core_vae.decode(latents[s:s + 2]) for s in range(0, 5, 2)])
     assert torch.equal(out, expected)
@@ -208,7 +199,7 @@ def test_interpolation_across_chunk_borders_equals_the_whole_clip(rife, chunk, b
 
 def test_interpolate_node(rife):
     frames = torch.rand(4, 16, 16, 3, generator=torch.Generator().manual_seed(4))
-    images, fps = _node(SonicInterpolate).execute(Models(rife), frames, 3).args
+    images, fps = prepared_node(SonicInterpolate).execute(Models(rife), frames, 3).args
     assert images.shape == (7, 16, 16, 3) and fps == 25.0 and images.device == mm.intermediate_device()
     assert torch.equal(images, interpolate_x2(frames, rife, 3))
     assert next(rife.parameters()).device == mm.unet_offload_device()
@@ -229,7 +220,7 @@ def _audio(seconds: float, rate: int = 16000, channels: int = 2) -> dict:
 
 def test_save_node_writes_video_with_audio_and_returns_its_path(output_dir, rife, vae):
     n = 11
-    node = _node(SonicSaveVideo, PROMPT={"8": {"class_type": "SonicSaveVideo"}})
+    node = prepared_node(SonicSaveVideo, PROMPT={"8": {"class_type": "SonicSaveVideo"}})
     out = node.execute(vae=vae, latent={"samples": _latents(n, 3, 2)}, sonic_model=Models(rife),
                        audio=_audio(n / 12.5), decode_chunk_size=4, filename_prefix="sonic/Sonic")
     path = Path(out.args[0])
@@ -254,7 +245,7 @@ def test_save_node_pastes_back_into_the_original(output_dir, vae):
     image = SonicImageEmbeds(concat_latent=torch.zeros(1, 4, 2, 2), image_embeds=torch.zeros(1, 8),
                              face_mask=torch.ones(1, 1, 16, 16), image=torch.zeros(1, 16, 16, 3),
                              original=original, crop_box=(6, 10, 30, 34))
-    out = _node(SonicSaveVideo).execute(vae=vae, latent={"samples": _latents(4)}, image=image,
+    out = prepared_node(SonicSaveVideo).execute(vae=vae, latent={"samples": _latents(4)}, image=image,
                                         interpolate=False, feather=4, filename_prefix="pasted")
     with av.open(out.args[0]) as container:
         stream = container.streams.video[0]
@@ -263,9 +254,9 @@ def test_save_node_pastes_back_into_the_original(output_dir, vae):
 
 def test_save_node_refuses_interpolation_without_rife(output_dir, vae):
     with pytest.raises(ValueError, match=RIFE_MISSING.split(" —")[0]):
-        _node(SonicSaveVideo).execute(vae=vae, latent={"samples": _latents(3)}, sonic_model=Models(None))
+        prepared_node(SonicSaveVideo).execute(vae=vae, latent={"samples": _latents(3)}, sonic_model=Models(None))
     with pytest.raises(ValueError, match="needs the sonic_model input"):
-        _node(SonicSaveVideo).execute(vae=vae, latent={"samples": _latents(3)})
+        prepared_node(SonicSaveVideo).execute(vae=vae, latent={"samples": _latents(3)})
     assert _files(output_dir) == []
 
 
@@ -282,14 +273,14 @@ def test_cancel_mid_write_leaves_no_file_and_the_next_run_succeeds(output_dir, r
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            _node(SonicSaveVideo).execute(vae=vae, latent={"samples": _latents(20)}, sonic_model=Models(rife),
+            prepared_node(SonicSaveVideo).execute(vae=vae, latent={"samples": _latents(20)}, sonic_model=Models(rife),
                                           audio=_audio(1.6), decode_chunk_size=4)
     finally:
         comfy.utils.set_progress_bar_global_hook(previous)
     assert seen == [1, 2, 3, 4] and vae.calls == [4] * 4  # stopped at the 4th of 5 chunks, mid-write
     assert _files(output_dir) == []  # neither the mp4 nor its partial file
     assert not mm.processing_interrupted()
-    out = _node(SonicSaveVideo).execute(vae=vae, latent={"samples": _latents(20)}, sonic_model=Models(rife),
+    out = prepared_node(SonicSaveVideo).execute(vae=vae, latent={"samples": _latents(20)}, sonic_model=Models(rife),
                                         audio=_audio(1.6), decode_chunk_size=4)
     assert _files(output_dir) == ["sonic/Sonic_00001_.mp4"] and Path(out.args[0]).is_file()
 
@@ -316,7 +307,7 @@ def _out_of_memory(*args, **kwargs):
 
 def _save_error(**kwargs) -> BaseException:
     with pytest.raises((torch.OutOfMemoryError, OSError)) as caught:
-        _node(SonicSaveVideo).execute(latent={"samples": _latents(10)}, decode_chunk_size=4, audio=_audio(0.8),
+        prepared_node(SonicSaveVideo).execute(latent={"samples": _latents(10)}, decode_chunk_size=4, audio=_audio(0.8),
                                       **kwargs)
     return caught.value
 
@@ -350,7 +341,7 @@ def test_out_of_memory_in_rife_is_rifes_message(output_dir, rife, vae, monkeypat
         "or decode_chunk_size (Sonic Save Video), lower the Reference Image resolution, or turn interpolation off.")
     assert next(rife.parameters()).device == mm.unet_offload_device() and _files(output_dir) == []
     with pytest.raises(torch.OutOfMemoryError) as caught:
-        _node(SonicInterpolate).execute(Models(rife), torch.rand(3, 16, 32, 3), 2)
+        prepared_node(SonicInterpolate).execute(Models(rife), torch.rand(3, 16, 32, 3), 2)
     assert str(caught.value).startswith("RIFE ran out of memory interpolating 32×16 frames 2 pairs at a time.")
 
 

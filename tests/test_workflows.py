@@ -42,8 +42,9 @@ def test_pack_loads_through_comfyuis_loader_with_every_node_documented():
 def test_shipped_workflows_are_current_and_twinned():
     ui = sorted(p.name for p in (REPO / "workflows").glob("*.json"))
     assert ui == [p.name for p in WORKFLOWS] and len(ui) >= 3
-    result = subprocess.run([sys.executable, "tools/workflows.py", "--check"], cwd=REPO, capture_output=True,
+    result = subprocess.run([sys.executable, "tools/workflows.py", "--check-loads"], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
+    # (the pack's nodes byte for byte; a core node may have gained widgets since, which a saved file loads without)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -241,3 +242,25 @@ def test_dialogue_assets_are_what_their_script_makes():
         assert shipped_rate == rate and np.array_equal(shipped, np.clip(np.round(made), -32768, 32767))
     assert (ASSETS / "sonic_dialogue.png").stat().st_size < 300_000
     assert len(DIALOGUE_FACES) == 2
+
+
+def test_a_saved_workflow_loads_where_only_core_nodes_gained_widgets_or_outputs_after_the_saved_ones():
+    from tools.workflows import _only_core_additions
+
+    def graph(video_values, sampler_values, video_type="CreateVideo", preview_outputs=()):
+        return {"nodes": [{"id": 1, "type": video_type, "inputs": [], "outputs": [], "widgets_values": video_values},
+                          {"id": 2, "type": "SonicSampler", "inputs": [], "outputs": [],
+                           "widgets_values": sampler_values},
+                          {"id": 3, "type": "PreviewImage", "inputs": [], "outputs": list(preview_outputs),
+                           "widgets_values": []}],
+                "links": [], "version": 0.4}
+
+    saved = graph([25.0], [20, 2.5])
+    assert _only_core_additions(saved, graph([25.0, 8], [20, 2.5]))  # core's new bit_depth, after fps
+    unlinked = {"name": "images", "type": "IMAGE", "links": [], "slot_index": 0}
+    assert _only_core_additions(saved, graph([25.0], [20, 2.5], preview_outputs=[unlinked]))
+    assert not _only_core_additions(saved, graph([25.0], [20, 2.5], preview_outputs=[{**unlinked, "links": [4]}]))
+    assert not _only_core_additions(saved, graph([8, 25.0], [20, 2.5]))  # inserted before: values would shift
+    assert not _only_core_additions(saved, graph([25.0], [20, 2.5, 1]))  # the pack's own node: must be rewritten
+    assert not _only_core_additions(saved, graph([25.0, 8], [20, 2.5], video_type="SaveVideo"))
+    assert not _only_core_additions(saved, {**graph([25.0, 8], [20, 2.5]), "version": 0.5})

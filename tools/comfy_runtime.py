@@ -1,4 +1,5 @@
-"""Import the real ComfyUI runtime (from .venv/ComfyUI) and this pack as a package, outside a ComfyUI server.
+"""Import the real ComfyUI runtime (.venv/ComfyUI, or $SONIC_VENV/ComfyUI) and this pack as a package, outside a
+ComfyUI server.
 
 Tools and tests use this instead of `import nodes`: ComfyUI's top-level `nodes` module must stay core's, so the
 pack is imported the way ComfyUI imports it, as a package with relative imports (here named `sonic_pack`: ComfyUI's
@@ -19,9 +20,11 @@ from pathlib import Path
 from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
-# The ComfyUI the tools and tests run: the one `make setup` unpacks, or another folder named by $COMFYUI_DIR (to run the
-# same suite against another ComfyUI release).
-COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR") or REPO / ".venv" / "ComfyUI").resolve()
+# The venv `make setup` built: .venv, or the one $SONIC_VENV names (a second torch, tools/setup_env.sh).
+VENV_DIR = REPO / (os.environ.get("SONIC_VENV") or ".venv")
+# The ComfyUI the tools and tests run: the one `make setup` unpacks into that venv, or another folder named by
+# $COMFYUI_DIR (to run the same suite against another ComfyUI release).
+COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR") or VENV_DIR / "ComfyUI").resolve()
 PACK_NAME = "sonic_pack"
 
 

