@@ -6,7 +6,7 @@ pack is imported the way ComfyUI imports it, as a package with relative imports 
 own name for it is the folder's path, which no import statement can spell).
 
 The library has one identity in a process: `sonic_model`, as it is imported when used alone. The pack's relative
-imports of it (`sonic_model.…`) resolve to those same module objects, so a library object made by a test
+imports of it (`sonic_pack.sonic_model.…`) resolve to those same module objects, so a library object made by a test
 is an instance of the class the nodes check for.
 """
 from __future__ import annotations
