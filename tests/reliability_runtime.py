@@ -307,10 +307,13 @@ def assert_complete_video(path: Path, frames: int) -> np.ndarray:
 
 
 def pack_module(name: str):
-    """A module of this pack as ComfyUI loaded it (ComfyUI names the package after the folder), e.g. 'sonic_model.unet.unet'."""
-    import sys
+    """A module of this pack as ComfyUI loaded it (ComfyUI names the package after the folder), e.g. 'nodes.video';
+    the library's modules ('sonic_model.unet.unet') have one identity, the top-level one the pack also uses."""
+    import importlib
 
     import nodes
 
+    if name.split(".")[0] == "sonic_model":
+        return importlib.import_module(name)
     package = nodes.NODE_CLASS_MAPPINGS["SonicLoader"].__module__.rsplit(".nodes.", 1)[0]
-    return sys.modules[f"{package}.{name}"]
+    return importlib.import_module(f"{package}.{name}")

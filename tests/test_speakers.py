@@ -13,6 +13,7 @@ from reliability_runtime import RedRegionYolo, UseFolders, make_folders, portrai
 from tools.comfy_runtime import import_pack
 
 import_pack()
+from sonic_pack.nodes.loader_settings import LoaderSettings  # noqa: E402
 from sonic_pack.nodes.loaders import SonicLoader  # noqa: E402
 from sonic_pack.nodes.speakers import prepare_speakers, sample_speakers, speakers_paste  # noqa: E402
 from sonic_model.video.paste_back import face_owners, paste_back, paste_faces  # noqa: E402
@@ -55,7 +56,7 @@ def loaded(tiny_models_dir, tmp_path_factory):
     with UseFolders(folders):
         models, vae, clip, model = SonicLoader.execute(
             "svd_xt_random.safetensors", "unet.pth", "audio2token.pth", "audio2bucket.pth", "whisper-tiny",
-            "yoloface_v5m.pt", "RIFE/flownet.pkl", "fp32", "off").result
+            "yoloface_v5m.pt", "RIFE/flownet.pkl", LoaderSettings(dtype="fp32", low_vram="off")).result
     return models, vae, RememberedClip(clip), model, torch.from_numpy(picture)[None]
 
 
