@@ -51,9 +51,7 @@ def iter_decode(vae: Any, samples: torch.Tensor, chunk_size: int = DEFAULT_CHUNK
                 node_id: Optional[str] = None) -> Iterator[torch.Tensor]:
     """Yields decoded chunks (n,H,W,3) of Sonic latents (N,4,h,w) with core's VAE, ComfyUI as the host: progress
     with a preview and Cancel per chunk, a chunk out of memory retried once after the cache is emptied."""
-    host = ComfyHost(node_id)
-    return decoded_chunks(samples, chunk_size, lambda latents: decode_chunk(vae, latents), host,
-                          host.progress(-(-samples.shape[0] // chunk_size)))
+    return decoded_chunks(samples, chunk_size, lambda latents: decode_chunk(vae, latents), ComfyHost(node_id))
 
 
 def decode_latents(vae: Any, samples: torch.Tensor, chunk_size: int = DEFAULT_CHUNK,

@@ -51,10 +51,12 @@ def paste_out_of_memory(frames: int, original_width: int, original_height: int) 
 def decoded_chunks(latents: torch.Tensor, chunk_size: int, decode: Callable[[torch.Tensor], Frames],
                    host: Host = Host(), progress: Optional[Progress] = None) -> Iterator[Frames]:
     """Frames of latents (N, 4, h, w), `chunk_size` latents per `decode` call (the temporal decoder mixes exactly
-    one call's frames). After each chunk `progress` (one of the host's) counts it, with its last frame as the
-    preview, and checks Cancel. A chunk that runs out of memory is decoded once more after the host empties its
+    one call's frames). After each chunk `progress` (one of the host's; by default a count of these chunks) counts
+    it, with its last frame as the preview, and checks Cancel. A chunk that runs out of memory is decoded once more after the host empties its
     cache, then explained."""
     height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
+    if progress is None:
+        progress = host.progress(len(chunk_bounds(latents.shape[0], chunk_size)))
 
     def decode_explained(chunk: torch.Tensor) -> Frames:
         with explained(host, lambda _: decode_out_of_memory(chunk.shape[0], width, height)):
@@ -63,8 +65,7 @@ def decoded_chunks(latents: torch.Tensor, chunk_size: int, decode: Callable[[tor
                 chunk.shape[0]))
 
     for _, frames in iter_decoded_chunks(latents, chunk_size, decode_explained):
-        if progress is not None:
-            progress(progress.done + 1, None, frames[-1])
+        progress(progress.done + 1, None, frames[-1])
         yield frames
 
 
