@@ -5,6 +5,7 @@ ComfyUI's devices, VAE, progress bar, Cancel and output folder to it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Optional, Union
@@ -75,7 +76,7 @@ def save_sonic_video(vae: Any, samples: Union[torch.Tensor, list[torch.Tensor]],
     frame_hw = (first.shape[-2] * 8, first.shape[-1] * 8)
     host = ComfyHost(node_id)
     if faces is not None:
-        faces.host = host
+        faces = dataclasses.replace(faces, host=host)  # the caller's paste stays as it was
     rife_net = loaded_rife(rife, frame_hw, chunk_size)
     written = write_video(samples, lambda latents: decode_chunk(vae, latents), path_for,
                           fps=INTERPOLATED_FPS if rife is not None else GENERATION_FPS, chunk_size=chunk_size,
